@@ -1,0 +1,140 @@
+"""Load checkpoints of the official RelativeNAS/DARTS code into the evaluation networks.
+
+The official code saves either a plain ``state_dict`` (CIFAR: ``torch.save(model.state_dict())``)
+or a dict holding one (ImageNet: ``{"epoch", "state_dict", "optimizer", ...}``), often from a
+``nn.DataParallel`` model whose keys start with ``module.``. :func:`load_reference_checkpoint`
+accepts all of these and loads with ``strict=True`` semantics, but fails with one clear line that
+names the first offending key and the setting that probably differs.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from relnas.nas.genotypes import Genotype
+from relnas.nas.networks import build_network
+
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
+_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the network it is loaded into."""
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (isinstance(obj, Mapping) and len(obj) > 0
+            and all(isinstance(k, str) for k in obj) and all(isinstance(v, torch.Tensor) for v in obj.values()))
+
+
+def _strip_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove a prefix shared by every key (``module.`` of DataParallel, ``_orig_mod.`` of compile)."""
+    out = dict(sd)
+    changed = True
+    while changed:
+        changed = False
+        for p in _PREFIXES:
+            if out and all(k.startswith(p) for k in out):
+                out = {k[len(p):]: v for k, v in out.items()}
+                changed = True
+    return out
+
+
+def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The model state dict inside a loaded checkpoint object, with ``module.`` prefixes stripped.
+
+    ``obj`` is a plain state dict, or a dict holding one under ``state_dict``, ``model_state_dict``,
+    ``model``, ``net`` or ``network`` (searched recursively), or an ``nn.Module``.
+    """
+    if isinstance(obj, nn.Module):
+        return _strip_prefix(obj.state_dict())
+    if _is_state_dict(obj):
+        return _strip_prefix(obj)
+    if isinstance(obj, Mapping):
+        for key in STATE_DICT_KEYS:
+            if key in obj:
+                try:
+                    return extract_state_dict(obj[key])
+                except CheckpointError:
+                    continue
+        keys = ", ".join(repr(k) for k in list(obj)[:10])
+        raise CheckpointError(f"checkpoint holds no state dict: expected a mapping of parameter names to tensors "
+                              f"or one under {', '.join(STATE_DICT_KEYS)}; top-level keys: {keys}")
+    raise CheckpointError(f"checkpoint holds no state dict (got a {type(obj).__name__})")
+
+
+def _hint_for_key(key: str) -> str:
+    if key.startswith("auxiliary_head."):
+        return "auxiliary (the checkpoint and the network disagree on having an auxiliary head)"
+    m = re.match(r"cells\.(\d+)\.", key)
+    if m:
+        if "._ops." in key:
+            return "genotype (the cells' operations differ) or layers"
+        return "layers (the number of cells differs) or genotype"
+    if key.startswith(("stem", "classifier")):
+        return "network kind (cifar/imagenet)"
+    return "network kind, genotype or layers"
+
+
+def _hint_for_shape(key: str, ckpt_shape: tuple, net_shape: tuple) -> str:
+    if key.startswith("classifier.") or key.endswith("classifier.bias") or key.endswith("classifier.weight"):
+        if ckpt_shape[:1] != net_shape[:1]:
+            return f"num_classes (checkpoint has {ckpt_shape[0]})"
+        return "C or layers (the classifier's input width differs)"
+    if key.startswith("stem") and key.endswith("weight") and len(ckpt_shape) == 4 and ckpt_shape[1] != net_shape[1] \
+            and ckpt_shape[0] == net_shape[0]:
+        return f"in_channels (checkpoint has {ckpt_shape[1]})"
+    if "._ops." in key:
+        return "genotype (an operation differs) or C"
+    return "C (the channel width)"
+
+
+def check_state_dict(network: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckpointError` naming the first mismatch between ``state_dict`` and ``network``."""
+    own = network.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing:
+        k = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"checkpoint is missing key {k!r}{more}; check the setting {_hint_for_key(k)}")
+    if unexpected:
+        k = unexpected[0]
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"checkpoint has unexpected key {k!r}{more}; check the setting {_hint_for_key(k)}")
+    for k, v in own.items():
+        cv = state_dict[k]
+        if tuple(cv.shape) != tuple(v.shape):
+            raise CheckpointError(f"shape mismatch for {k!r}: checkpoint {tuple(cv.shape)}, network "
+                                  f"{tuple(v.shape)}; check the setting {_hint_for_shape(k, tuple(cv.shape), tuple(v.shape))}")
+
+
+def load_reference_checkpoint(path: Union[str, Path], kind: str = "cifar",
+                              genotype: Union[str, Genotype] = "RelativeNAS", C: int = 36, layers: int = 20,
+                              num_classes: int = 10, auxiliary: bool = True, map_location: Any = "cpu",
+                              network: Optional[nn.Module] = None, in_channels: int = 3) -> nn.Module:
+    """Build an evaluation network (or use ``network``) and load an official checkpoint into it.
+
+    ``path`` is a file saved by the official code (or this project): see :func:`extract_state_dict`
+    for the accepted layouts. Loading is strict; a mismatch raises :class:`CheckpointError` (a
+    ``ValueError``) with a one-line message naming the first offending key.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # unpickling errors of all kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r} with weights_only=True: {first}") from None
+    state_dict = extract_state_dict(obj)
+    if network is None:
+        network = build_network(kind, genotype, C, layers, num_classes, auxiliary=auxiliary, in_channels=in_channels)
+    check_state_dict(network, state_dict)
+    network.load_state_dict(state_dict, strict=True)
+    return network

@@ -1,0 +1,35 @@
+"""``python -m relnas.search``: run a RelativeNAS search (see configs/search.yaml)."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("relnas.search")
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="search")
+def main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
+    from relnas.data import DatasetNotFoundError
+    from relnas.nas.genotypes import GenotypeError
+    from relnas.search.run import ConfigError, run_search
+    from relnas.search.state import CheckpointError
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        result = run_search(cfg, run_dir)
+    except (ConfigError, DatasetNotFoundError, CheckpointError, GenotypeError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    genotype = result["genotype"]
+    print(f"found genotype (individual {result['individual']}, val loss {result['val_loss']:.4f}): {genotype}")
+    print(f"run directory: {result.get('run_dir', run_dir)}")
+    return float(result["val_loss"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""The search-loop callback: drives pairing, fast/slow selection, the Eq. 6 merge and the
+slow-fast update around one Lightning Trainer, where each Lightning epoch is one candidate's
+one-epoch estimation (train on search-train, validate on search-valid)."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import lightning as L
+import numpy as np
+import torch
+
+from relnas.search import encoding
+from relnas.search.slow_fast import cosine_lr, diversity, ramped_drop_path
+from relnas.search.strategies import Job, Strategy
+from relnas.search.weight_set import WeightSet, merge_eq6, restore, snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchSettings:
+    """Per-generation schedule and estimation settings (SPEC 5 defaults)."""
+
+    seed: int = 2
+    lr: float = 0.1                  # cosine over the generations, from lr ...
+    lr_min: float = 0.0              # ... toward lr_min (the official code stops at 1e-3)
+    drop_path_prob: float = 0.3
+    drop_path_ramp: bool = True      # official code: p * g / G
+    weight_set_update: str = "sequential"   # SPEC 3: pair p inherits Omega updated by pairs 1..p-1
+    interrupt_after: Optional[int] = None   # testing aid: raise after this many estimations
+
+
+class SimulatedInterrupt(RuntimeError):
+    """Raised by ``interrupt_after`` to simulate a crash (tests of resume)."""
+
+
+def candidate_seed(seed: int, generation: int, job: int, member: int) -> int:
+    """Seed of one estimation (data order, augmentation, drop path): independent of anything
+    that happened before it, so a resumed search replays a generation identically."""
+    return int(np.random.SeedSequence([seed, generation, job, member]).generate_state(1)[0])
+
+
+@dataclass
+class _Pending:
+    job: Job
+    member: int = 0
+    arch: Any = None
+    before: Dict[str, torch.Tensor] = field(default_factory=dict)
+    trained: List[Optional[Dict[str, torch.Tensor]]] = field(default_factory=list)
+    losses: List[float] = field(default_factory=list)
+    train_losses: List[float] = field(default_factory=list)
+    genotypes: List[Any] = field(default_factory=list)
+
+
+class SearchLoop(L.Callback):
+    def __init__(self, strategy: Strategy, settings: SearchSettings, rng: np.random.Generator,
+                 generation: int = 0, history: Optional[List[Dict[str, Any]]] = None,
+                 on_generation_end: Optional[Callable[["SearchLoop", L.Trainer], None]] = None,
+                 progress: bool = True):
+        self.strategy, self.settings, self.rng = strategy, settings, rng
+        self.generation = generation
+        self.history: List[Dict[str, Any]] = history if history is not None else []
+        self.on_generation_end_fn = on_generation_end
+        self.progress = progress
+        self._jobs: List[Job] = []
+        self._job_idx = 0
+        self._pending: Optional[_Pending] = None
+        self._estimations = 0
+        self._bar = None
+        self._gen_start = time.time()
+        self.generation_summaries: List[Dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def done(self) -> bool:
+        return self.generation >= self.strategy.generations
+
+    def remaining_estimations(self) -> int:
+        per_gen = self.strategy.budget // self.strategy.generations
+        return (self.strategy.generations - self.generation) * per_gen
+
+    def lr_of(self, g: int) -> float:
+        return cosine_lr(g, self.strategy.generations, self.settings.lr, self.settings.lr_min)
+
+    def drop_of(self, g: int) -> float:
+        return ramped_drop_path(g, self.strategy.generations, self.settings.drop_path_prob, self.settings.drop_path_ramp)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        if self.progress and trainer.is_global_zero:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.strategy.budget, initial=self.generation * (self.strategy.budget // self.strategy.generations),
+                             desc="search", unit="cand", dynamic_ncols=True, leave=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        if not self._jobs or self._job_idx >= len(self._jobs):
+            self._jobs = self.strategy.ask(self.rng, self.generation)
+            self._job_idx = 0
+            self._gen_start = time.time()
+            self._gen_rows: List[Dict[str, Any]] = []
+            self._gen_merges: List[tuple] = []
+        if self._pending is None:
+            self._pending = _Pending(self._jobs[self._job_idx])
+        p = self._pending
+        ws: WeightSet = pl_module.weight_set
+        vector = p.job.vectors[p.member]
+        genotype = encoding.decode(vector)
+        p.genotypes.append(genotype)
+        p.arch = ws.compile(genotype)
+        tensors = ws.tensors()
+        keys = ws.keys_of(p.arch.groups)
+        # per_generation mode defers every merge to the generation's end, so Omega still holds its
+        # generation-start values here: all pairs inherit the same Omega
+        p.before = snapshot(tensors, keys)
+        seed = candidate_seed(self.settings.seed, self.generation, p.job.index, p.member)
+        torch.manual_seed(seed)
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "set_seed"):
+            dm.set_seed(seed)
+        pl_module.begin_candidate(p.arch, self.lr_of(self.generation), self.drop_of(self.generation))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        # Lightning 2 runs the epoch-end validation before this hook
+        p = self._pending
+        train_loss, val_loss = pl_module.candidate_losses()
+        diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
+        if diverged:
+            log.warning("generation %d job %d member %d diverged (train %.4g, val %.4g): it loses its pair",
+                        self.generation, p.job.index, p.member, train_loss, val_loss)
+            val_loss = math.inf
+        ws: WeightSet = pl_module.weight_set
+        tensors = ws.tensors()
+        p.trained.append(None if diverged else snapshot(tensors, p.before))
+        restore(tensors, p.before)  # Omega is changed only by the merge
+        p.losses.append(val_loss)
+        p.train_losses.append(train_loss)
+        p.member += 1
+        self._estimations += 1
+        if self._bar is not None:
+            best = min([r["val_loss"] for r in self._gen_rows] + p.losses)
+            self._bar.set_postfix_str(f"gen {self.generation + 1}/{self.strategy.generations} "
+                                      f"job {p.job.index + 1}/{len(self._jobs)} best {best:.4f}")
+            self._bar.update(1)
+        if p.member == len(p.job.members):
+            self._finish_job(p, tensors)
+            self._pending = None
+            self._job_idx += 1
+            if self._job_idx >= len(self._jobs):
+                self._finish_generation(trainer)
+        if self.settings.interrupt_after is not None and self._estimations >= self.settings.interrupt_after:
+            raise SimulatedInterrupt(f"simulated interruption after {self._estimations} estimations")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _finish_job(self, p: _Pending, tensors: Dict[str, torch.Tensor]) -> None:
+        result = self.strategy.tell(self.rng, p.job, p.losses)
+        ordered = [p.trained[i] for i in result.merge_priority]
+        merge = (lambda: merge_eq6(tensors, ordered[-1], ordered[0])) if len(ordered) == 2 else \
+                (lambda: merge_eq6(tensors, ordered[0] if ordered else None, None))
+        if self.settings.weight_set_update == "per_generation":
+            self._gen_merges.append(merge)
+        else:
+            merge()
+        lr = self.lr_of(self.generation)
+        for i, member in enumerate(p.job.members):
+            self._gen_rows.append({
+                "generation": self.generation + 1, "individual": member, "pair": p.job.index,
+                "role": result.roles[i], "val_loss": p.losses[i], "train_loss": p.train_losses[i], "lr": lr,
+                "drop_path_prob": self.drop_of(self.generation),
+                "vector": " ".join(f"{v:.6f}" for v in p.job.vectors[i]), "genotype": str(p.genotypes[i]),
+            })
+
+    def _finish_generation(self, trainer: L.Trainer) -> None:
+        if self.settings.weight_set_update == "per_generation":
+            for merge in self._gen_merges:  # in pair order
+                merge()
+            self._gen_merges = []
+        self.strategy.end_generation(self.rng, self.generation)
+        self.history.extend(self._gen_rows)
+        losses = np.array([r["val_loss"] for r in self._gen_rows], dtype=np.float64)
+        finite = losses[np.isfinite(losses)]
+        pop = np.stack(list(self.strategy.population().values()))
+        summary = {
+            "generation": self.generation + 1,
+            "best_loss": float(finite.min()) if finite.size else math.inf,
+            "mean_loss": float(finite.mean()) if finite.size else math.inf,
+            "diversity": diversity(pop, encoding.LOWER, encoding.UPPER),
+            "lr": self.lr_of(self.generation),
+            "drop_path_prob": self.drop_of(self.generation),
+            "diverged": int((~np.isfinite(losses)).sum()),
+            "time_s": time.time() - self._gen_start,
+        }
+        self.generation_summaries.append(summary)
+        self.generation += 1
+        msg = (f"generation {summary['generation']}/{self.strategy.generations}: best {summary['best_loss']:.4f} "
+               f"mean {summary['mean_loss']:.4f} diversity {summary['diversity']:.3f} lr {summary['lr']:.4g} "
+               f"({summary['time_s']:.1f}s)")
+        if trainer.is_global_zero:
+            (self._bar.write if self._bar is not None else print)(msg)
+        log.info(msg)
+        if self.on_generation_end_fn is not None:
+            self.on_generation_end_fn(self, trainer)
+        if self.done:
+            trainer.should_stop = True
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        return {"generation": self.generation, "rng": self.rng.bit_generator.state,
+                "strategy": self.strategy.state_dict(), "history": list(self.history),
+                "summaries": list(self.generation_summaries)}

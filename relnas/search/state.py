@@ -1,0 +1,60 @@
+"""Atomic search checkpoints: ``search_state.pt`` in the run directory, the previous one kept as
+``search_state.prev.pt`` until the new one is complete. A corrupt or truncated newest file falls
+back to the previous complete one with a warning."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "search_state.pt"
+PREV_FILE = "search_state.prev.pt"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_state(run_dir: Path, state: Dict[str, Any]) -> Path:
+    run_dir = Path(run_dir)
+    path, prev, tmp = run_dir / STATE_FILE, run_dir / PREV_FILE, run_dir / (STATE_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if path.exists():
+        os.replace(path, prev)  # the previous complete checkpoint stays until the new one is in place
+    os.replace(tmp, path)
+    return path
+
+
+def _load(path: Path) -> Dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "generation" not in state or "weight_set" not in state:
+        raise CheckpointError(f"{path} is not a relnas search checkpoint")
+    return state
+
+
+def load_state(run_dir: Path) -> Tuple[Dict[str, Any], Path]:
+    """The newest complete checkpoint of ``run_dir`` and its path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"resume: {run_dir} is not a directory (pass the search run directory)")
+    errors = []
+    for name in (STATE_FILE, PREV_FILE):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            return _load(path), path
+        except Exception as e:  # noqa: BLE001 - any unreadable file falls back to the previous one
+            errors.append(f"{path.name}: {type(e).__name__}: {e}")
+            log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, e)
+    if errors:
+        raise CheckpointError(f"no readable search checkpoint in {run_dir} ({'; '.join(errors)})")
+    raise FileNotFoundError(f"resume: no {STATE_FILE} in {run_dir}; a checkpoint is written after each generation")

@@ -1,0 +1,140 @@
+"""Search strategies over the continuous encoding. Each generation a strategy proposes *jobs*:
+a pair of individuals (RelativeNAS) or a single one (baselines). The search loop estimates every
+member of a job from the weight set, merges the trained weights, and hands the losses back.
+
+A strategy keeps all its state in plain numpy arrays and lists (``state_dict``), and draws every
+random number from the generator it is given, so a search is resumable bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from relnas.search import encoding
+from relnas.search.slow_fast import check_population_size, fast_slow, init_population, random_pairs, slow_fast_update
+
+
+@dataclass
+class Job:
+    """Individuals estimated together: ``members`` are individual ids, ``vectors`` their encodings."""
+
+    index: int
+    members: List[int]
+    vectors: List[np.ndarray]
+
+
+@dataclass
+class JobResult:
+    roles: List[str]                       # per member, e.g. "fast"/"slow"/"sample"/"child"
+    merge_priority: List[int] = field(default_factory=list)  # member positions, later wins (Eq. 6: slow, fast)
+
+
+class Strategy:
+    """Base class. Subclasses implement ``init``, ``ask``, ``tell`` and the population accessors."""
+
+    name = "base"
+    budget: int
+
+    def init(self, rng: np.random.Generator) -> None:
+        raise NotImplementedError
+
+    def ask(self, rng: np.random.Generator, generation: int) -> List[Job]:
+        raise NotImplementedError
+
+    def tell(self, rng: np.random.Generator, job: Job, losses: Sequence[float]) -> JobResult:
+        raise NotImplementedError
+
+    def end_generation(self, rng: np.random.Generator, generation: int) -> None:
+        pass
+
+    @property
+    def generations(self) -> int:
+        raise NotImplementedError
+
+    def population(self) -> Dict[int, np.ndarray]:
+        """The current population: individual id -> vector."""
+        raise NotImplementedError
+
+    def best(self) -> tuple[int, np.ndarray, float]:
+        """(id, vector, loss) of the architecture to report."""
+        raise NotImplementedError
+
+    def state_dict(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class RelativeNAS(Strategy):
+    """Slow-fast learning (SPEC 2): random pairs, the slow learner moves toward the fast one."""
+
+    name = "relativenas"
+
+    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None, **_: Any):
+        self.population_size = check_population_size(population_size)
+        if budget:  # a budget in estimations fixes the number of generations
+            generations = int(budget) // self.population_size
+        if int(generations) < 1:
+            raise ValueError(f"generations must be a positive integer, got {generations!r}")
+        self._generations = int(generations)
+        self.budget = self.population_size * self._generations
+        self.alpha: Optional[np.ndarray] = None
+        self.velocity: Optional[np.ndarray] = None
+        self.losses = np.full(self.population_size, np.inf)
+
+    @property
+    def generations(self) -> int:
+        return self._generations
+
+    def init(self, rng: np.random.Generator) -> None:
+        self.alpha, self.velocity = init_population(rng, self.population_size, encoding.LOWER, encoding.UPPER)
+
+    def ask(self, rng: np.random.Generator, generation: int) -> List[Job]:
+        pairs = random_pairs(rng, self.population_size)
+        return [Job(p, [int(a), int(b)], [self.alpha[a].copy(), self.alpha[b].copy()]) for p, (a, b) in enumerate(pairs)]
+
+    def tell(self, rng: np.random.Generator, job: Job, losses: Sequence[float]) -> JobResult:
+        f, s = fast_slow(losses[0], losses[1])
+        fid, sid = job.members[f], job.members[s]
+        for m, loss in zip(job.members, losses):
+            self.losses[m] = loss
+        # the slow learner's update uses the fast learner's vector as estimated (job.vectors)
+        self.alpha[sid], self.velocity[sid] = slow_fast_update(rng, self.alpha[sid], self.velocity[sid],
+                                                               job.vectors[f], encoding.LOWER, encoding.UPPER)
+        roles = ["fast", "slow"] if f == 0 else ["slow", "fast"]
+        return JobResult(roles=roles, merge_priority=[s, f])
+
+    def population(self) -> Dict[int, np.ndarray]:
+        return {i: self.alpha[i].copy() for i in range(self.population_size)}
+
+    def best(self) -> tuple[int, np.ndarray, float]:
+        # lowest validation loss in the last generation: always a fast learner, whose vector the
+        # update left unchanged, so alpha[i] is exactly the estimated architecture
+        i = int(np.argmin(self.losses))
+        return i, self.alpha[i].copy(), float(self.losses[i])
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"alpha": self.alpha.copy(), "velocity": self.velocity.copy(), "losses": self.losses.copy()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.alpha = np.asarray(state["alpha"], dtype=np.float64).copy()
+        self.velocity = np.asarray(state["velocity"], dtype=np.float64).copy()
+        self.losses = np.asarray(state["losses"], dtype=np.float64).copy()
+
+
+STRATEGIES: Dict[str, Callable[..., Strategy]] = {"relativenas": RelativeNAS}
+
+
+def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
+    STRATEGIES[name] = factory
+
+
+def create_strategy(name: str, **kwargs: Any) -> Strategy:
+    try:
+        factory = STRATEGIES[name]
+    except KeyError:
+        raise KeyError(f"unknown search strategy {name!r}; known strategies: {', '.join(STRATEGIES)}") from None
+    return factory(**kwargs)

@@ -1,0 +1,210 @@
+"""The weight set Omega (SPEC 3): every operation on every edge of every cell, plus shared parts.
+
+``WeightSet`` is a single module that holds Omega once. A candidate never gets its own copy of the
+network: ``WeightSet.forward(x, arch)`` runs the sub-network that ``arch`` (a compiled genotype)
+selects, training the shared tensors in place. The bookkeeping of the one-epoch estimation is done
+on *groups* of tensors: each group is one module (an operation on an edge, a cell's
+preprocessing, the stem, the classifier) with its parameters AND buffers (BatchNorm running
+statistics travel with their operation).
+
+The merge of Eq. 6 is a plain function over tensor dictionaries (:func:`merge_eq6`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from relnas.nas.genotypes import Genotype
+from relnas.nas.networks import reduction_layers
+from relnas.nas.operations import SEARCH_OPS, FactorizedReduce, Identity, ReLUConvBN, create_op, drop_path
+
+SHARED_GROUPS = ("stem", "classifier")
+
+
+class SuperCell(nn.Module):
+    """A cell position with every operation on every edge ``i -> j`` (``edges['{j}_{i}'][op]``)."""
+
+    def __init__(self, C_prev_prev: int, C_prev: int, C: int, reduction: bool, reduction_prev: bool,
+                 num_nodes: int = 4, ops: Sequence[str] = SEARCH_OPS):
+        super().__init__()
+        self.reduction = reduction
+        self.num_nodes = num_nodes
+        self.preprocess0 = FactorizedReduce(C_prev_prev, C) if reduction_prev else ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
+        self.edges = nn.ModuleDict()
+        for j in range(num_nodes):
+            for i in range(j + 2):
+                stride = 2 if reduction and i < 2 else 1
+                self.edges[f"{j + 2}_{i}"] = nn.ModuleDict({op: create_op(op, C, stride, True) for op in ops})
+        self.multiplier = num_nodes
+
+
+@dataclass(frozen=True)
+class CompiledCell:
+    ops: Tuple[nn.Module, ...]       # two per intermediate node
+    inputs: Tuple[int, ...]
+    droppable: Tuple[bool, ...]      # False for identities (never dropped)
+    concat: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A genotype compiled against a weight set: module references per cell, and the used groups."""
+
+    genotype: Genotype
+    cells: Tuple[CompiledCell, ...]
+    groups: Tuple[str, ...]
+
+
+class WeightSet(nn.Module):
+    """Omega for the search network (NetworkCIFAR layout, no auxiliary head)."""
+
+    def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, in_channels: int = 3,
+                 num_nodes: int = 4, stem_multiplier: int = 3, ops: Sequence[str] = SEARCH_OPS):
+        super().__init__()
+        self.C, self.layers, self.num_nodes, self.ops = C, layers, num_nodes, tuple(ops)
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        reductions = reduction_layers(layers)
+        for k in range(layers):
+            reduction = k in reductions
+            if reduction:
+                C_curr *= 2
+            cell = SuperCell(C_prev_prev, C_prev, C_curr, reduction, reduction_prev, num_nodes, ops)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+        self.classifier = nn.Linear(C_prev, num_classes)
+        self._build_groups()
+
+    # ------------------------------------------------------------------ tensor groups
+    def _build_groups(self) -> None:
+        tensors: Dict[str, torch.Tensor] = {}
+        groups: Dict[str, List[str]] = {}
+        for name, module in self.named_modules():
+            own = [(n, t) for n, t in list(module.named_parameters(recurse=False)) +
+                   list(module.named_buffers(recurse=False))]
+            if not own:
+                continue
+            group = self._group_of(name)
+            for n, _ in own:
+                groups.setdefault(group, []).append(f"{name}.{n}" if name else n)
+        self._group_keys = {g: tuple(keys) for g, keys in groups.items()}
+
+    @staticmethod
+    def _group_of(module_name: str) -> str:
+        parts = module_name.split(".")
+        if parts[0] in SHARED_GROUPS:
+            return parts[0]
+        # cells.K.preprocessX...  or  cells.K.edges.J_I.OP...
+        if parts[2] == "edges":
+            return ".".join(parts[:5])
+        return ".".join(parts[:3])
+
+    @property
+    def groups(self) -> Tuple[str, ...]:
+        return tuple(self._group_keys)
+
+    def group_keys(self, group: str) -> Tuple[str, ...]:
+        """State-dict keys (parameters and buffers) of one group; empty for parameter-free ops."""
+        return self._group_keys.get(group, ())
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        """Every parameter and buffer of Omega by state-dict key (live tensors, not copies)."""
+        out = dict(self.named_parameters())
+        out.update(self.named_buffers())
+        return out
+
+    def keys_of(self, groups: Iterable[str]) -> List[str]:
+        return [k for g in groups for k in self.group_keys(g)]
+
+    # ------------------------------------------------------------------ candidates
+    def compile(self, genotype: Genotype) -> Arch:
+        """Resolve ``genotype`` to module references (no allocation, no copies)."""
+        cells, used = [], ["stem"]
+        for k, cell in enumerate(self.cells):
+            pairs = genotype.reduce if cell.reduction else genotype.normal
+            concat = genotype.reduce_concat if cell.reduction else genotype.normal_concat
+            if len(pairs) != 2 * self.num_nodes:
+                raise ValueError(f"genotype has {len(pairs) // 2} nodes per cell, the weight set {self.num_nodes}")
+            mods, inputs, droppable = [], [], []
+            for slot, (op, i) in enumerate(pairs):
+                j = slot // 2 + 2
+                if op not in self.ops:
+                    raise ValueError(f"operation {op!r} is not in the weight set's search space {self.ops}")
+                m = cell.edges[f"{j}_{i}"][op]
+                mods.append(m)
+                inputs.append(i)
+                droppable.append(not isinstance(m, Identity))
+                used.append(f"cells.{k}.edges.{j}_{i}.{op}")
+            used += [f"cells.{k}.preprocess0", f"cells.{k}.preprocess1"]
+            cells.append(CompiledCell(tuple(mods), tuple(inputs), tuple(droppable), tuple(concat)))
+        used.append("classifier")
+        groups = tuple(dict.fromkeys(g for g in used if g in self._group_keys))  # ordered, unique, non-empty
+        return Arch(genotype, tuple(cells), groups)
+
+    def forward(self, x: torch.Tensor, arch: Arch, drop_prob: float = 0.0) -> torch.Tensor:
+        s0 = s1 = self.stem(x)
+        use_drop = self.training and drop_prob > 0.0
+        for cell, c in zip(self.cells, arch.cells):
+            states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+            for n in range(len(c.ops) // 2):
+                hs = []
+                for slot in (2 * n, 2 * n + 1):
+                    h = c.ops[slot](states[c.inputs[slot]])
+                    if use_drop and c.droppable[slot]:
+                        h = drop_path(h, drop_prob)
+                    hs.append(h)
+                states.append(hs[0] + hs[1])
+            s0, s1 = s1, torch.cat([states[i] for i in c.concat], dim=1)
+        out = F.adaptive_avg_pool2d(s1, 1).flatten(1)
+        return self.classifier(out)
+
+    def parameters_of(self, arch: Arch) -> List[nn.Parameter]:
+        """The trainable tensors the candidate uses (each once, even if an op is used twice)."""
+        params = dict(self.named_parameters())
+        return [params[k] for k in self.keys_of(arch.groups) if k in params]
+
+
+# ---------------------------------------------------------------------- pure tensor-dict maths
+
+def snapshot(tensors: Mapping[str, torch.Tensor], keys: Iterable[str]) -> Dict[str, torch.Tensor]:
+    """Detached copies of the named tensors (only those; never the whole weight set)."""
+    with torch.no_grad():
+        return {k: tensors[k].detach().clone() for k in keys}
+
+
+def restore(tensors: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, v in values.items():
+            tensors[k].copy_(v)
+
+
+def eq6_sources(all_keys: Iterable[str], fast_keys: Iterable[str], slow_keys: Iterable[str]) -> Dict[str, str]:
+    """Where each tensor of Omega takes its value from after a pair (Eq. 6):
+    ``'fast'`` if the fast learner uses it, else ``'slow'`` if the slow learner does, else ``'omega'``."""
+    fast, slow = set(fast_keys), set(slow_keys)
+    return {k: "fast" if k in fast else "slow" if k in slow else "omega" for k in all_keys}
+
+
+def merge_eq6(omega: Mapping[str, torch.Tensor], fast_trained: Optional[Mapping[str, torch.Tensor]],
+              slow_trained: Optional[Mapping[str, torch.Tensor]]) -> None:
+    """Eq. 6 in place: ``Omega <- w'_fast U (w'_slow minus w'_fast) U (Omega minus both)``.
+
+    ``fast_trained``/``slow_trained`` map state-dict keys to the trained values of each learner;
+    ``None`` for a learner whose training diverged (its weights never enter Omega).
+    """
+    with torch.no_grad():
+        fast_trained = fast_trained or {}
+        for k, v in (slow_trained or {}).items():
+            if k not in fast_trained:
+                omega[k].copy_(v)
+        for k, v in fast_trained.items():
+            omega[k].copy_(v)

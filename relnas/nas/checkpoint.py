@@ -68,30 +68,37 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"checkpoint holds no state dict (got a {type(obj).__name__})")
 
 
-def _hint_for_key(key: str) -> str:
-    if key.startswith("auxiliary_head."):
-        return "auxiliary (the checkpoint and the network disagree on having an auxiliary head)"
-    m = re.match(r"cells\.(\d+)\.", key)
-    if m:
-        if "._ops." in key:
-            return "genotype (the cells' operations differ) or layers"
-        return "layers (the number of cells differs) or genotype"
-    if key.startswith(("stem", "classifier")):
-        return "network kind (cifar/imagenet)"
-    return "network kind, genotype or layers"
+def infer_settings(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The network settings a state dict of an evaluation network implies (those it reveals).
+
+    Keys: ``network`` (cifar/imagenet), ``C``, ``layers``, ``num_classes``, ``auxiliary``,
+    ``in_channels``. Settings that cannot be read off are left out.
+    """
+    out: dict[str, Any] = {}
+    if "stem.0.weight" in state_dict:
+        w = state_dict["stem.0.weight"]
+        out.update(network="cifar", C=int(w.shape[0]) // 3, in_channels=int(w.shape[1]))
+    elif "stem0.0.weight" in state_dict:
+        out.update(network="imagenet", in_channels=int(state_dict["stem0.0.weight"].shape[1]))
+        if "stem0.3.weight" in state_dict:
+            out["C"] = int(state_dict["stem0.3.weight"].shape[0])
+    cells = {int(m.group(1)) for k in state_dict for m in [re.match(r"cells\.(\d+)\.", k)] if m}
+    if cells:
+        out["layers"] = max(cells) + 1
+    if "classifier.weight" in state_dict:
+        out["num_classes"] = int(state_dict["classifier.weight"].shape[0])
+    out["auxiliary"] = any(k.startswith("auxiliary_head.") for k in state_dict)
+    return out
 
 
-def _hint_for_shape(key: str, ckpt_shape: tuple, net_shape: tuple) -> str:
-    if key.startswith("classifier.") or key.endswith("classifier.bias") or key.endswith("classifier.weight"):
-        if ckpt_shape[:1] != net_shape[:1]:
-            return f"num_classes (checkpoint has {ckpt_shape[0]})"
-        return "C or layers (the classifier's input width differs)"
-    if key.startswith("stem") and key.endswith("weight") and len(ckpt_shape) == 4 and ckpt_shape[1] != net_shape[1] \
-            and ckpt_shape[0] == net_shape[0]:
-        return f"in_channels (checkpoint has {ckpt_shape[1]})"
-    if "._ops." in key:
-        return "genotype (an operation differs) or C"
-    return "C (the channel width)"
+def _hint(network: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
+    ckpt, own = infer_settings(state_dict), infer_settings(network.state_dict())
+    diffs = [f"{k}={ckpt[k]!r} (network: {own[k]!r})" for k in
+             ("network", "C", "layers", "num_classes", "auxiliary", "in_channels")
+             if k in ckpt and k in own and ckpt[k] != own[k]]
+    if diffs:
+        return "the checkpoint was probably saved with " + ", ".join(diffs)
+    return "network kind, C, layers, num_classes and auxiliary agree, so the genotype probably differs"
 
 
 def check_state_dict(network: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -102,16 +109,16 @@ def check_state_dict(network: nn.Module, state_dict: Mapping[str, torch.Tensor])
     if missing:
         k = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CheckpointError(f"checkpoint is missing key {k!r}{more}; check the setting {_hint_for_key(k)}")
+        raise CheckpointError(f"checkpoint is missing key {k!r}{more}; {_hint(network, state_dict)}")
     if unexpected:
         k = unexpected[0]
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise CheckpointError(f"checkpoint has unexpected key {k!r}{more}; check the setting {_hint_for_key(k)}")
+        raise CheckpointError(f"checkpoint has unexpected key {k!r}{more}; {_hint(network, state_dict)}")
     for k, v in own.items():
         cv = state_dict[k]
         if tuple(cv.shape) != tuple(v.shape):
             raise CheckpointError(f"shape mismatch for {k!r}: checkpoint {tuple(cv.shape)}, network "
-                                  f"{tuple(v.shape)}; check the setting {_hint_for_shape(k, tuple(cv.shape), tuple(v.shape))}")
+                                  f"{tuple(v.shape)}; {_hint(network, state_dict)}")
 
 
 def load_reference_checkpoint(path: Union[str, Path], kind: str = "cifar",

@@ -501,3 +501,45 @@ def test_lightning_fit_uses_augmentation():
     assert all(x.dtype == torch.float32 for x in seen["train"] + seen["val"])
     assert torch.equal(seen["val"][0], dm.preprocess(dm.val_data[0], train=False))
     assert any((x == 0).any() for x in seen["train"])  # cutout zeros in training batches
+
+
+def test_set_seed_in_epoch_start_hook_makes_resume_bit_exact():
+    """The search calls ``set_seed`` in ``on_train_epoch_start``; the shuffle must follow it even for
+    the first epoch of a fit (Lightning calls ``iter()`` on the loader before that hook), so a
+    resumed search that starts a fresh fit at candidate k sees exactly the original batches."""
+    import lightning as L
+
+    class Seeder(L.Callback):
+        def __init__(self, first):
+            self.first = first
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            trainer.datamodule.set_seed(self.first + trainer.current_epoch)
+
+    class Rec(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.batches = []
+
+        def training_step(self, batch, _):
+            self.batches.append((self.current_epoch, batch[0].clone(), batch[1].clone()))
+            return self.w * 0 + batch[0].float().mean() * 0 + self.w.square()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def fit(epochs, first):
+        dm = SyntheticDataModule(num_train=48, num_test=16, image_size=8, batch_size=16, cutout=4)
+        m = Rec()
+        L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                  limit_val_batches=0, callbacks=[Seeder(first)]).fit(m, datamodule=dm)
+        return m.batches
+
+    full = fit(3, 100)
+    resumed = fit(1, 102)
+    last = [b for b in full if b[0] == 2]
+    assert len(last) == len(resumed) == 3
+    for (_, xa, ya), (_, xb, yb) in zip(last, resumed):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)

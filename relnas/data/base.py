@@ -63,6 +63,8 @@ class TensorDataModule(L.LightningDataModule):
         download: download the dataset (in ``prepare_data``) when it is missing.
         seed: initial seed for shuffling and augmentation (see ``set_seed``).
         mean, std: override the dataset's normalisation statistics.
+        subset: keep only this many training images (a random subset drawn with ``split_seed``,
+            before any split); None keeps the whole training set. The test set is unchanged.
     """
 
     #: dataset name (registry key)
@@ -87,6 +89,7 @@ class TensorDataModule(L.LightningDataModule):
         seed: int = 0,
         mean: Sequence[float] | float | None = None,
         std: Sequence[float] | float | None = None,
+        subset: int | None = None,
     ) -> None:
         super().__init__()
         if train_portion is not None:
@@ -97,6 +100,9 @@ class TensorDataModule(L.LightningDataModule):
             raise ValueError(f"val_size must be >= 0, got {val_size}")
         if int(batch_size) < 1 or int(eval_batch_size) < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
+        if subset is not None and int(subset) < 2:
+            raise ValueError(f"subset must be None or an integer >= 2, got {subset}")
+        self.subset = None if subset is None else int(subset)
         self.data_dir = str(data_dir)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
@@ -220,6 +226,10 @@ class TensorDataModule(L.LightningDataModule):
         x_tr, y_tr, x_te, y_te = self._load()
         x_tr, x_te = x_tr.contiguous(), x_te.contiguous()
         y_tr, y_te = y_tr.to(torch.int64), y_te.to(torch.int64)
+        if self.subset is not None and self.subset < len(x_tr):
+            keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(self.split_seed + 7777))
+            keep = keep[: self.subset].sort().values
+            x_tr, y_tr = x_tr[keep], y_tr[keep]
         n = len(x_tr)
         g = torch.Generator().manual_seed(self.split_seed)
         if self.train_portion is not None:

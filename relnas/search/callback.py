@@ -80,9 +80,16 @@ class SearchLoop(L.Callback):
     def done(self) -> bool:
         return self.generation >= self.strategy.generations
 
+    def estimations_before(self, generation: int) -> int:
+        """Estimations done by generations 0..generation-1 (a strategy whose budget is not a
+        multiple of its generations says so with its own ``estimations_before``)."""
+        own = getattr(self.strategy, "estimations_before", None)
+        if own is not None:
+            return int(own(generation))
+        return generation * (self.strategy.budget // self.strategy.generations)
+
     def remaining_estimations(self) -> int:
-        per_gen = self.strategy.budget // self.strategy.generations
-        return (self.strategy.generations - self.generation) * per_gen
+        return self.strategy.budget - self.estimations_before(self.generation)
 
     def lr_of(self, g: int) -> float:
         return cosine_lr(g, self.strategy.generations, self.settings.lr, self.settings.lr_min)
@@ -95,7 +102,7 @@ class SearchLoop(L.Callback):
         if self.progress and trainer.is_global_zero:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.strategy.budget, initial=self.generation * (self.strategy.budget // self.strategy.generations),
+            self._bar = tqdm(total=self.strategy.budget, initial=self.estimations_before(self.generation),
                              desc="search", unit="cand", dynamic_ncols=True, leave=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:

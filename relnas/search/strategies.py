@@ -138,3 +138,7 @@ def create_strategy(name: str, **kwargs: Any) -> Strategy:
     except KeyError:
         raise KeyError(f"unknown search strategy {name!r}; known strategies: {', '.join(STRATEGIES)}") from None
     return factory(**kwargs)
+
+
+# the baselines (random search, regularized evolution) register themselves on import
+from relnas.search import baselines as _baselines  # noqa: E402,F401

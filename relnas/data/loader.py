@@ -31,6 +31,11 @@ class TensorBatchLoader:
             ``"pad"`` repeats samples from the start of the order (as ``DistributedSampler``
             with ``drop_last=False``), so every sample is seen but a few twice.
             With ``world_size == 1`` nothing is dropped or padded.
+
+    The epoch's permutation is drawn lazily, at the first ``next()`` (``__iter__`` is a
+    generator), not at ``iter()``: Lightning calls ``iter()`` on the first epoch's loader before
+    ``on_train_epoch_start`` (it does not prefetch sized iterables), so a ``set_seed`` in that hook
+    still governs the epoch's order.
     """
 
     def __init__(

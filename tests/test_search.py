@@ -1,0 +1,299 @@
+"""The search end to end on synthetic data: Eq. 6 merge, outputs, resume, faults, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from relnas.models.search_module import SearchModule
+from relnas.search import callback as callback_mod
+from relnas.search import encoding
+from relnas.search.callback import SearchLoop, SimulatedInterrupt
+from relnas.search.run import ConfigError, run_search
+from relnas.search.state import PREV_FILE, STATE_FILE, load_state
+from relnas.search.weight_set import WeightSet, eq6_sources, merge_eq6
+from search_helpers import CONFIG_DIR, tiny_search_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _genotypes(seed, n):
+    rng = np.random.default_rng(seed)
+    return [encoding.decode(encoding.sample(rng)) for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------- weight set
+
+def test_compile_uses_exactly_the_candidates_groups():
+    ws = WeightSet(C=4, num_classes=10, layers=3)
+    g = _genotypes(0, 1)[0]
+    arch = ws.compile(g)
+    for k, cell in enumerate(ws.cells):
+        pairs = g.reduce if cell.reduction else g.normal
+        for slot, (op, i) in enumerate(pairs):
+            assert arch.cells[k].ops[slot] is cell.edges[f"{slot // 2 + 2}_{i}"][op]
+    keys = set(ws.keys_of(arch.groups))
+    assert {"stem.0.weight", "stem.1.running_mean", "classifier.weight"} <= keys
+    # parameters of unused operations are not among the candidate's
+    used = {id(p) for p in ws.parameters_of(arch)}
+    unused = [n for n, p in ws.named_parameters() if id(p) not in used]
+    assert unused and all(".edges." in n for n in unused)
+    out = ws(torch.randn(2, 3, 16, 16), arch)
+    assert out.shape == (2, 10)
+
+
+def test_merge_eq6_assigns_every_tensor_exhaustively():
+    torch.manual_seed(0)
+    ws = WeightSet(C=4, num_classes=10, layers=3)
+    fast_g, slow_g = _genotypes(1, 2)
+    fast_keys = ws.keys_of(ws.compile(fast_g).groups)
+    slow_keys = ws.keys_of(ws.compile(slow_g).groups)
+    omega = ws.tensors()
+    before = {k: v.clone() for k, v in omega.items()}
+    fast = {k: torch.full_like(before[k], 1) for k in fast_keys}
+    slow = {k: torch.full_like(before[k], 2) for k in slow_keys}
+    merge_eq6(omega, fast, slow)
+    sources = eq6_sources(omega, fast_keys, slow_keys)
+    assert set(sources.values()) == {"fast", "slow", "omega"}
+    for k, src in sources.items():
+        expected = {"fast": fast, "slow": slow, "omega": before}[src][k]
+        assert torch.equal(omega[k], expected), k
+    # a diverged slow learner contributes nothing
+    ws2 = WeightSet(C=4, num_classes=10, layers=3)
+    o2 = ws2.tensors()
+    b2 = {k: v.clone() for k, v in o2.items()}
+    merge_eq6(o2, {k: torch.full_like(b2[k], 1) for k in fast_keys}, None)
+    for k in o2:
+        assert torch.equal(o2[k], torch.full_like(b2[k], 1) if k in set(fast_keys) else b2[k])
+
+
+def test_search_pair_leaves_exactly_the_eq6_values(tmp_path, monkeypatch):
+    """One real pair through the Lightning search loop: afterwards every tensor of Omega (BN
+    buffers included) holds the fast learner's trained value, the slow-only trained value, or
+    its old value."""
+    captured = []
+    real_merge = callback_mod.merge_eq6
+
+    def spy(omega, fast, slow):
+        captured.append({"before": {k: v.clone() for k, v in omega.items()}, "fast": fast, "slow": slow})
+        real_merge(omega, fast, slow)
+        captured[-1]["after"] = {k: v.clone() for k, v in omega.items()}
+
+    monkeypatch.setattr(callback_mod, "merge_eq6", spy)
+    cfg = tiny_search_cfg(tmp_path, ["search.population_size=2", "search.generations=1", "search.drop_path_prob=0"])
+    run_search(cfg, tmp_path)
+    assert len(captured) == 1
+    c = captured[0]
+    fast, slow, before, after = c["fast"], c["slow"], c["before"], c["after"]
+    assert any(k.endswith("running_mean") for k in fast) and any(k.endswith("num_batches_tracked") for k in fast)
+    changed = [k for k in fast if k.endswith("weight") and not torch.equal(fast[k], before[k])]
+    assert changed, "the fast learner was trained"
+    assert any(not torch.equal(fast[k], before[k]) for k in fast if k.endswith("running_mean"))
+    n_slow_only = 0
+    for k in after:
+        if k in fast:
+            assert torch.equal(after[k], fast[k]), k
+        elif k in slow:
+            n_slow_only += 1
+            assert torch.equal(after[k], slow[k]), k
+        else:
+            assert torch.equal(after[k], before[k]), k
+    assert n_slow_only > 0
+    # shared parts are used by both; the fast learner's values win
+    assert "stem.0.weight" in fast and "stem.0.weight" in slow
+    assert not torch.equal(fast["stem.0.weight"], slow["stem.0.weight"])
+    state, _ = load_state(tmp_path)
+    for k, v in state["weight_set"].items():
+        assert torch.equal(v, after[k].cpu()), k
+
+
+# ---------------------------------------------------------------------------- end to end
+
+def test_search_end_to_end_outputs_and_slow_learners_move(tmp_path):
+    cfg = tiny_search_cfg(tmp_path, ["search.plots=true"])
+    result = run_search(cfg, tmp_path)
+    for name in ("genotype.json", "population.json", "history.csv", "generations.csv", "result.json",
+                 "val_loss_trajectories.png", "diversity.png", "normal.png", "reduce.png", STATE_FILE):
+        assert (tmp_path / name).is_file(), name
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert len(rows) == 4 * 3
+    assert set(rows[0]) >= {"generation", "individual", "pair", "role", "val_loss", "train_loss", "lr", "vector",
+                            "genotype"}
+    for g in (1, 2, 3):
+        roles = sorted(r["role"] for r in rows if int(r["generation"]) == g)
+        assert roles == ["fast", "fast", "slow", "slow"]
+        inds = sorted(int(r["individual"]) for r in rows if int(r["generation"]) == g)
+        assert inds == [0, 1, 2, 3]
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(0.1) and lrs[-1] < lrs[0]
+    # slow learners moved toward their fast learners; fast learners stayed
+    by = {(int(r["generation"]), int(r["individual"])): r for r in rows}
+    moved = 0
+    for g in (1, 2):
+        for r in (r for r in rows if int(r["generation"]) == g):
+            i = int(r["individual"])
+            v_now = np.array(r["vector"].split(), float)
+            v_next = np.array(by[(g + 1, i)]["vector"].split(), float)
+            if r["role"] == "fast":
+                np.testing.assert_allclose(v_next, v_now, atol=1e-6)
+            else:
+                partner = next(p for p in rows if int(p["generation"]) == g and p["pair"] == r["pair"]
+                               and p["role"] == "fast")
+                v_fast = np.array(partner["vector"].split(), float)
+                if np.linalg.norm(v_next - v_fast) < np.linalg.norm(v_now - v_fast):
+                    moved += 1
+    assert moved >= 3  # first-generation moves are always toward; later ones carry momentum
+    genotype = json.loads((tmp_path / "genotype.json").read_text())
+    last = [r for r in rows if int(r["generation"]) == 3]
+    best = min(last, key=lambda r: float(r["val_loss"]))
+    assert encoding.decode(np.array(best["vector"].split(), float)).to_dict() == genotype
+    assert result["val_loss"] == pytest.approx(float(best["val_loss"]))
+    pop = json.loads((tmp_path / "population.json").read_text())
+    assert len(pop) == 4 and pop[0]["genotype"] == genotype
+
+
+def test_resume_after_interruption_is_bit_exact(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ref = run_search(tiny_search_cfg(a), a)
+    with pytest.raises(SimulatedInterrupt):
+        run_search(tiny_search_cfg(b, ["search.interrupt_after=6"]), b)  # mid generation 2
+    state, _ = load_state(b)
+    assert state["generation"] == 1
+    resumed = run_search(tiny_search_cfg(b, [f"resume={b}"]))
+    sa, sb = load_state(a)[0], load_state(b)[0]
+    np.testing.assert_array_equal(sa["strategy"]["alpha"], sb["strategy"]["alpha"])
+    np.testing.assert_array_equal(sa["strategy"]["velocity"], sb["strategy"]["velocity"])
+    for k in sa["weight_set"]:
+        assert torch.equal(sa["weight_set"][k], sb["weight_set"][k]), k
+    assert ref["genotype"] == resumed["genotype"]
+    assert (a / "history.csv").read_text() == (b / "history.csv").read_text()
+
+
+def test_resume_with_changed_search_config_names_the_keys(tmp_path):
+    run_search(tiny_search_cfg(tmp_path, ["search.generations=1", "search.population_size=2"]), tmp_path)
+    cfg = tiny_search_cfg(tmp_path, ["search.generations=1", "search.population_size=2", "search.lr=0.5",
+                                     "supernet.C=8", f"resume={tmp_path}", "logger=csv"])
+    with pytest.raises(ConfigError) as e:
+        run_search(cfg)
+    assert "search.lr" in str(e.value) and "supernet.C" in str(e.value)
+    assert "search.generations" not in str(e.value)
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    run_search(tiny_search_cfg(tmp_path, ["search.generations=2", "search.population_size=2"]), tmp_path)
+    assert (tmp_path / PREV_FILE).is_file()
+    good_prev = torch.load(tmp_path / PREV_FILE, weights_only=False)
+    data = (tmp_path / STATE_FILE).read_bytes()
+    (tmp_path / STATE_FILE).write_bytes(data[: len(data) // 3])  # truncated
+    state, path = load_state(tmp_path)
+    assert path.name == PREV_FILE and state["generation"] == good_prev["generation"] == 1
+    (tmp_path / PREV_FILE).write_bytes(b"garbage")
+    with pytest.raises(Exception, match="no readable search checkpoint"):
+        load_state(tmp_path)
+
+
+def test_diverging_candidate_loses_and_never_enters_the_weight_set(tmp_path, monkeypatch):
+    poison = {"on": False}
+    real_start = SearchLoop.on_train_epoch_start
+    real_forward = SearchModule.forward
+
+    def start(self, trainer, pl_module):
+        real_start(self, trainer, pl_module)
+        p = self._pending
+        poison["on"] = p.job.members[p.member] == 0
+
+    def forward(self, x):
+        out = real_forward(self, x)
+        return out * float("nan") if poison["on"] and self.training else out
+
+    monkeypatch.setattr(SearchLoop, "on_train_epoch_start", start)
+    monkeypatch.setattr(SearchModule, "forward", forward)
+    run_search(tiny_search_cfg(tmp_path, ["search.generations=2"]), tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    zero = [r for r in rows if r["individual"] == "0"]
+    assert len(zero) == 2 and all(math.isinf(float(r["val_loss"])) and r["role"] == "slow" for r in zero)
+    others = [r for r in rows if r["individual"] != "0"]
+    assert all(math.isfinite(float(r["val_loss"])) for r in others)
+    state, _ = load_state(tmp_path)
+    assert all(torch.isfinite(v.float()).all() for v in state["weight_set"].values())
+
+
+@pytest.mark.parametrize("override,message", [
+    ("search.population_size=3", "population_size"),
+    ("search.population_size=0", "population_size"),
+    ("search.generations=0", "generations"),
+    ("search.train_portion=1.5", "train_portion"),
+    ("search.train_portion=0", "train_portion"),
+    ("search.strategy=bogus", "unknown search.strategy"),
+    ("search.weight_set_update=sometimes", "weight_set_update"),
+])
+def test_bad_search_config_fails_before_work(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run_search(tiny_search_cfg(tmp_path, [override]), tmp_path)
+    assert not (tmp_path / STATE_FILE).exists()
+
+
+def _cli(args, tmp_path, timeout=300):
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "relnas.search", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = _cli(["search.population_size=5", f"hydra.run.dir={tmp_path}/r"], tmp_path)
+    assert r.returncode != 0
+    assert "error: search.population_size must be an even integer" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = _cli(["data=imaginary", f"hydra.run.dir={tmp_path}/r2"], tmp_path)
+    assert r.returncode != 0 and "imaginary" in r.stderr and "cifar10" in r.stderr
+    r = _cli([f"hydra.run.dir={tmp_path}/r3", f"paths.data_dir={tmp_path}/nodata"], tmp_path)
+    assert r.returncode != 0 and "error:" in r.stderr and "download" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_multirun_runs_each_setting_in_its_own_dir(tmp_path):
+    from search_helpers import TINY
+
+    args = ["-m", *[a for a in TINY if not a.startswith("search.population_size")],
+            "search.population_size=2,4", "search.generations=1", f"hydra.sweep.dir={tmp_path}/sweep"]
+    r = _cli(args, tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for job, n in (("0", 2), ("1", 4)):
+        d = tmp_path / "sweep" / job
+        assert (d / "genotype.json").is_file()
+        assert len(json.loads((d / "population.json").read_text())) == n
+    assert "found genotype" in r.stdout
+
+
+@pytest.mark.slow
+def test_wandb_logger_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = tiny_search_cfg(tmp_path, ["logger=wandb", "search.generations=2", "search.population_size=2"])
+    run_search(cfg, tmp_path)
+    assert os.environ["WANDB_MODE"] == "offline"
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs, list(tmp_path.rglob("*"))[:20]
+    files = list(runs[0].glob("*.wandb"))
+    assert files and files[0].stat().st_size > 0
+
+
+def test_csv_logger_gets_per_individual_losses(tmp_path):
+    cfg = tiny_search_cfg(tmp_path, ["logger=csv", "search.generations=2", "search.population_size=2"])
+    run_search(cfg, tmp_path)
+    metrics = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    keys = set(metrics[0])
+    assert {"val_loss/ind_000", "val_loss/ind_001", "search/best_loss", "search/mean_loss", "search/diversity",
+            "search/lr"} <= keys
+    assert len([m for m in metrics if m["search/best_loss"]]) == 2

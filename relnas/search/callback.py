@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from relnas.search import encoding
+from relnas.search.distributed import DistContext, to_cpu
 from relnas.search.slow_fast import cosine_lr, diversity, ramped_drop_path
 from relnas.search.strategies import Job, Strategy
 from relnas.search.weight_set import WeightSet, merge_eq6, restore, snapshot
@@ -61,8 +62,12 @@ class SearchLoop(L.Callback):
     def __init__(self, strategy: Strategy, settings: SearchSettings, rng: np.random.Generator,
                  generation: int = 0, history: Optional[List[Dict[str, Any]]] = None,
                  on_generation_end: Optional[Callable[["SearchLoop", L.Trainer], None]] = None,
-                 progress: bool = True):
+                 progress: bool = True, dist: Optional[DistContext] = None):
         self.strategy, self.settings, self.rng = strategy, settings, rng
+        # several processes (per_generation mode only): job j of a generation runs on rank
+        # j % world_size; the results meet at the generation's end (_finish_generation)
+        self.dist = dist if dist is not None else DistContext()
+        self._done_jobs: List[tuple] = []
         self.generation = generation
         self.history: List[Dict[str, Any]] = history if history is not None else []
         self.on_generation_end_fn = on_generation_end
@@ -99,19 +104,39 @@ class SearchLoop(L.Callback):
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        if self.progress and trainer.is_global_zero:
+        if self.progress and trainer.is_global_zero and self.dist.is_main:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.strategy.budget, initial=self.estimations_before(self.generation),
                              desc="search", unit="cand", dynamic_ncols=True, leave=True)
+        if self.dist.distributed and not self.done:
+            # a process may own no job of the first generation(s): it still joins their gathers
+            self._start_generation()
+            self._advance_idle(trainer, pl_module)
+
+    def _start_generation(self) -> None:
+        self._jobs = self.strategy.ask(self.rng, self.generation)
+        self._job_idx = 0
+        self._gen_start = time.time()
+        self._gen_rows: List[Dict[str, Any]] = []
+        self._done_jobs = []
+        self._skip_unowned()
+
+    def _skip_unowned(self) -> None:
+        while self._job_idx < len(self._jobs) and not self.dist.owns(self._job_idx):
+            self._job_idx += 1
+
+    def _advance_idle(self, trainer: L.Trainer, pl_module) -> None:
+        """Finish every generation in which this process owns no (more) job, so that the next
+        Lightning epoch always has a candidate to train, or the search is done."""
+        while not self.done and self._job_idx >= len(self._jobs):
+            self._finish_generation(trainer, pl_module)
+            if not self.done:
+                self._start_generation()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         if not self._jobs or self._job_idx >= len(self._jobs):
-            self._jobs = self.strategy.ask(self.rng, self.generation)
-            self._job_idx = 0
-            self._gen_start = time.time()
-            self._gen_rows: List[Dict[str, Any]] = []
-            self._gen_merges: List[tuple] = []
+            self._start_generation()
         if self._pending is None:
             self._pending = _Pending(self._jobs[self._job_idx])
         p = self._pending
@@ -155,11 +180,19 @@ class SearchLoop(L.Callback):
                                       f"job {p.job.index + 1}/{len(self._jobs)} best {best:.4f}")
             self._bar.update(1)
         if p.member == len(p.job.members):
-            self._finish_job(p, tensors)
+            if self.settings.weight_set_update == "per_generation":
+                # tell() and the merge wait for the generation's end (in job order, on every process)
+                self._done_jobs.append((self._job_idx, p))
+            else:
+                self._finish_job(p, tensors)
             self._pending = None
             self._job_idx += 1
+            self._skip_unowned()
             if self._job_idx >= len(self._jobs):
-                self._finish_generation(trainer)
+                self._finish_generation(trainer, pl_module)
+                if self.dist.distributed and not self.done:
+                    self._start_generation()
+                    self._advance_idle(trainer, pl_module)
         if self.settings.interrupt_after is not None and self._estimations >= self.settings.interrupt_after:
             raise SimulatedInterrupt(f"simulated interruption after {self._estimations} estimations")
 
@@ -175,12 +208,10 @@ class SearchLoop(L.Callback):
     def _finish_job(self, p: _Pending, tensors: Dict[str, torch.Tensor]) -> None:
         result = self.strategy.tell(self.rng, p.job, p.losses)
         ordered = [p.trained[i] for i in result.merge_priority]
-        merge = (lambda: merge_eq6(tensors, ordered[-1], ordered[0])) if len(ordered) == 2 else \
-                (lambda: merge_eq6(tensors, ordered[0] if ordered else None, None))
-        if self.settings.weight_set_update == "per_generation":
-            self._gen_merges.append(merge)
+        if len(ordered) == 2:
+            merge_eq6(tensors, ordered[-1], ordered[0])
         else:
-            merge()
+            merge_eq6(tensors, ordered[0] if ordered else None, None)
         lr = self.lr_of(self.generation)
         for i, member in enumerate(p.job.members):
             self._gen_rows.append({
@@ -190,11 +221,37 @@ class SearchLoop(L.Callback):
                 "vector": " ".join(f"{v:.6f}" for v in p.job.vectors[i]), "genotype": str(p.genotypes[i]),
             })
 
-    def _finish_generation(self, trainer: L.Trainer) -> None:
+    def _gather_jobs(self) -> Dict[int, _Pending]:
+        """The finished jobs of this generation from every process, by job position."""
+        local = {pos: p for pos, p in self._done_jobs}
+        if not self.dist.distributed:
+            return local
+        payload = {pos: (p.losses, p.train_losses, to_cpu(p.trained)) for pos, p in local.items()}
+        results = dict(local)
+        for rank_payload in self.dist.all_gather_object(payload):
+            for pos, (losses, train_losses, trained) in rank_payload.items():
+                if pos in results:
+                    continue  # this process's own job: keep the on-device tensors
+                job = self._jobs[pos]
+                results[pos] = _Pending(job, member=len(job.members), trained=trained, losses=list(losses),
+                                        train_losses=list(train_losses),
+                                        genotypes=[encoding.decode(v) for v in job.vectors])
+                if self._bar is not None:
+                    self._bar.update(len(job.members))
+        missing = [pos for pos in range(len(self._jobs)) if pos not in results]
+        if missing:
+            raise RuntimeError(f"generation {self.generation + 1}: no result for jobs {missing}")
+        return results
+
+    def _finish_generation(self, trainer: L.Trainer, pl_module) -> None:
         if self.settings.weight_set_update == "per_generation":
-            for merge in self._gen_merges:  # in pair order
-                merge()
-            self._gen_merges = []
+            # every pair inherited the generation-start Omega; now tell() and the Eq. 6 merges in
+            # pair order (the same on every process, so all end with the same state)
+            results = self._gather_jobs()
+            tensors = pl_module.weight_set.tensors()
+            for pos in range(len(self._jobs)):
+                self._finish_job(results[pos], tensors)
+            self._done_jobs = []
         self.strategy.end_generation(self.rng, self.generation)
         self.history.extend(self._gen_rows)
         losses = np.array([r["val_loss"] for r in self._gen_rows], dtype=np.float64)
@@ -215,9 +272,9 @@ class SearchLoop(L.Callback):
         msg = (f"generation {summary['generation']}/{self.strategy.generations}: best {summary['best_loss']:.4f} "
                f"mean {summary['mean_loss']:.4f} diversity {summary['diversity']:.3f} lr {summary['lr']:.4g} "
                f"({summary['time_s']:.1f}s)")
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.dist.is_main:
             (self._bar.write if self._bar is not None else print)(msg)
-        log.info(msg)
+            log.info(msg)
         if self.on_generation_end_fn is not None:
             self.on_generation_end_fn(self, trainer)
         if self.done:

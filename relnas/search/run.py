@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -18,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from relnas.models.search_module import SearchModule
+from relnas.search import distributed as search_dist
 from relnas.search import encoding
 from relnas.search.callback import SearchLoop, SearchSettings
 from relnas.search.outputs import HISTORY_FIELDS, plot_generation_stats, plot_trajectories, write_csv, write_population
@@ -54,6 +56,21 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown search.weight_set_update {s.weight_set_update!r}; use one of {WEIGHT_SET_UPDATES}")
     if s.budget is not None and (not isinstance(s.budget, int) or s.budget < 1):
         raise ConfigError(f"search.budget must be a positive integer or null, got {s.budget!r}")
+    strategy = str(cfg.trainer.get("strategy", "auto") or "auto")
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    if strategy not in ("auto", "single_device") or (isinstance(devices, int) and devices > 1) or \
+            (not isinstance(devices, (int, str)) and devices is not None and len(devices) > 1) or (nodes or 1) > 1:
+        raise ConfigError(
+            "the search trains each candidate on one device (trainer.strategy=auto, trainer.devices=1, "
+            "trainer.num_nodes=1): a DDP strategy would shard the data and average the gradients of different "
+            "candidates. To use several devices, run one process per device with "
+            "search.weight_set_update=per_generation, e.g. `torchrun --nproc_per_node=4 -m relnas.search "
+            "search.weight_set_update=per_generation` (see docs/scale_out.md)")
+    world = search_dist.requested_world_size()
+    if world > 1 and s.weight_set_update != "per_generation":
+        raise ConfigError(f"a search in {world} processes estimates the pairs of a generation in parallel, which needs "
+                          f"search.weight_set_update=per_generation (the default, sequential, is the paper's order "
+                          f"and runs in one process)")
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision.startswith("16"):
         raise ConfigError(f"trainer.precision={precision} is not supported by the search (per-candidate optimizers "
@@ -149,8 +166,37 @@ def _wandb_line_series(trainer: L.Trainer, history: List[Dict[str, Any]]) -> Non
 
 
 def run_search(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
-    """Run (or resume) a search as configured; returns the found genotype and its loss."""
+    """Run (or resume) a search as configured; returns the found genotype and its loss.
+
+    Launched in several processes (``torchrun``, ``srun``; see :mod:`relnas.search.distributed`)
+    with ``search.weight_set_update=per_generation``, the pairs of each generation are spread over
+    the processes; only rank 0 writes outputs, checkpoints and logs (every rank returns the result).
+    """
     check_config(cfg)
+    dist = search_dist.setup()
+    try:
+        return _run_search(cfg, run_dir, dist)
+    finally:
+        dist.close()
+
+
+def _trainer_devices(cfg: DictConfig, dist: search_dist.DistContext) -> Dict[str, Any]:
+    """One device per process: on GPUs the local rank's GPU."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if dist.distributed and gpu and torch.cuda.device_count() > 0:
+        index = dist.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return {"devices": [index], "num_nodes": 1}
+    return {"devices": 1, "num_nodes": 1}
+
+
+def _result(loop: SearchLoop) -> Dict[str, Any]:
+    best_id, best_vec, best_loss = loop.strategy.best()
+    return {"genotype": encoding.decode(best_vec), "individual": best_id, "val_loss": best_loss, "vector": best_vec}
+
+
+def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.DistContext) -> Dict[str, Any]:
     s = cfg.search
     resume_state = None
     if cfg.get("resume"):
@@ -162,9 +208,13 @@ def run_search(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any
                               + "; ".join(changed))
         log.info("resuming %s from %s (after generation %d)", run_dir, path.name, resume_state["generation"])
     run_dir = Path(run_dir) if run_dir is not None else Path.cwd()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
-    datamodule = hydra.utils.instantiate(cfg.data, train_portion=float(s.train_portion))
+    data_kwargs = {"train_portion": float(s.train_portion)}
+    if s.get("subset") is not None:  # search on a random subset of the training set
+        data_kwargs["subset"] = int(s.subset)
+    datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
     torch.manual_seed(int(cfg.seed))
     weight_set = WeightSet(C=int(cfg.supernet.C), num_classes=datamodule.num_classes, layers=int(cfg.supernet.layers),
                            in_channels=datamodule.in_channels, num_nodes=encoding.NUM_NODES)
@@ -192,7 +242,7 @@ def run_search(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any
     plots = bool(s.get("plots", True))
 
     def on_generation_end(loop: SearchLoop, trainer: L.Trainer) -> None:
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and dist.is_main:
             _log_generation(loop, trainer)
             state = loop.state_dict()
             state.update({"weight_set": {k: v.detach().cpu() for k, v in weight_set.state_dict().items()},
@@ -202,28 +252,38 @@ def run_search(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any
             _write_outputs(loop, run_dir, final=False, plots=False)
 
     loop = SearchLoop(strategy, settings, rng, generation=generation, history=history,
-                      on_generation_end=on_generation_end, progress=bool(s.get("progress", True)))
+                      on_generation_end=on_generation_end, progress=bool(s.get("progress", True)), dist=dist)
     loop.generation_summaries = summaries
     if loop.done:
         log.info("the search in %s is already complete", run_dir)
-        return _write_outputs(loop, run_dir, final=True, plots=plots)
+        return _write_outputs(loop, run_dir, final=True, plots=plots) if dist.is_main else _result(loop)
 
     from relnas.utils import instantiate_loggers
 
-    loggers = instantiate_loggers(cfg.get("logger"))
+    loggers = instantiate_loggers(cfg.get("logger")) if dist.is_main else []
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     module = SearchModule(weight_set, momentum=float(s.momentum), weight_decay=float(s.weight_decay),
                           grad_clip=float(s.grad_clip), channels_last=bool(s.channels_last))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, max_epochs=loop.remaining_estimations(), callbacks=[loop], logger=loggers or False,
+        **_trainer_devices(cfg, dist),
         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False, check_val_every_n_epoch=1,
         default_root_dir=str(run_dir), _convert_="partial")
     start = time.time()
-    trainer.fit(module, datamodule=datamodule)
+    with warnings.catch_warnings():
+        # expected in this design: optimizers are per candidate; the search logs per generation
+        warnings.filterwarnings("ignore", message=".*configure_optimizers.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        trainer.fit(module, datamodule=datamodule)
     if not loop.done:
         raise RuntimeError(f"the search stopped after generation {loop.generation} of {strategy.generations}; "
                            f"continue with resume={run_dir}")
+    if not dist.is_main:
+        result = _result(loop)
+        result.update(time_s=time.time() - start, run_dir=run_dir)
+        return result
     result = _write_outputs(loop, run_dir, final=True, plots=plots)
     if trainer.is_global_zero:
         _wandb_line_series(trainer, loop.history)

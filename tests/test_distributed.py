@@ -1,0 +1,157 @@
+"""Pairs of a generation in parallel processes (search.weight_set_update=per_generation).
+
+The end-to-end test launches the real command line (``torchrun ... -m relnas.search``) with two
+CPU processes (gloo) and checks that it ends with exactly the population, genotype and weight set
+of the same search in one process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from relnas.search import distributed as search_dist
+from relnas.search.run import ConfigError, check_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY = ["data=synthetic", "data.num_train=128", "data.num_test=32", "data.image_size=16", "data.batch_size=32",
+        "data.eval_batch_size=64", "data.cutout=4", "data.crop_padding=2", "supernet.C=4", "supernet.layers=3",
+        "search.population_size=4", "search.generations=2", "search.plots=false", "search.progress=false",
+        "trainer=cpu", "logger=none"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"  # torchrun's default for its workers: same kernels in every run
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID"):
+        env.pop(k, None)
+    return env
+
+
+def _search(run_dir: Path, overrides: list, nproc: int = 1) -> subprocess.Popen:
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "relnas.search"]
+    else:
+        cmd = [sys.executable, "-m", "relnas.search"]
+    cmd += TINY + overrides + [f"hydra.run.dir={run_dir}"]
+    log = open(run_dir.parent / f"{run_dir.name}.log", "w")
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(proc: subprocess.Popen, run_dir: Path) -> None:
+    rc = proc.wait(timeout=900)
+    assert rc == 0, (run_dir.parent / f"{run_dir.name}.log").read_text()[-4000:]
+
+
+def _outputs(run_dir: Path) -> dict:
+    state = torch.load(run_dir / "search_state.pt", map_location="cpu", weights_only=False)
+    return {"population": json.loads((run_dir / "population.json").read_text()),
+            "genotype": json.loads((run_dir / "genotype.json").read_text()),
+            "weight_set": state["weight_set"], "rng": state["rng"], "history": state["history"]}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    runs = {"multi": (["search.weight_set_update=per_generation"], 2),
+            "single": (["search.weight_set_update=per_generation"], 1),
+            "sequential": ([], 1)}
+    procs = {name: _search(tmp_path / name, ov, n) for name, (ov, n) in runs.items()}
+    for name, proc in procs.items():
+        _wait(proc, tmp_path / name)
+    multi, single, seq = (_outputs(tmp_path / n) for n in ("multi", "single", "sequential"))
+
+    # bit for bit: population vectors (JSON floats round-trip exactly), genotype, random state, Omega
+    assert multi["population"] == single["population"]
+    assert multi["genotype"] == single["genotype"]
+    assert multi["rng"] == single["rng"]
+    assert multi["weight_set"].keys() == single["weight_set"].keys()
+    for k, v in single["weight_set"].items():
+        assert torch.equal(multi["weight_set"][k], v), k
+    assert [(r["individual"], r["role"], r["val_loss"]) for r in multi["history"]] == \
+           [(r["individual"], r["role"], r["val_loss"]) for r in single["history"]]
+    # only rank 0 wrote: one hydra log, one result
+    assert json.loads((tmp_path / "multi" / "result.json").read_text())["estimations"] == 8
+
+    # the default (sequential: pair p inherits the Omega updated by pairs 1..p-1) is another search
+    assert seq["population"] != single["population"]
+    assert seq["history"][0]["val_loss"] == single["history"][0]["val_loss"]  # the first pair: same Omega
+
+
+def test_single_process_context():
+    ctx = search_dist.DistContext()
+    assert ctx.is_main and not ctx.distributed and ctx.all_gather_object({"a": 1}) == [{"a": 1}]
+    assert all(ctx.owns(j) for j in range(5))
+    ranks = [search_dist.DistContext(rank=r, world_size=3) for r in range(3)]
+    assert [[j for j in range(7) if c.owns(j)] for c in ranks] == [[0, 3, 6], [1, 4], [2, 5]]
+
+
+def _cfg(**search):
+    base = OmegaConf.load(REPO_ROOT / "configs" / "search.yaml")
+    return OmegaConf.create({"search": dict(base.search, **search),
+                             "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "32-true"}})
+
+
+def test_several_processes_need_per_generation(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="per_generation"):
+        check_config(_cfg())
+    check_config(_cfg(weight_set_update="per_generation"))
+
+
+@pytest.mark.parametrize("trainer", [{"strategy": "ddp"}, {"devices": 4}, {"num_nodes": 2}])
+def test_search_rejects_ddp_trainer(trainer):
+    cfg = _cfg()
+    cfg.trainer = OmegaConf.merge(cfg.trainer, trainer)
+    with pytest.raises(ConfigError, match="torchrun"):
+        check_config(cfg)
+
+
+def test_ddp_trainer_config_is_rejected_by_the_search():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        cfg = compose("search", overrides=["trainer=ddp"])
+    with pytest.raises(ConfigError, match="one device"):
+        check_config(cfg)
+
+
+def test_per_generation_resume_is_bit_exact(tmp_path):
+    """tell() and the merges wait for the generation's end: an interruption mid-generation loses
+    nothing that the checkpoint of the previous generation does not restore."""
+    import numpy as np
+
+    from relnas.search.callback import SimulatedInterrupt
+    from relnas.search.run import run_search
+    from relnas.search.state import load_state
+    from search_helpers import tiny_search_cfg
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    pergen = ["search.weight_set_update=per_generation"]
+    ref = run_search(tiny_search_cfg(a, pergen), a)
+    with pytest.raises(SimulatedInterrupt):
+        run_search(tiny_search_cfg(b, pergen + ["search.interrupt_after=6"]), b)  # mid generation 2
+    assert load_state(b)[0]["generation"] == 1
+    resumed = run_search(tiny_search_cfg(b, pergen + [f"resume={b}"]))
+    sa, sb = load_state(a)[0], load_state(b)[0]
+    np.testing.assert_array_equal(sa["strategy"]["alpha"], sb["strategy"]["alpha"])
+    for k in sa["weight_set"]:
+        assert torch.equal(sa["weight_set"][k], sb["weight_set"][k]), k
+    assert ref["genotype"] == resumed["genotype"]
+    assert (a / "history.csv").read_text() == (b / "history.csv").read_text()

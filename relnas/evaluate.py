@@ -1,0 +1,176 @@
+"""Evaluate a trained network on a data set's test split: ``python -m relnas.evaluate ...``.
+
+Two sources of weights:
+
+* ``checkpoint=<.ckpt | train run dir>``: a checkpoint written by ``python -m relnas.train``; the
+  architecture comes from the checkpoint (``genotype``/``model`` are ignored). For a run
+  directory the best checkpoint is used (``results.json``'s ``best_checkpoint``, else
+  ``checkpoints/best*.ckpt``, else ``checkpoints/last.ckpt``).
+* ``reference_checkpoint=<official .pt>``: weights from the official code; the architecture is
+  given by ``genotype`` and ``model.*`` (defaults: the paper's CIFAR-10 network).
+
+Examples::
+
+    python -m relnas.evaluate checkpoint=outputs/train/<run>
+    python -m relnas.evaluate reference_checkpoint=weights/cifar10.pt              # RelativeNAS L=20 C=36
+    python -m relnas.evaluate reference_checkpoint=weights/imagenet.pt data=imagefolder \\
+        model.network=imagenet model.C=46 model.layers=14
+
+Prints ``test_top1_err=..% test_top5_err=..%`` and writes ``eval_results.json`` to the run dir.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import hydra
+from omegaconf import DictConfig
+
+from relnas.train import (
+    ConfigError,
+    check_input_size,
+    datamodule_info,
+    instantiate_datamodule,
+    load_checkpoint_dict,
+    resolve_genotype,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+#: ClassifierModule constructor arguments stored in our checkpoints' hyper-parameters
+_MODULE_KEYS = ("genotype", "network", "C", "layers", "num_classes", "in_channels", "image_size", "auxiliary",
+                "auxiliary_weight", "drop_path_prob", "label_smoothing", "scheduler", "epochs", "channels_last")
+
+
+def find_eval_checkpoint(path: str) -> Path:
+    """A ``.ckpt`` file, or the best checkpoint of a train run directory."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise ConfigError(f"checkpoint {str(p)!r} does not exist")
+    res = p / "results.json"
+    if res.is_file():
+        try:
+            best = json.loads(res.read_text()).get("best_checkpoint")
+        except (json.JSONDecodeError, OSError):
+            best = None
+        if best and Path(best).is_file():
+            return Path(best)
+    ck = p / "checkpoints"
+    best = sorted(ck.glob("best*.ckpt")) if ck.is_dir() else []
+    if best:
+        return best[-1]
+    if (ck / "last.ckpt").is_file():
+        return ck / "last.ckpt"
+    raise ConfigError(f"checkpoint: {str(p)!r} is a directory without checkpoints/*.ckpt (is it a train run directory?)")
+
+
+def evaluate(cfg: DictConfig) -> Dict[str, Any]:
+    from relnas.models.classifier import ClassifierModule
+    from relnas.utils import hardware_info, instantiate_loggers
+
+    start = time.time()
+    if bool(cfg.get("checkpoint")) == bool(cfg.get("reference_checkpoint")):
+        raise ConfigError("give exactly one of checkpoint=<.ckpt | train run dir> or "
+                          "reference_checkpoint=<official .pt> (with genotype=... model.*)")
+    if cfg.get("seed") is not None:
+        import lightning as L
+
+        L.seed_everything(int(cfg.seed))
+
+    dm = instantiate_datamodule(cfg.data, stage="test")
+    info = datamodule_info(dm)
+
+    if cfg.get("checkpoint"):
+        path = find_eval_checkpoint(cfg.checkpoint)
+        ckpt = load_checkpoint_dict(path)
+        hp = ckpt.get("hyper_parameters")
+        if not hp or "state_dict" not in ckpt:
+            raise ConfigError(f"checkpoint {str(path)!r} is not a relnas training checkpoint; "
+                              f"for the official code's files use reference_checkpoint=")
+        for key in ("num_classes", "in_channels"):
+            if int(hp[key]) != info[key]:
+                raise ConfigError(f"checkpoint {str(path)!r} has {key}={hp[key]} but the data set gives "
+                                  f"{info[key]}: choose the data set it was trained on (data=<name>)")
+        kwargs = {k: hp[k] for k in _MODULE_KEYS if k in hp}
+        kwargs["image_size"] = info["image_size"]
+        check_input_size(kwargs["network"], resolve_genotype(dict(kwargs["genotype"])), kwargs["C"],
+                         kwargs["layers"], info["num_classes"], info["in_channels"], info["image_size"], False)
+        model = ClassifierModule(**kwargs)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+        source = {"checkpoint": str(path)}
+    else:
+        from relnas.nas.checkpoint import load_reference_checkpoint
+
+        genotype = resolve_genotype(cfg.genotype)
+        m = cfg.model
+        check_input_size(m.network, genotype, m.C, m.layers, info["num_classes"], info["in_channels"],
+                         info["image_size"], False)
+        net = load_reference_checkpoint(cfg.reference_checkpoint, kind=m.network, genotype=genotype, C=m.C,
+                                        layers=m.layers, num_classes=info["num_classes"], auxiliary=m.auxiliary,
+                                        map_location="cpu", in_channels=info["in_channels"])
+        model = ClassifierModule(genotype=genotype, network=m.network, C=m.C, layers=m.layers,
+                                 num_classes=info["num_classes"], in_channels=info["in_channels"],
+                                 image_size=info["image_size"], auxiliary=m.auxiliary,
+                                 channels_last=m.get("channels_last", True), net=net)
+        source = {"reference_checkpoint": str(cfg.reference_checkpoint)}
+
+    print(f"genotype: {model.genotype}", flush=True)
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    res = trainer.test(model, datamodule=dm, verbose=False)
+    metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
+    acc1, acc5 = metrics.get("test/acc1"), metrics.get("test/acc5")
+    summary = model.network_summary()
+    results = {
+        **source,
+        "genotype": model.genotype.to_dict(),
+        "network": {k: model.hparams[k] for k in ("network", "C", "layers", "num_classes", "in_channels",
+                                                 "image_size", "auxiliary")},
+        "data": str(cfg.data.get("_target_")),
+        "params_m": summary.get("params_m"),
+        "mult_adds_m": summary.get("mult_adds_m"),
+        "test_top1_err": None if acc1 is None else round(100 * (1 - acc1), 4),
+        "test_top5_err": None if acc5 is None else round(100 * (1 - acc5), 4),
+        "test_loss": metrics.get("test/loss"),
+        "wall_time_s": round(time.time() - start, 2),
+        "hardware": hardware_info(),
+    }
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir) / "eval_results.json"
+        write_json(out, results)
+        print(f"test_top1_err={results['test_top1_err']:.2f}% test_top5_err={results['test_top5_err']:.2f}% "
+              f"(test_acc1={100 * acc1:.2f}%) params={summary.get('params_m')}M results: {out}", flush=True)
+    return results
+
+
+def run(cfg: DictConfig) -> Dict[str, Any]:
+    from relnas.data import DatasetNotFoundError
+    from relnas.nas.genotypes import GenotypeError
+
+    try:
+        from relnas.nas.checkpoint import CheckpointError
+    except ImportError:  # pragma: no cover
+        CheckpointError = GenotypeError  # type: ignore[misc,assignment]
+    try:
+        return evaluate(cfg)
+    except (ConfigError, DatasetNotFoundError, GenotypeError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
+    except FileNotFoundError as e:  # e.g. a missing reference checkpoint
+        sys.exit(f"error: {e}")
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
+def main(cfg: DictConfig) -> Optional[float]:
+    results = run(cfg)
+    return results.get("test_top1_err")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Lightning module that trains an evaluation network (NetworkCIFAR / NetworkImageNet) from scratch.
+
+SPEC 5 protocols:
+
+* loss = CE(logits) + ``auxiliary_weight`` * CE(aux_logits) (aux logits exist in training only),
+  with optional label smoothing (ImageNet: 0.1);
+* drop path ramped linearly over the epochs: ``net.drop_path_prob = p * epoch / epochs``, set at
+  the start of every training epoch (as the official code does);
+* gradient-norm clipping is the Trainer's job (``trainer.gradient_clip_val: 5``);
+* SGD from a ``_partial_: true`` optimizer config (``optimizer(params)``);
+* schedulers (``scheduler.name``):
+
+  - ``cosine``: ``CosineAnnealingLR(T_max=epochs, eta_min)`` stepped once per *epoch*, as the
+    official CIFAR code;
+  - ``linear_warmup``: linear warm-up over ``warmup_epochs`` then linear decay to ``final_lr`` at
+    the end of ``epochs`` (the ImageNet protocol); a ``LambdaLR`` stepped once per optimizer
+    *step*, so that the warm-up "from 0" does not waste whole epochs at tiny learning rates
+    (the first step uses ``lr / warmup_steps``);
+  - ``constant``: no schedule.
+
+Metrics: ``train/loss``, ``train/acc1``, ``val/loss``, ``val/acc1``, ``val/acc5``, ``test/loss``,
+``test/acc1``, ``test/acc5`` (accuracies as fractions in [0, 1]; top-5 becomes top-k with
+k = min(5, num_classes)), plus ``model/params_m`` and ``model/mult_adds_m`` at fit start.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from relnas.nas.genotypes import Genotype, get_genotype
+from relnas.nas.networks import build_network
+
+SCHEDULERS = ("cosine", "linear_warmup", "constant")
+
+#: the hyper-parameters that fix the architecture (and so the shapes of the weights)
+ARCHITECTURE_KEYS = ("network", "genotype", "C", "layers", "num_classes", "in_channels", "auxiliary")
+
+
+def _count_params_m(net: nn.Module) -> float:
+    try:
+        from relnas.nas.profile import count_params
+
+        return float(count_params(net, exclude_auxiliary=True)) / 1e6
+    except ImportError:  # profile.py not available: count by hand
+        n = sum(p.numel() for name, p in net.named_parameters() if "auxiliary" not in name)
+        return n / 1e6
+
+
+def _mult_adds_m(net: nn.Module, image_size: int, in_channels: int) -> Optional[float]:
+    try:
+        from relnas.nas.profile import count_mult_adds
+    except ImportError:
+        return None
+    try:
+        return float(count_mult_adds(net, image_size, in_channels)) / 1e6
+    except Exception:  # profiling must never break training
+        return None
+
+
+class ClassifierModule(L.LightningModule):
+    """Train/evaluate an evaluation network on an image classification data set.
+
+    Args:
+        genotype: the cell architecture (a :class:`Genotype`, a dict, a zoo name or a file path);
+            stored in the hyper-parameters as a dict so that checkpoints are self-describing.
+        network: ``"cifar"`` or ``"imagenet"``.
+        C, layers: initial channels and number of cells.
+        num_classes, in_channels, image_size: from the data module.
+        auxiliary, auxiliary_weight: auxiliary head and its loss weight.
+        drop_path_prob: final drop-path probability (ramped linearly from 0 over ``epochs``).
+        label_smoothing: for the training loss (evaluation losses use plain cross-entropy).
+        optimizer: ``params -> Optimizer`` (a Hydra ``_partial_`` config); default SGD(0.025, 0.9, 3e-4).
+        scheduler: ``{name, warmup_epochs, eta_min, final_lr}``.
+        epochs: length of the schedules (learning rate, drop path).
+        channels_last: use the channels-last memory format for weights and inputs.
+        net: an already built network (e.g. loaded from an official checkpoint); the architecture
+            arguments must still describe it.
+    """
+
+    def __init__(
+        self,
+        genotype: Any = "RelativeNAS",
+        network: str = "cifar",
+        C: int = 36,
+        layers: int = 20,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        image_size: int = 32,
+        auxiliary: bool = True,
+        auxiliary_weight: float = 0.4,
+        drop_path_prob: float = 0.2,
+        label_smoothing: float = 0.0,
+        optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
+        scheduler: Optional[Mapping[str, Any]] = None,
+        epochs: int = 600,
+        channels_last: bool = True,
+        net: Optional[nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        genotype = get_genotype(genotype)
+        scheduler = dict(scheduler or {"name": "cosine"})
+        if scheduler.get("name", "cosine") not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler.get('name')!r}; known: {', '.join(SCHEDULERS)}")
+        self.save_hyperparameters({
+            "genotype": genotype.to_dict(), "network": network, "C": int(C), "layers": int(layers),
+            "num_classes": int(num_classes), "in_channels": int(in_channels), "image_size": int(image_size),
+            "auxiliary": bool(auxiliary), "auxiliary_weight": float(auxiliary_weight),
+            "drop_path_prob": float(drop_path_prob), "label_smoothing": float(label_smoothing),
+            "scheduler": scheduler, "epochs": int(epochs), "channels_last": bool(channels_last),
+        })
+        self.optimizer_factory = optimizer
+        if net is None:
+            net = build_network(network, genotype, C, layers, num_classes, auxiliary=auxiliary,
+                                drop_path_prob=0.0, in_channels=in_channels)
+        self.net = net
+        self.net.drop_path_prob = 0.0
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+        k5 = min(5, int(num_classes))
+        self.train_acc1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
+        self.val_loss = MeanMetric()
+        self.val_acc1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes=num_classes, top_k=k5, average="micro")
+        self.test_loss = MeanMetric()
+        self.test_acc1 = MulticlassAccuracy(num_classes=num_classes, top_k=1, average="micro")
+        self.test_acc5 = MulticlassAccuracy(num_classes=num_classes, top_k=k5, average="micro")
+        #: (epoch, val acc1, val acc5) per validation epoch (saved in checkpoints)
+        self.val_history: List[Dict[str, float]] = []
+        self.profile: Dict[str, Optional[float]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def genotype(self) -> Genotype:
+        return Genotype.from_dict(self.hparams.genotype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Main logits (the auxiliary logits are dropped)."""
+        return self.net(x.contiguous(memory_format=self.memory_format))[0]
+
+    def network_summary(self) -> Dict[str, Optional[float]]:
+        hp = self.hparams
+        return {"params_m": _count_params_m(self.net),
+                "mult_adds_m": _mult_adds_m(self.net, hp.image_size, hp.in_channels)}
+
+    # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        self.profile = self.network_summary()
+        metrics = {f"model/{k}": float(v) for k, v in self.profile.items() if v is not None}
+        for lg in self.loggers:
+            lg.log_metrics(metrics, step=self.global_step)
+            lg.log_hyperparams({k: v for k, v in self.profile.items()})
+
+    def on_train_epoch_start(self) -> None:
+        hp = self.hparams
+        self.net.drop_path_prob = hp.drop_path_prob * self.current_epoch / max(1, hp.epochs)
+        self.log("train/drop_path_prob", float(self.net.drop_path_prob), on_step=False, on_epoch=True)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits, logits_aux = self.net(x.contiguous(memory_format=self.memory_format))
+        ls = self.hparams.label_smoothing
+        loss = F.cross_entropy(logits, y, label_smoothing=ls)
+        if logits_aux is not None and self.hparams.auxiliary_weight:
+            loss = loss + self.hparams.auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=ls)
+        self.train_acc1(logits.detach(), y)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
+        self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True, batch_size=y.shape[0])
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=y.shape[0])
+        getattr(self, f"{stage}_acc1").update(logits, y)
+        getattr(self, f"{stage}_acc5").update(logits, y)
+        bs = y.shape[0]
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, batch_size=bs)
+        self.log(f"{stage}/acc1", getattr(self, f"{stage}_acc1"), on_step=False, on_epoch=True,
+                 prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/acc5", getattr(self, f"{stage}_acc5"), on_step=False, on_epoch=True, batch_size=bs)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer is not None and self.trainer.sanity_checking:
+            return
+        # compute() is synchronised across processes; called before Lightning resets the metrics
+        acc1 = float(self.val_acc1.compute())
+        acc5 = float(self.val_acc5.compute())
+        self.val_history.append({"epoch": int(self.current_epoch), "acc1": acc1, "acc5": acc5})
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def best_val(self) -> Optional[Dict[str, float]]:
+        """The validation epoch with the highest top-1 accuracy (its top-5 alongside)."""
+        if not self.val_history:
+            return None
+        return max(self.val_history, key=lambda h: (h["acc1"], h["acc5"]))
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint["val_history"] = list(self.val_history)
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self.val_history = list(checkpoint.get("val_history", []))
+
+    # ------------------------------------------------------------------ optimisation
+    def lr_lambda_per_step(self, steps_per_epoch: int) -> Callable[[int], float]:
+        """LambdaLR factor for ``linear_warmup``: step ``t`` (0-based)."""
+        hp = self.hparams
+        sch = hp.scheduler
+        base_lr = self._base_lr
+        warm = max(0, int(round(float(sch.get("warmup_epochs", 0)) * steps_per_epoch)))
+        total = max(warm + 1, int(hp.epochs) * steps_per_epoch)
+        final = float(sch.get("final_lr", 1e-5)) / base_lr if base_lr > 0 else 0.0
+
+        def factor(t: int) -> float:
+            if t < warm:
+                return (t + 1) / warm
+            frac = min(1.0, (t - warm) / max(1, total - warm))
+            return final + (1.0 - final) * (1.0 - frac)
+
+        return factor
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory
+        if factory is None:
+            def factory(params):
+                return torch.optim.SGD(params, lr=0.025, momentum=0.9, weight_decay=3e-4)
+        optimizer = factory(self.parameters())
+        self._base_lr = float(optimizer.param_groups[0]["lr"])
+        sch = self.hparams.scheduler
+        name = sch.get("name", "cosine")
+        epochs = int(self.hparams.epochs)
+        if name == "constant":
+            return optimizer
+        if name == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(1, epochs), eta_min=float(sch.get("eta_min", 0.0)))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        # linear_warmup, per step
+        max_epochs = self.trainer.max_epochs if self.trainer is not None else None
+        total_steps = self.trainer.estimated_stepping_batches if self.trainer is not None else None
+        if max_epochs and max_epochs > 0 and total_steps and math.isfinite(total_steps):
+            steps_per_epoch = max(1, int(total_steps) // max_epochs)
+        else:
+            steps_per_epoch = 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_lambda_per_step(steps_per_epoch))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def architecture_mismatch(stored: Mapping[str, Any], wanted: Mapping[str, Any],
+                          keys: Sequence[str] = ARCHITECTURE_KEYS) -> Dict[str, tuple]:
+    """``{key: (stored, wanted)}`` for the architecture keys that differ (genotypes compared as
+    genotypes, so a zoo name equals its dict)."""
+    out = {}
+    for key in keys:
+        if key not in stored or key not in wanted:
+            continue
+        a, b = stored[key], wanted[key]
+        if key == "genotype":
+            try:
+                same = get_genotype(dict(a) if isinstance(a, Mapping) else a) == \
+                    get_genotype(dict(b) if isinstance(b, Mapping) else b)
+            except Exception:
+                same = False
+        else:
+            same = a == b
+        if not same:
+            out[key] = (a, b)
+    return out

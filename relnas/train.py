@@ -239,11 +239,11 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
     best_val = model.best_val()
-    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    best_path = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
-    last_path = None
-    if ckpt_cb is not None and ckpt_cb.dirpath and (Path(ckpt_cb.dirpath) / "last.ckpt").is_file():
-        last_path = str(Path(ckpt_cb.dirpath) / "last.ckpt")
+    ckpt_cbs = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    best_cb = next((c for c in ckpt_cbs if c.monitor), None)
+    best_path = best_cb.best_model_path if best_cb is not None and best_cb.best_model_path else None
+    last_path = next((str(Path(c.dirpath) / "last.ckpt") for c in ckpt_cbs
+                      if c.dirpath and (Path(c.dirpath) / "last.ckpt").is_file()), None)
     profile = model.profile or model.network_summary()
 
     test_metrics: Dict[str, float] = {}

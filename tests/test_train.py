@@ -1,0 +1,280 @@
+"""Training / evaluation apps: short runs on synthetic data, resume, DDP, config composition, errors."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = str(ROOT / "configs")
+EXPERIMENTS = ["cifar10", "cifar100", "imagenet", "fashion_mnist", "quickstart"]
+
+# A tiny network on tiny synthetic data: 4 batches of 32 per epoch.
+TINY = [
+    "data=synthetic", "data.num_train=128", "data.num_test=64", "data.image_size=32", "data.batch_size=32",
+    "data.eval_batch_size=64", "model.C=4", "model.layers=3", "model.auxiliary=true", "model.drop_path_prob=0.1",
+    "optimizer.lr=0.1", "logger=csv", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false", "callbacks.progress_bar.refresh_rate=0",
+]
+STEPS_PER_EPOCH = 4
+
+
+def _env():
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    env.pop("LOCAL_RANK", None)
+    return env
+
+
+def run_cli(module: str, run_dir: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _compose(*overrides: str, config: str = "train"):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose(config_name=config, overrides=list(overrides))
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    return _compose(*TINY, f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}", *overrides)
+
+
+def _epoch_losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss_epoch")]
+    return [float(r["train/loss_epoch"]) for r in sorted(rows, key=lambda r: int(r["epoch"]))]
+
+
+# ---------------------------------------------------------------------- a short training + resume
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """epochs=3 (schedule) but stopped after 2 epochs (max_epochs=2), as an interrupted run."""
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    p = run_cli("relnas.train", run_dir, *TINY, "epochs=3", "trainer.max_epochs=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return run_dir, p
+
+
+RESULT_KEYS = {"genotype", "network", "params_m", "mult_adds_m", "best_val_top1_err", "best_val_top5_err",
+               "test_top1_err", "test_top5_err", "epochs", "wall_time_s", "hardware"}
+
+
+def test_short_training_writes_results(trained):
+    run_dir, p = trained
+    res = json.loads((run_dir / "results.json").read_text())
+    assert RESULT_KEYS <= set(res)
+    assert res["genotype"]["normal"][0] == ["sep_conv_3x3", 0]
+    assert res["network"]["C"] == 4 and res["network"]["layers"] == 3 and res["network"]["auxiliary"]
+    assert res["params_m"] > 0 and res["mult_adds_m"] > 0
+    assert 0 <= res["test_top1_err"] <= 100 and 0 <= res["test_top5_err"] <= res["test_top1_err"]
+    assert res["epochs"] == 3 and res["epochs_run"] == 2 and res["global_step"] == 2 * STEPS_PER_EPOCH
+    assert {"cpu", "cpu_cores", "gpus", "torch"} <= set(res["hardware"])
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and res["best_checkpoint"]
+    assert "genotype: normal:" in p.stdout and "test_acc1=" in p.stdout
+    losses = _epoch_losses(run_dir)
+    assert len(losses) == 2 and losses[-1] < losses[0], losses
+
+
+def test_resume_continues_epoch_and_step(trained, tmp_path):
+    run_dir, _ = trained
+    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["epoch"] == 1 and ck["global_step"] == 2 * STEPS_PER_EPOCH
+    assert len(ck["val_history"]) == 2
+    new = tmp_path / "resumed"
+    p = run_cli("relnas.train", new, *TINY, "epochs=3", f"resume={run_dir}", "test_after_training=false")
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((new / "results.json").read_text())
+    assert res["resumed_from"].endswith("last.ckpt")
+    assert res["global_step"] == 3 * STEPS_PER_EPOCH and res["epochs_run"] == 3
+    ck2 = torch.load(new / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck2["global_step"] == 3 * STEPS_PER_EPOCH and len(ck2["val_history"]) == 3
+    # only the third epoch ran in the resumed process
+    losses = _epoch_losses(new)
+    assert len(losses) == 1
+
+
+@pytest.mark.slow
+def test_evaluate_our_checkpoint(trained, tmp_path):
+    run_dir, _ = trained
+    p = run_cli("relnas.evaluate", tmp_path / "eval", f"checkpoint={run_dir}", "data=synthetic",
+                "data.num_train=128", "data.num_test=64", "trainer.accelerator=cpu")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "test_top1_err=" in p.stdout
+    res = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    trained_res = json.loads((run_dir / "results.json").read_text())
+    assert res["test_top1_err"] == pytest.approx(trained_res["test_top1_err"], abs=1e-6)
+
+
+def test_mismatched_resume_checkpoint(trained, tmp_path):
+    from relnas.train import ConfigError, train
+
+    run_dir, _ = trained
+    cfg = _cfg(tmp_path, f"resume={run_dir}", "model.C=6", "genotype=DARTS_V2")
+    with pytest.raises(ConfigError, match=r"different architecture \(genotype, C differ\)"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    p = run_cli("relnas.train", run_dir, *TINY, "epochs=1", "trainer=ddp", "trainer.accelerator=cpu",
+                "trainer.devices=2", timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["world_size"] == 2
+    # 128 images / (32 per process x 2 processes) = 2 steps
+    assert res["global_step"] == STEPS_PER_EPOCH // 2
+    assert res["test_top1_err"] is not None
+
+
+# ---------------------------------------------------------------------- composition
+
+def _synthetic_like(cfg) -> None:
+    """Replace cfg.data by a synthetic data set with the same image size / classes / channels."""
+    target = cfg.data._target_
+    shape = {"relnas.data.CIFAR10DataModule": (3, 32, 10), "relnas.data.CIFAR100DataModule": (3, 32, 100),
+             "relnas.data.FashionMNISTDataModule": (1, cfg.data.get("image_size", 28), 10),
+             "relnas.data.ImageFolderDataModule": (3, cfg.data.get("image_size", 224), 1000)}[target]
+    syn_data = _compose("data=synthetic").data
+    with open_dict(cfg):
+        cfg.data = OmegaConf.merge(syn_data, {"in_channels": shape[0], "image_size": shape[1],
+                                              "num_classes": shape[2], "num_train": 8, "num_test": 8,
+                                              "batch_size": cfg.data.batch_size})
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(name, tmp_path):
+    from relnas.train import build_model, check_input_size, datamodule_info, instantiate_datamodule, resolve_genotype
+
+    cfg = _compose(f"+experiment={name}", f"paths.output_dir={tmp_path}")
+    assert cfg.trainer.max_epochs == cfg.epochs and cfg.trainer.gradient_clip_val == 5
+    _synthetic_like(cfg)
+    dm = instantiate_datamodule(cfg.data)
+    info = datamodule_info(dm)
+    genotype = resolve_genotype(cfg.genotype)
+    m = cfg.model
+    check_input_size(m.network, genotype, m.C, m.layers, info["num_classes"], info["in_channels"],
+                     info["image_size"], m.auxiliary)
+    model = build_model(cfg, genotype, info)
+    assert model.net.classifier.out_features == info["num_classes"]
+    opt = model.optimizer_factory(model.parameters())
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr and opt.param_groups[0]["nesterov"] is False
+
+
+def test_default_is_the_cifar10_protocol():
+    cfg = _compose()
+    exp = _compose("+experiment=cifar10")
+    assert _compose("trainer=ddp").trainer.strategy.startswith("ddp")
+    for c in (cfg, exp):
+        assert c.data._target_.endswith("CIFAR10DataModule")
+        assert (c.model.C, c.model.layers, c.model.auxiliary, c.model.auxiliary_weight) == (36, 20, True, 0.4)
+        assert c.model.drop_path_prob == 0.2 and c.epochs == 600 and c.data.batch_size == 128
+        assert (c.optimizer.lr, c.optimizer.momentum, c.optimizer.weight_decay) == (0.025, 0.9, 3e-4)
+        assert c.scheduler.name == "cosine" and c.scheduler.eta_min == 0 and c.data.cutout == 16
+        assert c.data.train_portion is None and c.trainer.gradient_clip_val == 5
+    c100 = _compose("+experiment=cifar100")
+    assert c100.optimizer.weight_decay == 5e-4 and c100.data.batch_size == 96
+    imn = _compose("+experiment=imagenet")
+    assert (imn.model.network, imn.model.C, imn.model.layers, imn.epochs) == ("imagenet", 46, 14, 250)
+    assert (imn.optimizer.lr, imn.optimizer.weight_decay, imn.data.batch_size) == (0.5, 3e-5, 1024)
+    assert (imn.scheduler.name, imn.scheduler.warmup_epochs, imn.model.label_smoothing) == ("linear_warmup", 5, 0.1)
+
+
+def test_unknown_experiment():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="experiment"):
+        _compose("+experiment=no_such_experiment")
+
+
+# ---------------------------------------------------------------------- errors before training
+
+def test_unknown_genotype(tmp_path):
+    from relnas.train import ConfigError, train
+
+    with pytest.raises(ConfigError, match="unknown genotype 'NoSuchNet'.*RelativeNAS"):
+        train(_cfg(tmp_path, "genotype=NoSuchNet"))
+
+
+def test_bad_genotype_file(tmp_path):
+    from relnas.train import ConfigError, train
+
+    bad = tmp_path / "g.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="does not parse"):
+        train(_cfg(tmp_path, f"genotype={bad}"))
+    bad.write_text(json.dumps({"normal": [["sep_conv_3x3", 5]] * 8, "reduce": [["max_pool_3x3", 0]] * 8}))
+    with pytest.raises(ConfigError, match="not a valid genotype"):
+        train(_cfg(tmp_path, f"genotype={bad}"))
+
+
+def test_aux_head_needs_32x32(tmp_path):
+    from relnas.train import ConfigError, train
+
+    with pytest.raises(ConfigError, match=r"auxiliary head needs 32x32.*28x28.*data.image_size=32.*model.auxiliary=false"):
+        train(_cfg(tmp_path, "data.image_size=28"))
+
+
+def test_imagenet_network_needs_224(tmp_path):
+    from relnas.train import ConfigError, train
+
+    with pytest.raises(ConfigError, match="NetworkImageNet needs 224x224"):
+        train(_cfg(tmp_path, "model.network=imagenet", "model.auxiliary=false"))
+
+
+def test_cifar100_without_data(tmp_path):
+    from relnas.train import run
+
+    with pytest.raises(SystemExit) as e:
+        run(_compose("data=cifar100", "model.C=4", "model.layers=3", "trainer.accelerator=cpu", "logger=none",
+                     f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path / 'empty'}"))
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and "\n" not in msg and "download" in msg.lower(), msg
+
+
+def test_cli_error_is_one_line(tmp_path):
+    p = run_cli("relnas.train", tmp_path / "run", *TINY, "genotype=NoSuchNet")
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines()[-1].startswith("error: unknown genotype 'NoSuchNet'")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------- module pieces
+
+def test_linear_warmup_schedule():
+    from relnas.models import ClassifierModule
+
+    m = ClassifierModule(C=4, layers=3, auxiliary=False, epochs=10,
+                         scheduler={"name": "linear_warmup", "warmup_epochs": 2, "final_lr": 1e-5},
+                         optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    m._base_lr = 0.5
+    f = m.lr_lambda_per_step(steps_per_epoch=10)
+    assert f(0) == pytest.approx(1 / 20) and f(19) == pytest.approx(1.0)
+    assert f(20) == pytest.approx(1.0) and f(100) == pytest.approx(1e-5 / 0.5)
+    assert f(60) == pytest.approx((1e-5 / 0.5) + (1 - 1e-5 / 0.5) * 0.5)
+
+
+def test_configure_wandb_mode(monkeypatch, tmp_path):
+    from relnas.utils.logging import configure_wandb_mode
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert configure_wandb_mode() == "offline" and os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.delenv("WANDB_MODE")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert configure_wandb_mode() == "online" and "WANDB_MODE" not in os.environ
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert configure_wandb_mode() == "disabled"

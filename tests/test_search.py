@@ -297,3 +297,12 @@ def test_csv_logger_gets_per_individual_losses(tmp_path):
     assert {"val_loss/ind_000", "val_loss/ind_001", "search/best_loss", "search/mean_loss", "search/diversity",
             "search/lr"} <= keys
     assert len([m for m in metrics if m["search/best_loss"]]) == 2
+
+
+def test_register_genotype_from_file(tmp_path):
+    import relnas
+
+    path = tmp_path / "cell.yaml"
+    relnas.get_genotype("DARTS_V1").save(path)
+    assert relnas.register_genotype("test_cell_from_file", path) == relnas.get_genotype("DARTS_V1")
+    assert relnas.get_genotype("test_cell_from_file") == relnas.get_genotype("DARTS_V1")

@@ -200,9 +200,13 @@ AmoebaNet = _g(
 _REGISTRY: Dict[str, Genotype] = {}
 
 
-def register_genotype(name: str, genotype: Union[Genotype, Mapping[str, Any]], overwrite: bool = False) -> Genotype:
-    """Add ``genotype`` to the zoo under ``name`` (usable wherever a genotype name is accepted)."""
-    if not isinstance(genotype, Genotype):
+def register_genotype(name: str, genotype: Union[Genotype, Mapping[str, Any], str, Path],
+                      overwrite: bool = False) -> Genotype:
+    """Add ``genotype`` (a Genotype, a dict, or a JSON/YAML file path) to the zoo under ``name``,
+    usable wherever a genotype name is accepted."""
+    if isinstance(genotype, (str, Path)):
+        genotype = Genotype.load(genotype)
+    elif not isinstance(genotype, Genotype):
         genotype = Genotype.from_dict(genotype)
     if name in _REGISTRY and not overwrite and _REGISTRY[name] != genotype:
         raise KeyError(f"genotype {name!r} is already registered; pass overwrite=True to replace it")

@@ -278,3 +278,34 @@ def test_configure_wandb_mode(monkeypatch, tmp_path):
     assert configure_wandb_mode() == "online" and "WANDB_MODE" not in os.environ
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert configure_wandb_mode() == "disabled"
+
+
+@pytest.mark.slow
+def test_evaluate_official_reference_checkpoint(tmp_path):
+    """An official-code checkpoint (DataParallel prefix, wrapped under state_dict) evaluates
+    through load_reference_checkpoint and gives the error the network itself gives."""
+    ref_dir = Path(os.environ.get("RELNAS_REFERENCE_DIR", ROOT.parent / "shared" / "reference"))
+    fixture = ref_dir / "relativenas_cifar_c8_l5.pt"
+    if not fixture.is_file():
+        pytest.skip("reference fixtures not found")
+    blob = torch.load(fixture, weights_only=True)
+    ckpt = tmp_path / "official.pt"
+    torch.save({"epoch": 600, "state_dict": {f"module.{k}": v for k, v in blob["state_dict"].items()}}, ckpt)
+    data = ["data=synthetic", "data.num_train=64", "data.num_test=96", "data.eval_batch_size=32"]
+    p = run_cli("relnas.evaluate", tmp_path / "eval", f"reference_checkpoint={ckpt}", "genotype=RelativeNAS",
+                "model.C=8", "model.layers=5", "model.auxiliary=true", "trainer.accelerator=cpu", *data)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+
+    import hydra
+
+    from relnas import load_reference_checkpoint
+
+    net = load_reference_checkpoint(ckpt, kind="cifar", genotype="RelativeNAS", C=8, layers=5, num_classes=10).eval()
+    dm = hydra.utils.instantiate(_compose(*data, f"paths.data_dir={tmp_path}").data)
+    dm.setup("test")
+    x, y = dm.test_data
+    with torch.no_grad():
+        logits, _ = net(dm.preprocess(x, train=False))
+    expected = 100.0 * (logits.argmax(1) != y).float().mean().item()
+    assert res["test_top1_err"] == pytest.approx(expected, abs=1e-3)

@@ -420,7 +420,7 @@ def parse_args(argv=None):
                    help="comma list of relnas, relnas-bf16, relnas-nchw, relnas-nobench, naive "
                         "(default cpu: relnas,naive; cuda: relnas-bf16,relnas,naive)")
     p.add_argument("--pairs-per-round", type=int, default=1, help="pairs per interleaving round")
-    p.add_argument("--warmup-pairs", type=int, default=None, help="untimed pairs per variant first (cpu 0, cuda 1)")
+    p.add_argument("--warmup-pairs", type=int, default=None, help="untimed pairs per relnas variant first (cpu 0, cuda 1)")
     p.add_argument("--overhead-candidates", type=int, default=None, help="1-batch-epoch candidates for the overhead (0: skip)")
     p.add_argument("--C", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
@@ -497,7 +497,7 @@ def main(argv=None) -> int:
           f"C={args.C} L={args.layers} batch {args.batch_size}, device {device}, variants {args.variants}", flush=True)
 
     for r in runners:
-        if warm:
+        if warm and not isinstance(r, NaiveRunner):  # naive: no autotuning to warm, save the time
             dt = r.run(warm)
             print(f"  warm-up {r.name}: {len(warm)} candidates {dt:.1f}s", flush=True)
     times = {r.name: 0.0 for r in runners}

@@ -234,10 +234,11 @@ def test_diverging_candidate_loses_and_never_enters_the_weight_set(tmp_path, mon
     ("search.train_portion=0", "train_portion"),
     ("search.strategy=bogus", "unknown search.strategy"),
     ("search.weight_set_update=sometimes", "weight_set_update"),
+    ("search.strategy=evolution search.weight_set_update=per_generation", "evolution needs"),
 ])
 def test_bad_search_config_fails_before_work(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
-        run_search(tiny_search_cfg(tmp_path, [override]), tmp_path)
+        run_search(tiny_search_cfg(tmp_path, override.split()), tmp_path)
     assert not (tmp_path / STATE_FILE).exists()
 
 

@@ -54,6 +54,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown search.strategy {s.strategy!r}; known strategies: {', '.join(STRATEGIES)}")
     if s.weight_set_update not in WEIGHT_SET_UPDATES:
         raise ConfigError(f"unknown search.weight_set_update {s.weight_set_update!r}; use one of {WEIGHT_SET_UPDATES}")
+    if s.strategy == "evolution" and s.weight_set_update == "per_generation":
+        raise ConfigError("search.strategy=evolution needs search.weight_set_update=sequential: each child is "
+                          "bred from the losses of the cycles before it, so its estimations cannot run in parallel")
     if s.budget is not None and (not isinstance(s.budget, int) or s.budget < 1):
         raise ConfigError(f"search.budget must be a positive integer or null, got {s.budget!r}")
     strategy = str(cfg.trainer.get("strategy", "auto") or "auto")
@@ -126,8 +129,8 @@ def _write_outputs(loop: SearchLoop, run_dir: Path, final: bool, plots: bool) ->
     write_csv(run_dir / "generations.csv", loop.generation_summaries,
               ["generation", "best_loss", "mean_loss", "diversity", "lr", "drop_path_prob", "diverged", "time_s"])
     strat = loop.strategy
-    last_gen = loop.generation
-    losses = {int(r["individual"]): float(r["val_loss"]) for r in loop.history if r["generation"] == last_gen}
+    # each individual's most recent estimate (RelativeNAS: the last generation; baselines: its only one)
+    losses = {int(r["individual"]): float(r["val_loss"]) for r in loop.history}
     write_population(run_dir / "population.json", strat.population(), losses)
     out: Dict[str, Any] = {}
     if final:

@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from relnas.nas import operations  # noqa: E402
 from relnas.search import encoding  # noqa: E402
 from relnas.search.weight_set import WeightSet, merge_eq6, restore, snapshot  # noqa: E402
 
@@ -309,6 +310,14 @@ class NaiveRunner:
         return model, used, vobjs / vn
 
     def run(self, vectors: Sequence[np.ndarray]) -> float:
+        phase = operations.PHASE_DILATED_CONV
+        operations.PHASE_DILATED_CONV = False  # the DARTS codebase runs the plain dilated kernels
+        try:
+            return self._run(vectors)
+        finally:
+            operations.PHASE_DILATED_CONV = phase
+
+    def _run(self, vectors: Sequence[np.ndarray]) -> float:
         sync(self.device)
         t0 = time.perf_counter()
         for p in range(len(vectors) // 2):
@@ -414,8 +423,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="a few thousand images, 2 candidates per variant")
     p.add_argument("--candidates", type=int, default=None, help="candidates per variant (even; default 8, quick 2)")
-    p.add_argument("--num-train", type=int, default=None, help="search-train images (default 25000, quick 1024)")
-    p.add_argument("--num-val", type=int, default=None, help="search-valid images (default 25000, quick 1024)")
+    p.add_argument("--num-train", type=int, default=None, help="search-train images (default 25000, quick 384)")
+    p.add_argument("--num-val", type=int, default=None, help="search-valid images (default 25000, quick 384)")
     p.add_argument("--variants", default=None,
                    help="comma list of relnas, relnas-bf16, relnas-nchw, relnas-nobench, naive "
                         "(default cpu: relnas,naive; cuda: relnas-bf16,relnas,naive)")
@@ -434,9 +443,9 @@ def parse_args(argv=None):
     p.add_argument("--note", default="", help="free text recorded with the results")
     a = p.parse_args(argv)
     a.candidates = a.candidates or (2 if a.quick else 8)
-    a.overhead_candidates = a.overhead_candidates if a.overhead_candidates is not None else (2 if a.quick else 4)
-    a.num_train = a.num_train or (1024 if a.quick else PAPER_TRAIN)
-    a.num_val = a.num_val or (1024 if a.quick else PAPER_VAL)
+    a.overhead_candidates = a.overhead_candidates if a.overhead_candidates is not None else (0 if a.quick else 4)
+    a.num_train = a.num_train or (384 if a.quick else PAPER_TRAIN)
+    a.num_val = a.num_val or (384 if a.quick else PAPER_VAL)
     if a.candidates % 2 or a.candidates < 2:
         p.error("--candidates must be even and >= 2")
     if a.variants is None:

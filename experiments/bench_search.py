@@ -346,6 +346,7 @@ def bare_batches(runner: RelnasRunner, vectors: Sequence[np.ndarray]) -> float:
     without Lightning (same module, same augmentation, same precision, fresh SGD per candidate)."""
     dm, ws, dev = runner.dm, runner.ws, runner.device
     dm.to(dev)
+    ws.to(dev)  # Lightning's teardown moved the module back to the CPU after fit
     cl = (lambda x: x.contiguous(memory_format=torch.channels_last)) if runner.channels_last else (lambda x: x)
     auto = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=runner.precision.startswith("bf16"))
     x_tr, y_tr = dm.train_data[0][: runner.args.batch_size], dm.train_data[1][: runner.args.batch_size]

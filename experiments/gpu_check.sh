@@ -43,8 +43,8 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 
 stamp "1/2 benchmark (timeout 330s)"
-timeout 330 $PY experiments/bench_search.py --device cuda --candidates 4 --warmup-pairs 1 \
-    --variants relnas-bf16,relnas,naive --overhead-candidates 4 --results "$OUT/bench_gpu.md" \
+timeout 330 $PY experiments/bench_search.py --device cuda --candidates ${CANDIDATES:-4} --warmup-pairs 1 \
+    --variants relnas-bf16,relnas,naive --overhead-candidates ${OVERHEAD:-4} --results "$OUT/bench_gpu.md" \
     --note "gpu_check.sh" 2>&1 | grep -v -E "^(GPU available|TPU available|HPU available|LOCAL_RANK|.*litlogger|.*Tip:)" \
     | tee "$OUT/bench_gpu.txt"
 stamp "benchmark exit ${PIPESTATUS[0]}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, DatasetNotFoundError, CheckpointError, GenotypeError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     genotype = result["genotype"]
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
+        return float(result["val_loss"])  # one process reports (multi-process search)
     print(f"found genotype (individual {result['individual']}, val loss {result['val_loss']:.4f}): {genotype}")
     print(f"run directory: {result.get('run_dir', run_dir)}")
     return float(result["val_loss"])

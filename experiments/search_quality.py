@@ -60,23 +60,23 @@ SEEDS = (0, 1, 2)
 
 SIZES: Dict[str, Any] = {
     # search
-    "search_subset": 1000,          # training images used by a search (seeded subset) ...
+    "search_subset": 2000,          # training images used by a search (seeded subset) ...
     "search_train_portion": 0.5,    # ... split into search-train / search-valid
     "image_size": 28,
     "supernet_C": 6, "supernet_layers": 5,
     "search_batch_size": 64,
-    "population_size": 4,
-    "budget": 12,                   # one-epoch estimations per search (RelativeNAS: 3 generations of 4)
+    "population_size": 6,
+    "budget": 24,                   # one-epoch estimations per search (RelativeNAS: 4 generations of 6)
     "evolution_sample_size": 2,
     "search_lr": 0.1, "search_drop_path": 0.0,
     # training protocol
     "train_C": 8, "train_layers": 5,
-    "train_subset": 1500,           # training images (seeded subset of the 60K)
-    "train_epochs": 2,
+    "train_subset": 3000,           # training images (seeded subset of the 60K)
+    "train_epochs": 3,
     "train_batch_size": 64,
     "train_lr": 0.05, "train_weight_decay": 3e-4, "train_seed": 0,
     "test_images": 10000,           # the whole Fashion-MNIST test set
-    "num_random_archs": 3,
+    "num_random_archs": 4,
     # rank fidelity
     "rf_lr": 0.05,
 }

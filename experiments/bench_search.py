@@ -1,7 +1,7 @@
 """Speed benchmark of candidate estimation (inherit, train one epoch, validate, merge).
 
     python experiments/bench_search.py --device cpu --quick          # < 2 min on a 2-core CPU
-    python experiments/bench_search.py --device cuda --candidates 4 --variants relnas-bf16,relnas,naive
+    python experiments/bench_search.py --device cuda --candidates 4 --variants relnas-graphs,relnas,naive
     python experiments/bench_search.py --device cuda                 # full: 25K/25K per candidate
 
 Workload (identical for every implementation): a seeded set of candidate genotypes (decoded from
@@ -19,6 +19,8 @@ machine noise hits all of them:
   the candidates come from a fixed strategy. Everything inside ``Trainer(...)`` + ``fit`` is
   timed (framework overhead counts). Variants: ``relnas`` (fp32, channels_last),
   ``relnas-bf16`` (``precision=bf16-mixed``), ``relnas-nchw`` (channels_last off),
+  ``relnas-graphs`` (cuda: ``search.cuda_graphs=true``, each candidate's steps replayed as CUDA
+  graphs; ``relnas-graphs-bf16`` the same in bf16-mixed),
   ``relnas-nobench`` (cuda: ``benchmark=False``).
 * ``naive``: the common DARTS-codebase style, written below: a torchvision Dataset augmenting
   image by image with PIL through a DataLoader with 2 workers, the candidate built as the full
@@ -172,8 +174,11 @@ class RelnasRunner:
     """One Omega (kept across rounds) estimated through Trainer + SearchModule + SearchLoop."""
 
     def __init__(self, name: str, omega0: Dict[str, torch.Tensor], dm, args, device: torch.device,
-                 precision: str = "32-true", channels_last: bool = True, benchmark: Optional[bool] = None):
+                 precision: str = "32-true", channels_last: bool = True, benchmark: Optional[bool] = None,
+                 cuda_graphs: bool = False):
         self.name, self.dm, self.args, self.device = name, dm, args, device
+        self.cuda_graphs = cuda_graphs
+        self.graph_stats = {"eager": 0, "captures": 0, "replays": 0}
         self.precision, self.channels_last, self.benchmark = precision, channels_last, benchmark
         self.ws = WeightSet(C=args.C, num_classes=10, layers=args.layers)
         self.ws.load_state_dict(omega0)
@@ -200,7 +205,7 @@ class RelnasRunner:
         settings = SearchSettings(seed=self.args.seed, lr=self.args.lr, drop_path_prob=self.args.drop_path,
                                   drop_path_ramp=False)
         loop = SearchLoop(strategy, settings, np.random.default_rng(0), progress=False)
-        module = SearchModule(self.ws, channels_last=self.channels_last)
+        module = SearchModule(self.ws, channels_last=self.channels_last, cuda_graphs=self.cuda_graphs)
         trainer = L.Trainer(max_epochs=loop.remaining_estimations(), callbacks=[loop], **limits,
                             **self.trainer_kwargs())
         trainer.fit(module, datamodule=self.dm)
@@ -209,6 +214,8 @@ class RelnasRunner:
         assert loop.done, "the search loop did not finish"
         if not limits:
             self.val_losses += [r["val_loss"] for r in loop.history]
+            for k, v in module.graph_stats.items():
+                self.graph_stats[k] += v
         return dt
 
 
@@ -427,8 +434,8 @@ def parse_args(argv=None):
     p.add_argument("--num-train", type=int, default=None, help="search-train images (default 25000, quick 384)")
     p.add_argument("--num-val", type=int, default=None, help="search-valid images (default 25000, quick 384)")
     p.add_argument("--variants", default=None,
-                   help="comma list of relnas, relnas-bf16, relnas-nchw, relnas-nobench, naive "
-                        "(default cpu: relnas,naive; cuda: relnas-bf16,relnas,naive)")
+                   help="comma list of relnas, relnas-bf16, relnas-nchw, relnas-nobench, relnas-graphs, "
+                        "relnas-graphs-bf16, naive (default cpu: relnas,naive; cuda: relnas-graphs,relnas,naive)")
     p.add_argument("--pairs-per-round", type=int, default=1, help="pairs per interleaving round")
     p.add_argument("--warmup-pairs", type=int, default=None, help="untimed pairs per relnas variant first (cpu 0, cuda 1)")
     p.add_argument("--overhead-candidates", type=int, default=None, help="1-batch-epoch candidates for the overhead (0: skip)")
@@ -450,7 +457,7 @@ def parse_args(argv=None):
     if a.candidates % 2 or a.candidates < 2:
         p.error("--candidates must be even and >= 2")
     if a.variants is None:
-        a.variants = "relnas,naive" if a.device == "cpu" else "relnas-bf16,relnas,naive"
+        a.variants = "relnas,naive" if a.device == "cpu" else "relnas-graphs,relnas,naive"
     a.variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     if a.warmup_pairs is None:
         a.warmup_pairs = 0 if a.device == "cpu" else 1
@@ -462,9 +469,12 @@ def build_runner(name: str, omega0, dm, args, device):
     if name == "naive":
         return NaiveRunner(name, omega0, dm, args, device)
     specs = {"relnas": dict(), "relnas-bf16": dict(precision="bf16-mixed"), "relnas-nchw": dict(channels_last=False),
-             "relnas-nobench": dict(benchmark=False)}
+             "relnas-nobench": dict(benchmark=False), "relnas-graphs": dict(cuda_graphs=True),
+             "relnas-graphs-bf16": dict(cuda_graphs=True, precision="bf16-mixed")}
     if name not in specs:
         raise SystemExit(f"unknown variant {name!r}; known: naive, {', '.join(specs)}")
+    if specs[name].get("cuda_graphs") and not cuda:
+        raise SystemExit(f"variant {name!r} replays CUDA graphs: it needs --device cuda")
     kw = dict(benchmark=True if cuda else None)
     kw.update(specs[name])
     return RelnasRunner(name, omega0, dm, args, device, **kw)
@@ -510,6 +520,7 @@ def main(argv=None) -> int:
         if warm and not isinstance(r, NaiveRunner):  # naive: no autotuning to warm, save the time
             dt = r.run(warm)
             print(f"  warm-up {r.name}: {len(warm)} candidates {dt:.1f}s", flush=True)
+            r.graph_stats = dict.fromkeys(r.graph_stats, 0)
     times = {r.name: 0.0 for r in runners}
     peaks = {r.name: 0 for r in runners}
     step = 2 * args.pairs_per_round
@@ -525,6 +536,9 @@ def main(argv=None) -> int:
                   f"({len(chunk) * per_cand_imgs / dt:8.1f} img/s)", flush=True)
 
     rates = {n: args.candidates * per_cand_imgs / t for n, t in times.items()}
+    graph_lines = [f"- {r.name}: CUDA graph steps over the timed candidates: {r.graph_stats['captures']} captures, "
+                   f"{r.graph_stats['replays']} replays, {r.graph_stats['eager']} eager steps"
+                   for r in runners if getattr(r, "cuda_graphs", False)]
     lines = [f"| variant | img/s | s/candidate | peak mem | mean val loss |", "|---|---|---|---|---|"]
     for r in runners:
         vl = np.mean([v for v in r.val_losses if np.isfinite(v)]) if r.val_losses else float("nan")
@@ -603,7 +617,7 @@ def main(argv=None) -> int:
           f"wall {time.time() - t_start:.0f}s"]
     if args.note:
         md.append(f"- note: {args.note}")
-    md += ["", *lines, "", *summary, *over, *proj, ""]
+    md += ["", *lines, "", *summary, *graph_lines, *over, *proj, ""]
     text = "\n".join(md)
     print("\n" + text, flush=True)
     path = Path(args.results)

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 WEIGHT_SET_UPDATES = ("sequential", "per_generation")
 # config keys that do not change what a search computes (may differ on resume)
-NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "data.data_dir", "data.download",
-                "data.on_device", "data.num_workers"}
+NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs",
+                "search.graph_warmup", "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
 
 
 class ConfigError(ValueError):
@@ -74,6 +74,13 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"a search in {world} processes estimates the pairs of a generation in parallel, which needs "
                           f"search.weight_set_update=per_generation (the default, sequential, is the paper's order "
                           f"and runs in one process)")
+    if s.get("cuda_graphs", False):
+        if str(cfg.trainer.get("accelerator", "auto")) == "cpu":
+            raise ConfigError("search.cuda_graphs=true needs a GPU (trainer.accelerator=gpu or auto); "
+                              "set search.cuda_graphs=false on a CPU")
+        if int(s.get("graph_warmup", 1)) < 1:
+            raise ConfigError(f"search.graph_warmup must be >= 1 (SGD's momentum must exist before the capture), "
+                              f"got {s.graph_warmup}")
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision.startswith("16"):
         raise ConfigError(f"trainer.precision={precision} is not supported by the search (per-candidate optimizers "
@@ -267,7 +274,8 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     module = SearchModule(weight_set, momentum=float(s.momentum), weight_decay=float(s.weight_decay),
-                          grad_clip=float(s.grad_clip), channels_last=bool(s.channels_last))
+                          grad_clip=float(s.grad_clip), channels_last=bool(s.channels_last),
+                          cuda_graphs=bool(s.get("cuda_graphs", False)), graph_warmup=int(s.get("graph_warmup", 1)))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, max_epochs=loop.remaining_estimations(), callbacks=[loop], logger=loggers or False,
         **_trainer_devices(cfg, dist),

@@ -49,6 +49,7 @@ class SearchModule(L.LightningModule):
         self.cuda_graphs, self.graph_warmup, self.graph_backend = bool(cuda_graphs), int(graph_warmup), graph_backend
         self._graphs: dict = {}          # "train"/"val" -> StepGraph of the current candidate
         self._graphs_broken = False      # a capture failed: the rest of the run is eager
+        self._graph_pool = None          # one CUDA memory pool for all candidates' graphs
         self.graph_stats = {"eager": 0, "captures": 0, "replays": 0}
         self.register_buffer("_train_sum", torch.zeros((), dtype=torch.float64), persistent=False)
         self.register_buffer("_train_n", torch.zeros((), dtype=torch.float64), persistent=False)
@@ -104,8 +105,11 @@ class SearchModule(L.LightningModule):
             return
         graph = self._graphs.get(kind)
         if graph is None:
+            if backend == "cuda" and self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
             graph = self._graphs[kind] = StepGraph(step, eager_step=eager_step, warmup=self.graph_warmup,
-                                                   backend=backend, on_capture_failure=self._capture_failed)
+                                                   backend=backend, on_capture_failure=self._capture_failed,
+                                                   pool=self._graph_pool)
         graph(*inputs)
 
     def _capture_failed(self) -> None:

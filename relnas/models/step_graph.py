@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -59,10 +59,14 @@ class StepGraph:
         backend: ``"cuda"`` or ``"emulate"`` (CPU testing aid, see the module docstring).
         on_capture_failure: called after a failed capture, before the eager fallback (e.g. to drop
             gradients a half-made capture may have left behind).
+        pool: a ``torch.cuda.graph_pool_handle()`` to capture into, shared by successive graphs
+            that are never replayed concurrently (one candidate's graphs, then the next one's), so
+            their memory is reused instead of being freed and allocated again per candidate.
     """
 
     def __init__(self, step: Callable[..., None], eager_step: Optional[Callable[..., None]] = None,
-                 warmup: int = 1, backend: str = "cuda", on_capture_failure: Optional[Callable[[], None]] = None):
+                 warmup: int = 1, backend: str = "cuda", on_capture_failure: Optional[Callable[[], None]] = None,
+                 pool: Any = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown StepGraph backend {backend!r}; known: {', '.join(BACKENDS)}")
         if warmup < 1:
@@ -72,6 +76,7 @@ class StepGraph:
         self.warmup = int(warmup)
         self.backend = backend
         self.on_capture_failure = on_capture_failure
+        self.pool = pool
         self.stats: Dict[str, int] = {"eager": 0, "captures": 0, "replays": 0}
         self.failure: Optional[BaseException] = None
         self._first: Optional[_Signature] = None
@@ -132,7 +137,7 @@ class StepGraph:
         graph = torch.cuda.CUDAGraph()
         try:
             stream.wait_stream(current)
-            with torch.cuda.graph(graph, stream=stream), _uncached_autocast():
+            with torch.cuda.graph(graph, pool=self.pool, stream=stream), _uncached_autocast():
                 self.step(*static)
             current.wait_stream(stream)
         except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly

@@ -20,7 +20,9 @@ machine noise hits all of them:
   timed (framework overhead counts). Variants: ``relnas`` (fp32, channels_last),
   ``relnas-bf16`` (``precision=bf16-mixed``), ``relnas-nchw`` (channels_last off),
   ``relnas-graphs`` (cuda: ``search.cuda_graphs=true``, each candidate's steps replayed as CUDA
-  graphs; ``relnas-graphs-bf16`` the same in bf16-mixed),
+  graphs; ``relnas-graphs-bf16`` the same in bf16-mixed), and ablations of the real path with one
+  speed-up switched off: ``relnas-sync`` (a host sync every step), ``relnas-valgrad`` (validation
+  with autograd on, batch 256, no ``inference_mode``), ``relnas-nophase`` (plain dilated convs).
   ``relnas-nobench`` (cuda: ``benchmark=False``).
 * ``naive``: the common DARTS-codebase style, written below: a torchvision Dataset augmenting
   image by image with PIL through a DataLoader with 2 workers, the candidate built as the full
@@ -175,9 +177,9 @@ class RelnasRunner:
 
     def __init__(self, name: str, omega0: Dict[str, torch.Tensor], dm, args, device: torch.device,
                  precision: str = "32-true", channels_last: bool = True, benchmark: Optional[bool] = None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, ablate: Optional[str] = None):
         self.name, self.dm, self.args, self.device = name, dm, args, device
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs, self.ablate = cuda_graphs, ablate
         self.graph_stats = {"eager": 0, "captures": 0, "replays": 0}
         self.precision, self.channels_last, self.benchmark = precision, channels_last, benchmark
         self.ws = WeightSet(C=args.C, num_classes=10, layers=args.layers)
@@ -190,13 +192,21 @@ class RelnasRunner:
         return dict(accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1, precision=self.precision,
                     benchmark=self.benchmark, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
                     enable_progress_bar=False, enable_model_summary=False, check_val_every_n_epoch=1,
-                    log_every_n_steps=1_000_000, default_root_dir=tempfile.gettempdir())
+                    log_every_n_steps=1_000_000, default_root_dir=tempfile.gettempdir(),
+                    inference_mode=self.ablate != "valgrad")
+
+    def module(self):
+        """The real SearchModule, or (ablations) a subclass with one speed-up switched off."""
+        from relnas.models.search_module import SearchModule
+
+        cls = {None: SearchModule, "sync": SyncEveryStep, "valgrad": ValidateWithAutograd}[
+            self.ablate if self.ablate in ("sync", "valgrad") else None]
+        return cls(self.ws, channels_last=self.channels_last, cuda_graphs=self.cuda_graphs)
 
     def run(self, vectors: Sequence[np.ndarray], **limits: Any) -> float:
         """Estimate ``vectors`` (pairs); returns the wall time of Trainer construction + fit."""
         import lightning as L
 
-        from relnas.models.search_module import SearchModule
         from relnas.search.callback import SearchLoop, SearchSettings
 
         sync(self.device)
@@ -205,10 +215,18 @@ class RelnasRunner:
         settings = SearchSettings(seed=self.args.seed, lr=self.args.lr, drop_path_prob=self.args.drop_path,
                                   drop_path_ramp=False)
         loop = SearchLoop(strategy, settings, np.random.default_rng(0), progress=False)
-        module = SearchModule(self.ws, channels_last=self.channels_last, cuda_graphs=self.cuda_graphs)
+        module = self.module()
         trainer = L.Trainer(max_epochs=loop.remaining_estimations(), callbacks=[loop], **limits,
                             **self.trainer_kwargs())
-        trainer.fit(module, datamodule=self.dm)
+        phase, eval_bs = operations.PHASE_DILATED_CONV, self.dm.eval_batch_size
+        if self.ablate == "nophase":
+            operations.PHASE_DILATED_CONV = False
+        if self.ablate == "valgrad":
+            self.dm.eval_batch_size = self.args.batch_size
+        try:
+            trainer.fit(module, datamodule=self.dm)
+        finally:
+            operations.PHASE_DILATED_CONV, self.dm.eval_batch_size = phase, eval_bs
         sync(self.device)
         dt = time.perf_counter() - t0
         assert loop.done, "the search loop did not finish"
@@ -217,6 +235,29 @@ class RelnasRunner:
             for k, v in module.graph_stats.items():
                 self.graph_stats[k] += v
         return dt
+
+
+def _ablation_classes():
+    from relnas.models.search_module import SearchModule
+
+    class SyncEveryStep(SearchModule):
+        """Ablation: read the loss on the host after every training step (as ``.item()`` does)."""
+
+        def training_step(self, batch, batch_idx):
+            super().training_step(batch, batch_idx)
+            self._train_sum.item()
+
+    class ValidateWithAutograd(SearchModule):
+        """Ablation: validation with autograd on (the runner also sets batch 256, no inference_mode)."""
+
+        def validation_step(self, batch, batch_idx):
+            with torch.enable_grad():
+                super().validation_step(batch, batch_idx)
+
+    return SyncEveryStep, ValidateWithAutograd
+
+
+SyncEveryStep, ValidateWithAutograd = _ablation_classes()
 
 
 # ====================================================================== naive (DARTS-codebase style)
@@ -435,7 +476,8 @@ def parse_args(argv=None):
     p.add_argument("--num-val", type=int, default=None, help="search-valid images (default 25000, quick 384)")
     p.add_argument("--variants", default=None,
                    help="comma list of relnas, relnas-bf16, relnas-nchw, relnas-nobench, relnas-graphs, "
-                        "relnas-graphs-bf16, naive (default cpu: relnas,naive; cuda: relnas-graphs,relnas,naive)")
+                        "relnas-graphs-bf16, relnas-sync, relnas-valgrad, relnas-nophase, naive "
+                        "(default cpu: relnas,naive; cuda: relnas-graphs,relnas,naive)")
     p.add_argument("--pairs-per-round", type=int, default=1, help="pairs per interleaving round")
     p.add_argument("--warmup-pairs", type=int, default=None, help="untimed pairs per relnas variant first (cpu 0, cuda 1)")
     p.add_argument("--overhead-candidates", type=int, default=None, help="1-batch-epoch candidates for the overhead (0: skip)")
@@ -470,7 +512,10 @@ def build_runner(name: str, omega0, dm, args, device):
         return NaiveRunner(name, omega0, dm, args, device)
     specs = {"relnas": dict(), "relnas-bf16": dict(precision="bf16-mixed"), "relnas-nchw": dict(channels_last=False),
              "relnas-nobench": dict(benchmark=False), "relnas-graphs": dict(cuda_graphs=True),
-             "relnas-graphs-bf16": dict(cuda_graphs=True, precision="bf16-mixed")}
+             "relnas-graphs-bf16": dict(cuda_graphs=True, precision="bf16-mixed"),
+             # ablations: the real path with one speed-up switched off
+             "relnas-sync": dict(ablate="sync"), "relnas-valgrad": dict(ablate="valgrad"),
+             "relnas-nophase": dict(ablate="nophase")}
     if name not in specs:
         raise SystemExit(f"unknown variant {name!r}; known: naive, {', '.join(specs)}")
     if specs[name].get("cuda_graphs") and not cuda:

@@ -68,30 +68,42 @@ def test_search_module_rejects_unknown_graph_backend():
         SearchModule(WeightSet(C=4, layers=3), cuda_graphs=True, graph_backend="xla")
 
 
-def _run(tmp_path, name, monkeypatch, graphed: bool):
+def test_search_module_warns_that_cuda_graphs_do_nothing_on_a_cpu(caplog):
+    from relnas.search.weight_set import WeightSet
+
+    m = SearchModule(WeightSet(C=4, layers=3), cuda_graphs=True)
+    with caplog.at_level("WARNING", logger="relnas.models.search_module"):
+        m.on_fit_start()
+    assert "no effect on cpu" in caplog.text
+    assert m._graph_backend() is None  # eager steps
+
+
+def _run(tmp_path, name, monkeypatch, graphs: bool, backend=None, accelerator: str = "auto"):
+    """A tiny search through run_search; returns (history rows, the SearchModule)."""
     import relnas.search.run as run_mod
 
     modules = []
 
     def factory(*args, **kwargs):
-        modules.append(SearchModule(*args, **kwargs, graph_backend="emulate" if graphed else None))
+        modules.append(SearchModule(*args, **kwargs, graph_backend=backend))
         return modules[-1]
 
     monkeypatch.setattr(run_mod, "SearchModule", factory)
     run_dir = tmp_path / name
     # 48 search-train images in batches 20, 20, 8 and 48 search-valid in 20, 20, 8: each candidate
-    # warms up, captures, replays and runs the odd last batch eagerly, in training and validation
+    # warms up, captures, replays and runs the odd last batch eagerly, in training and validation;
+    # generation 2 trains with drop path (ramped from 0)
     cfg = tiny_search_cfg(run_dir, ["data.batch_size=20", "data.eval_batch_size=20", "search.generations=2",
-                                    "trainer.accelerator=auto", f"search.cuda_graphs={str(graphed).lower()}"])
-    out = run_mod.run_search(cfg, run_dir)
+                                    f"trainer.accelerator={accelerator}", f"search.cuda_graphs={str(graphs).lower()}"])
+    run_mod.run_search(cfg, run_dir)
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    return out, rows, modules[0]
+    return rows, modules[0]
 
 
 def test_graphed_search_equals_eager_search(tmp_path, monkeypatch):
-    _, eager_rows, eager_mod = _run(tmp_path, "eager", monkeypatch, graphed=False)
-    _, graph_rows, graph_mod = _run(tmp_path, "graphs", monkeypatch, graphed=True)
+    eager_rows, eager_mod = _run(tmp_path, "eager", monkeypatch, graphs=False)
+    graph_rows, graph_mod = _run(tmp_path, "graphs", monkeypatch, graphs=True, backend="emulate")
     assert eager_mod.graph_stats == {"eager": 0, "captures": 0, "replays": 0}
     n = len(graph_rows)
     assert n == 8
@@ -118,8 +130,11 @@ def test_cuda_graphs_on_a_cpu_trainer_is_a_config_error(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_graph_training_matches_eager_on_gpu():
-    """Real capture: a candidate trained with replayed graphs ends where eager training ends."""
+@pytest.mark.parametrize("drop_prob", [0.0, 0.2])
+def test_cuda_graph_candidates_match_eager_on_gpu(drop_prob):
+    """Real captures, two candidates in a row (train with a smaller last batch, then validation
+    under inference_mode): the graphed module ends where the eager one ends. With drop path the
+    graph's replays draw from the same random stream as eager steps, so this holds as well."""
     import numpy as np
 
     from relnas.search import encoding
@@ -127,29 +142,54 @@ def test_cuda_graph_training_matches_eager_on_gpu():
 
     torch.manual_seed(0)
     dev = torch.device("cuda")
-    ws0 = WeightSet(C=8, layers=5).to(dev, memory_format=torch.channels_last)
-    init = {k: v.clone() for k, v in ws0.state_dict().items()}
-    arch_vec = encoding.sample(np.random.default_rng(3))
-    x = torch.randn(6, 32, 3, 32, 32, device=dev)
-    y = torch.randint(0, 10, (6, 32), device=dev)
+    ws = WeightSet(C=8, layers=5).to(dev, memory_format=torch.channels_last)
+    init = {k: v.clone() for k, v in ws.state_dict().items()}
+    archs = [ws.compile(encoding.decode(v)) for v in encoding.sample(np.random.default_rng(3), 2)]
+    sizes = [32, 32, 32, 32, 32, 12]
+    xs = [torch.randn(n, 3, 32, 32, device=dev) for n in sizes]
+    ys = [torch.randint(0, 10, (n,), device=dev) for n in sizes]
 
-    def train(graphs: bool):
-        ws0.load_state_dict(init)
-        m = SearchModule(ws0, cuda_graphs=graphs, graph_backend="cuda" if graphs else None).to(dev)
-        m.begin_candidate(ws0.compile(encoding.decode(arch_vec)), lr=0.05, drop_prob=0.0)
-        m.train()
-        # SearchModule.training_step calls manual_backward only on eager steps; give it a stub trainer
-        m.manual_backward = lambda loss: loss.backward()
-        for i in range(6):
-            m.training_step((x[i], y[i]), i)
-        torch.cuda.synchronize()
-        stats = dict(m._graphs["train"].stats) if graphs else None
-        return {k: v.clone() for k, v in ws0.state_dict().items()}, m._train_sum.item(), stats
+    def run(graphs: bool):
+        ws.load_state_dict(init)
+        torch.manual_seed(1)  # same drop-path stream in both runs
+        m = SearchModule(ws, cuda_graphs=graphs, graph_backend="cuda" if graphs else None).to(dev)
+        m.manual_backward = lambda loss: loss.backward()  # no Trainer here
+        losses, stats = [], []
+        for arch in archs:
+            m.begin_candidate(arch, lr=0.05, drop_prob=drop_prob)
+            m.train()
+            for i, (x, y) in enumerate(zip(xs, ys)):
+                m.training_step((x, y), i)
+            m.eval()
+            with torch.inference_mode():
+                for i, (x, y) in enumerate(zip(xs, ys)):
+                    m.validation_step((x, y), i)
+            losses.append(m.candidate_losses())
+            stats.append({k: dict(g.stats) for k, g in m._graphs.items()})
+        assert not m._graphs_broken
+        return {k: v.clone() for k, v in ws.state_dict().items()}, losses, stats
 
-    w_e, loss_e, _ = train(False)
-    w_g, loss_g, stats = train(True)
-    assert stats == {"eager": 1, "captures": 1, "replays": 5}
-    assert loss_g == pytest.approx(loss_e, rel=1e-4)
+    w_e, loss_e, _ = run(False)
+    w_g, loss_g, stats = run(True)
+    per_kind = {"eager": 2, "captures": 1, "replays": 4}  # 1 warm-up, capture + 4 replays, 1 smaller batch
+    assert stats == [{"train": per_kind, "val": per_kind}] * 2
+    for (te, ve), (tg, vg) in zip(loss_e, loss_g):
+        assert tg == pytest.approx(te, rel=1e-4) and vg == pytest.approx(ve, rel=1e-4)
     for k in w_e:
         if w_e[k].is_floating_point():
             torch.testing.assert_close(w_g[k], w_e[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_search_runs_end_to_end_on_gpu(tmp_path, monkeypatch):
+    """The real entry point with search.cuda_graphs=true on a GPU: every candidate captured
+    (no fallback to eager), first-generation losses equal to an eager GPU search's."""
+    eager_rows, _ = _run(tmp_path, "eager", monkeypatch, graphs=False, accelerator="gpu")
+    graph_rows, mod = _run(tmp_path, "graphs", monkeypatch, graphs=True, accelerator="gpu")
+    assert not mod._graphs_broken
+    assert mod.graph_stats["captures"] == 2 * len(graph_rows)
+    first = [r for r in graph_rows if r["generation"] == "1"]
+    for rg, re_ in zip(first, eager_rows):
+        assert rg["genotype"] == re_["genotype"]
+        assert float(rg["val_loss"]) == pytest.approx(float(re_["val_loss"]), rel=1e-3)

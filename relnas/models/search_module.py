@@ -49,7 +49,8 @@ class SearchModule(L.LightningModule):
         self.cuda_graphs, self.graph_warmup, self.graph_backend = bool(cuda_graphs), int(graph_warmup), graph_backend
         self._graphs: dict = {}          # "train"/"val" -> StepGraph of the current candidate
         self._graphs_broken = False      # a capture failed: the rest of the run is eager
-        self._graph_pool = None          # one CUDA memory pool for all candidates' graphs
+        self._graph_pool = None          # the current candidate's CUDA graph memory pool (train + val)
+        self._graph_stream = None        # one side stream for every warm-up and capture
         self.graph_stats = {"eager": 0, "captures": 0, "replays": 0}
         self.register_buffer("_train_sum", torch.zeros((), dtype=torch.float64), persistent=False)
         self.register_buffer("_train_n", torch.zeros((), dtype=torch.float64), persistent=False)
@@ -69,7 +70,11 @@ class SearchModule(L.LightningModule):
             buf.zero_()
 
     def candidate_losses(self) -> tuple[float, float]:
-        """(mean training loss, mean validation loss) of the current candidate; one host sync."""
+        """(mean training loss, mean validation loss) of the current candidate; one host sync.
+
+        That sync also makes the next ``begin_candidate`` safe with CUDA graphs: the optimizer's
+        momentum buffers (made on the graphs' side stream, used by replays on the current one)
+        are freed there only after every replay has finished."""
         vals = torch.stack([self._train_sum / self._train_n.clamp_min(1), self._val_sum / self._val_n.clamp_min(1),
                             self._val_n]).tolist()
         train, val, n_val = vals
@@ -107,9 +112,11 @@ class SearchModule(L.LightningModule):
         if graph is None:
             if backend == "cuda" and self._graph_pool is None:
                 self._graph_pool = torch.cuda.graph_pool_handle()
+                if self._graph_stream is None:
+                    self._graph_stream = torch.cuda.Stream()
             graph = self._graphs[kind] = StepGraph(step, eager_step=eager_step, warmup=self.graph_warmup,
                                                    backend=backend, on_capture_failure=self._capture_failed,
-                                                   pool=self._graph_pool)
+                                                   pool=self._graph_pool, stream=self._graph_stream)
         graph(*inputs)
 
     def _capture_failed(self) -> None:
@@ -123,6 +130,8 @@ class SearchModule(L.LightningModule):
                 self.graph_stats[k] += v
             graph.release()
         self._graphs = {}
+        # a pool whose graphs are all released must not be captured into again: a new one per candidate
+        self._graph_pool = None
 
     def on_fit_end(self) -> None:
         self._release_graphs()

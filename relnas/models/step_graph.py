@@ -59,14 +59,17 @@ class StepGraph:
         backend: ``"cuda"`` or ``"emulate"`` (CPU testing aid, see the module docstring).
         on_capture_failure: called after a failed capture, before the eager fallback (e.g. to drop
             gradients a half-made capture may have left behind).
-        pool: a ``torch.cuda.graph_pool_handle()`` to capture into, shared by successive graphs
-            that are never replayed concurrently (one candidate's graphs, then the next one's), so
-            their memory is reused instead of being freed and allocated again per candidate.
+        pool: a ``torch.cuda.graph_pool_handle()`` to capture into, shared with graphs that are
+            never replayed after this one is captured (one candidate's training graph, then its
+            validation graph). Do not reuse a pool after every graph in it has been released: make
+            a new handle for the next candidate.
+        stream: the side stream for warm-up and capture (default: a new one). Share one among the
+            graphs of a pool: the allocator reuses a pool's blocks only on the stream they came from.
     """
 
     def __init__(self, step: Callable[..., None], eager_step: Optional[Callable[..., None]] = None,
                  warmup: int = 1, backend: str = "cuda", on_capture_failure: Optional[Callable[[], None]] = None,
-                 pool: Any = None):
+                 pool: Any = None, stream: Any = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown StepGraph backend {backend!r}; known: {', '.join(BACKENDS)}")
         if warmup < 1:
@@ -82,7 +85,7 @@ class StepGraph:
         self._first: Optional[_Signature] = None
         self._graph = None
         self._static: Tuple[torch.Tensor, ...] = ()
-        self._stream = None
+        self._stream = stream
 
     @property
     def captured(self) -> bool:
@@ -107,7 +110,7 @@ class StepGraph:
 
     def release(self) -> None:
         """Drop the graph and its static buffers (frees the graph's memory pool)."""
-        self._graph, self._static, self._stream = None, (), None
+        self._graph, self._static = None, ()
 
     # ------------------------------------------------------------------ internals
     def _side_stream(self):
@@ -135,12 +138,16 @@ class StepGraph:
             return True
         stream, current = self._side_stream(), torch.cuda.current_stream()
         graph = torch.cuda.CUDAGraph()
+        autocast = _uncached_autocast()  # built outside the capture (its constructor may touch the GPU)
         try:
             stream.wait_stream(current)
-            with torch.cuda.graph(graph, pool=self.pool, stream=stream), _uncached_autocast():
+            # thread_local: CUDA calls of other threads (loggers, monitors) do not break the capture
+            with torch.cuda.graph(graph, pool=self.pool, stream=stream, capture_error_mode="thread_local"), autocast:
                 self.step(*static)
             current.wait_stream(stream)
         except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly
+            # a failure inside torch.cuda.graph's __enter__/__exit__ can leave the side stream current
+            torch.cuda.set_stream(current)
             self.failure = exc
             log.warning("CUDA graph capture failed (%s: %s); this candidate's steps run eagerly",
                         type(exc).__name__, exc)

@@ -1,4 +1,5 @@
-"""Pairs of a generation in parallel processes (search.weight_set_update=per_generation).
+"""Several processes for one search: the pairs of a generation in parallel
+(search.weight_set_update=per_generation), or the two members of each pair (sequential, 2 processes).
 
 The end-to-end test launches the real command line (``torchrun ... -m relnas.search``) with two
 CPU processes (gloo) and checks that it ends with exactly the population, genotype and weight set
@@ -70,11 +71,12 @@ def _outputs(run_dir: Path) -> dict:
 def test_two_processes_match_one_process(tmp_path):
     runs = {"multi": (["search.weight_set_update=per_generation"], 2),
             "single": (["search.weight_set_update=per_generation"], 1),
-            "sequential": ([], 1)}
+            "sequential": ([], 1),
+            "members": ([], 2)}  # sequential in 2 processes: the two members of each pair at once
     procs = {name: _search(tmp_path / name, ov, n) for name, (ov, n) in runs.items()}
     for name, proc in procs.items():
         _wait(proc, tmp_path / name)
-    multi, single, seq = (_outputs(tmp_path / n) for n in ("multi", "single", "sequential"))
+    multi, single, seq, members = (_outputs(tmp_path / n) for n in ("multi", "single", "sequential", "members"))
 
     # bit for bit: population vectors (JSON floats round-trip exactly), genotype, random state, Omega
     assert multi["population"] == single["population"]
@@ -92,6 +94,15 @@ def test_two_processes_match_one_process(tmp_path):
     assert seq["population"] != single["population"]
     assert seq["history"][0]["val_loss"] == single["history"][0]["val_loss"]  # the first pair: same Omega
 
+    # member-parallel keeps the paper's order: bit for bit the one-process sequential search
+    assert members["population"] == seq["population"] and members["genotype"] == seq["genotype"]
+    assert members["rng"] == seq["rng"]
+    for k, v in seq["weight_set"].items():
+        assert torch.equal(members["weight_set"][k], v), k
+    assert [(r["individual"], r["role"], r["val_loss"], r["train_loss"]) for r in members["history"]] == \
+           [(r["individual"], r["role"], r["val_loss"], r["train_loss"]) for r in seq["history"]]
+    assert json.loads((tmp_path / "members" / "result.json").read_text())["estimations"] == 8
+
 
 def test_single_process_context():
     ctx = search_dist.DistContext()
@@ -107,12 +118,16 @@ def _cfg(**search):
                              "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "32-true"}})
 
 
-def test_several_processes_need_per_generation(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
+def test_several_processes_need_per_generation_or_two_members(monkeypatch):
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="per_generation"):
         check_config(_cfg())
     check_config(_cfg(weight_set_update="per_generation"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_config(_cfg())  # sequential in 2 processes: the two members of each pair at once
+    with pytest.raises(ConfigError, match="two members of each pair"):
+        check_config(_cfg(strategy="random"))
 
 
 @pytest.mark.parametrize("trainer", [{"strategy": "ddp"}, {"devices": 4}, {"num_nodes": 2}])

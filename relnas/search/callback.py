@@ -93,6 +93,12 @@ class SearchLoop(L.Callback):
             return int(own(generation))
         return generation * (self.strategy.budget // self.strategy.generations)
 
+    @property
+    def member_parallel(self) -> bool:
+        """Several processes in the paper's sequential order: process ``r`` trains member ``r`` of
+        every pair (both inherit the same Omega), and the two meet after each pair for the merge."""
+        return self.dist.distributed and self.settings.weight_set_update == "sequential"
+
     def remaining_estimations(self) -> int:
         return self.strategy.budget - self.estimations_before(self.generation)
 
@@ -123,6 +129,8 @@ class SearchLoop(L.Callback):
         self._skip_unowned()
 
     def _skip_unowned(self) -> None:
+        if self.member_parallel:
+            return  # every process takes part in every pair
         while self._job_idx < len(self._jobs) and not self.dist.owns(self._job_idx):
             self._job_idx += 1
 
@@ -139,6 +147,8 @@ class SearchLoop(L.Callback):
             self._start_generation()
         if self._pending is None:
             self._pending = _Pending(self._jobs[self._job_idx])
+            if self.member_parallel:
+                self._pending.member = self.dist.rank
         p = self._pending
         ws: WeightSet = pl_module.weight_set
         vector = p.job.vectors[p.member]
@@ -172,13 +182,17 @@ class SearchLoop(L.Callback):
         restore(tensors, p.before)  # Omega is changed only by the merge
         p.losses.append(val_loss)
         p.train_losses.append(train_loss)
-        p.member += 1
-        self._estimations += 1
+        done_now = 1
+        if self.member_parallel:
+            done_now = self._gather_members(p)
+        else:
+            p.member += 1
+        self._estimations += done_now
         if self._bar is not None:
             best = min([r["val_loss"] for r in self._gen_rows] + p.losses)
             self._bar.set_postfix_str(f"gen {self.generation + 1}/{self.strategy.generations} "
                                       f"job {p.job.index + 1}/{len(self._jobs)} best {best:.4f}")
-            self._bar.update(1)
+            self._bar.update(done_now)
         if p.member == len(p.job.members):
             if self.settings.weight_set_update == "per_generation":
                 # tell() and the merge wait for the generation's end (in job order, on every process)
@@ -220,6 +234,25 @@ class SearchLoop(L.Callback):
                 "drop_path_prob": self.drop_of(self.generation),
                 "vector": " ".join(f"{v:.6f}" for v in p.job.vectors[i]), "genotype": str(p.genotypes[i]),
             })
+
+    def _gather_members(self, p: _Pending) -> int:
+        """Member-parallel mode: collect every member's result of ``p`` from the processes (this
+        one keeps its own on-device tensors) so that all can merge in the same way; returns the
+        number of estimations the pair took."""
+        own = p.member
+        mine = (own, p.losses[-1], p.train_losses[-1], to_cpu(p.trained[-1]))
+        results = {m: (loss, train, trained) for m, loss, train, trained in self.dist.all_gather_object(mine)}
+        n = len(p.job.members)
+        if sorted(results) != list(range(n)):
+            raise RuntimeError(f"generation {self.generation + 1} job {p.job.index}: the processes trained members "
+                               f"{sorted(results)} of a job with {n} (member-parallel needs one process per member)")
+        own_trained = p.trained[-1]
+        p.losses = [results[m][0] for m in range(n)]
+        p.train_losses = [results[m][1] for m in range(n)]
+        p.trained = [own_trained if m == own else results[m][2] for m in range(n)]
+        p.genotypes = [encoding.decode(v) for v in p.job.vectors]
+        p.member = n
+        return n
 
     def _gather_jobs(self) -> Dict[int, _Pending]:
         """The finished jobs of this generation from every process, by job position."""

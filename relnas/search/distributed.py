@@ -1,4 +1,6 @@
-"""A small layer over ``torch.distributed`` for running the pairs of a generation in parallel.
+"""A small layer over ``torch.distributed`` for running one search in several processes: the pairs
+of a generation in parallel (``per_generation``), or, in the sequential order, the two members of
+each pair (two processes; they exchange their results after every pair, see ``SearchLoop``).
 
 Design (see docs/scale_out.md): every process runs its OWN single-device Lightning Trainer
 (``devices=1``; on GPUs the local rank's device), so there is no data sharding and no gradient

@@ -70,10 +70,10 @@ def check_config(cfg: DictConfig) -> None:
             "search.weight_set_update=per_generation, e.g. `torchrun --nproc_per_node=4 -m relnas.search "
             "search.weight_set_update=per_generation` (see docs/scale_out.md)")
     world = search_dist.requested_world_size()
-    if world > 1 and s.weight_set_update != "per_generation":
-        raise ConfigError(f"a search in {world} processes estimates the pairs of a generation in parallel, which needs "
-                          f"search.weight_set_update=per_generation (the default, sequential, is the paper's order "
-                          f"and runs in one process)")
+    if world > 1 and s.weight_set_update != "per_generation" and (world != 2 or s.strategy != "relativenas"):
+        raise ConfigError(f"a search in {world} processes needs search.weight_set_update=per_generation (the pairs of a "
+                          f"generation in parallel, any number of processes); in the paper's sequential order only "
+                          f"2 processes can work at once (the two members of each pair, strategy relativenas)")
     if s.get("cuda_graphs", False):
         if str(cfg.trainer.get("accelerator", "auto")) == "cpu":
             raise ConfigError("search.cuda_graphs=true needs a GPU (trainer.accelerator=gpu or auto); "

@@ -170,3 +170,47 @@ def test_per_generation_resume_is_bit_exact(tmp_path):
         assert torch.equal(sa["weight_set"][k], sb["weight_set"][k]), k
     assert ref["genotype"] == resumed["genotype"]
     assert (a / "history.csv").read_text() == (b / "history.csv").read_text()
+
+
+class _FakeGather(search_dist.DistContext):
+    """Rank ``rank`` of 2 whose all_gather returns this process's object plus ``others``."""
+
+    def __init__(self, rank, others):
+        super().__init__(rank=rank, world_size=2)
+        self.others = others
+
+    def all_gather_object(self, obj):
+        return sorted([obj] + self.others, key=lambda t: t[0])
+
+
+def _member_loop(dist):
+    import numpy as np
+
+    from relnas.search import encoding
+    from relnas.search.callback import SearchLoop, SearchSettings, _Pending
+    from relnas.search.strategies import Job, create_strategy
+
+    loop = SearchLoop(create_strategy("relativenas", population_size=4, generations=1),
+                      SearchSettings(), np.random.default_rng(0), progress=False, dist=dist)
+    vecs = [encoding.sample(np.random.default_rng(i)) for i in range(2)]
+    p = _Pending(Job(index=0, members=[0, 1], vectors=vecs), member=dist.rank)
+    return loop, p
+
+
+def test_member_parallel_gather_orders_members_and_keeps_own_tensors():
+    other = {"w": torch.ones(2)}
+    own = {"w": torch.zeros(2)}
+    loop, p = _member_loop(_FakeGather(rank=1, others=[(0, 0.5, 0.7, other)]))
+    assert loop.member_parallel
+    p.losses, p.train_losses, p.trained = [1.5], [1.7], [own]
+    assert loop._gather_members(p) == 2
+    assert p.losses == [0.5, 1.5] and p.train_losses == [0.7, 1.7]
+    assert p.trained[1] is own and torch.equal(p.trained[0]["w"], other["w"])
+    assert p.member == 2 and len(p.genotypes) == 2
+
+
+def test_member_parallel_gather_fails_loudly_when_a_member_is_missing():
+    loop, p = _member_loop(_FakeGather(rank=0, others=[(0, 0.5, 0.7, None)]))  # both processes trained member 0
+    p.losses, p.train_losses, p.trained = [1.5], [1.7], [None]
+    with pytest.raises(RuntimeError, match="one process per member"):
+        loop._gather_members(p)

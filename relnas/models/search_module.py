@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import functools
 import logging
 
 import lightning as L
@@ -154,6 +153,9 @@ class SearchModule(L.LightningModule):
         self._train_sum += loss.detach().double() * n
         self._train_n += n
 
+    def _train_step_eager(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._train_step(x, y, graphed=False)
+
     def _val_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         logits = self(x)
         self._val_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
@@ -161,7 +163,7 @@ class SearchModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        self._run("train", self._train_step, functools.partial(self._train_step, graphed=False), x, y)
+        self._run("train", self._train_step, self._train_step_eager, x, y)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

@@ -584,7 +584,7 @@ def main(argv=None) -> int:
     graph_lines = [f"- {r.name}: CUDA graph steps over the timed candidates: {r.graph_stats['captures']} captures, "
                    f"{r.graph_stats['replays']} replays, {r.graph_stats['eager']} eager steps"
                    for r in runners if getattr(r, "cuda_graphs", False)]
-    lines = [f"| variant | img/s | s/candidate | peak mem | mean val loss |", "|---|---|---|---|---|"]
+    lines = ["| variant | img/s | s/candidate | peak mem | mean val loss |", "|---|---|---|---|---|"]
     for r in runners:
         vl = np.mean([v for v in r.val_losses if np.isfinite(v)]) if r.val_losses else float("nan")
         lines.append(f"| {r.name} | {rates[r.name]:.1f} | {times[r.name] / args.candidates:.2f} | "

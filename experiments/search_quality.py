@@ -121,7 +121,7 @@ def run_one_search(strategy: str, seed: int, sz: Dict[str, Any], work: Path) -> 
         shutil.rmtree(run_dir)
     cfg = search_config(strategy, seed, sz)
     t0 = time.time()
-    out = run_search(cfg, run_dir)
+    run_search(cfg, run_dir)
     search_time = time.time() - t0
     with open(run_dir / "history.csv") as f:
         history = list(csv.DictReader(f))
@@ -364,7 +364,7 @@ def write_report(path: Path, runs: List[Dict[str, Any]], randoms: List[Dict[str,
     for name, loss, acc in sorted(zip(rf["names"], rf["losses"], rf["accs"]), key=lambda t: t[1]):
         L_.append(f"| {name} | {loss:.4f} | {acc * 100:.2f}% |")
     L_.append(f"\n## Raw logs\n\nOne JSON per run in `{rel(log_dir)}/`: "
-              + ", ".join(f"`{Path(r['log']).name}`" for r in runs + randoms) + f", `rank_fidelity.json`. "
+              + ", ".join(f"`{Path(r['log']).name}`" for r in runs + randoms) + ", `rank_fidelity.json`. "
               "Each search log has the full search history (every estimation: generation, individual, role, "
               "val/train loss, vector, genotype), the config, the found genotype and the training result.\n")
     path.write_text("\n".join(L_) + "\n")

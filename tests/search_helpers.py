@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 

@@ -20,7 +20,7 @@ from relnas.search.callback import SearchLoop, SimulatedInterrupt
 from relnas.search.run import ConfigError, run_search
 from relnas.search.state import PREV_FILE, STATE_FILE, load_state
 from relnas.search.weight_set import WeightSet, eq6_sources, merge_eq6
-from search_helpers import CONFIG_DIR, tiny_search_cfg
+from search_helpers import tiny_search_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 

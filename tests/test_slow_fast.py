@@ -1,5 +1,4 @@
 """The pure search maths: pairing, fast/slow selection, the slow-fast update, schedules."""
-import math
 
 import numpy as np
 import pytest

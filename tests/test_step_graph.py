@@ -7,7 +7,6 @@ computes. The CUDA test at the end runs only where a GPU is visible (``pytest -m
 from __future__ import annotations
 
 import csv
-import functools
 
 import pytest
 import torch

@@ -117,7 +117,7 @@ class BatchAugment:
             rows = rows.to(device, non_blocking=True)
             cols = cols.to(device, non_blocking=True)
             # Two gathers (rows, then columns): vectorised per-sample crop and flip.
-            c, hp, wp = x.shape[1], x.shape[2], x.shape[3]
+            c, wp = x.shape[1], x.shape[3]
             x = torch.gather(x, 2, rows[:, None, :, None].expand(n, c, h, wp))
             x = torch.gather(x, 3, cols[:, None, None, :].expand(n, c, h, w))
 

@@ -12,9 +12,8 @@ arithmetic, without the per-kernel launch cost that dominates at the paper's net
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import logging
+from typing import Optional
 
 import lightning as L
 import torch

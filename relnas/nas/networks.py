@@ -6,7 +6,7 @@ None in eval mode or without an auxiliary head. Set ``net.drop_path_prob`` to ch
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import torch
 import torch.nn as nn

@@ -31,7 +31,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 

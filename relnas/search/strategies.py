@@ -98,7 +98,7 @@ class RelativeNAS(Strategy):
 
     def tell(self, rng: np.random.Generator, job: Job, losses: Sequence[float]) -> JobResult:
         f, s = fast_slow(losses[0], losses[1])
-        fid, sid = job.members[f], job.members[s]
+        sid = job.members[s]
         for m, loss in zip(job.members, losses):
             self.losses[m] = loss
         # the slow learner's update uses the fast learner's vector as estimated (job.vectors)

@@ -86,7 +86,6 @@ class WeightSet(nn.Module):
 
     # ------------------------------------------------------------------ tensor groups
     def _build_groups(self) -> None:
-        tensors: Dict[str, torch.Tensor] = {}
         groups: Dict[str, List[str]] = {}
         for name, module in self.named_modules():
             own = [(n, t) for n, t in list(module.named_parameters(recurse=False)) +

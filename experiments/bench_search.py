@@ -442,6 +442,45 @@ def bookkeeping_cost(runner: RelnasRunner, vectors: Sequence[np.ndarray]) -> flo
 
 
 # ====================================================================== data pipelines alone
+_VIEW_OPS = {"aten::empty", "aten::empty_strided", "aten::view", "aten::as_strided", "aten::resize_", "aten::detach",
+             "aten::alias", "aten::unsqueeze", "aten::expand", "aten::permute", "aten::select", "aten::slice", "aten::t",
+             "aten::transpose", "aten::reshape", "aten::_reshape_alias", "aten::squeeze", "aten::lift_fresh",
+             "aten::result_type"}
+
+
+def ops_per_step(runner: RelnasRunner, vectors: Sequence[np.ndarray], batch: int = 32) -> List[int]:
+    """Leaf ATen operations (views and allocations left out) of one eager training step (forward,
+    backward, clipping, SGD) per candidate: roughly the kernels a GPU launches one by one."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ws, dev = runner.ws.to(runner.device), runner.device
+    x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    counts = []
+    for v in vectors:
+        arch = ws.compile(encoding.decode(v))
+        params = ws.parameters_of(arch)
+        before = snapshot(ws.tensors(), ws.keys_of(arch.groups))
+        opt = torch.optim.SGD(params, lr=runner.args.lr, momentum=0.9, weight_decay=3e-4)
+
+        def step():
+            F.cross_entropy(ws(x, arch, runner.args.drop_path), y).backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        ws.train()
+        step()  # the first SGD step creates the momentum buffers
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        events = prof.events()
+        parents = {e.cpu_parent.id for e in events if e.cpu_parent is not None}
+        counts.append(sum(1 for e in events if e.name.startswith("aten::") and e.id not in parents
+                          and e.name not in _VIEW_OPS))
+        restore(ws.tensors(), before)
+    return counts
+
+
 def data_pipeline_rates(dm, naive: NaiveRunner, device: torch.device, n_batches: int) -> Dict[str, float]:
     """Images/s of the augmentation pipelines alone (no network)."""
     out = {}
@@ -611,6 +650,7 @@ def main(argv=None) -> int:
             bares.append(bare_batches(rel, oc))
         t1, bare = min(t1s), min(bares)
         book = bookkeeping_cost(rel, oc)
+        n_ops = ops_per_step(rel, oc)
         per_cand = times[rel.name] / args.candidates
         oh = max(t1 - bare, 0.0)
         over.append(f"- per-candidate framework overhead of `{rel.name}` (Trainer epoch switch, loop hooks, "
@@ -621,6 +661,8 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             full = per_cand * (PAPER_TRAIN + PAPER_VAL) / per_cand_imgs
             over.append(f"  - projected on the paper's 25K+25K: {100 * oh / full:.2f}%")
+        over.append(f"- ATen operations (views and allocations left out) per eager training step of these candidates: "
+                    f"{', '.join(map(str, n_ops))} (on a GPU roughly one kernel launch each, unless the step is a CUDA graph)")
     nv = next((r for r in runners if isinstance(r, NaiveRunner)), None)
     data_rates = {}
     if nv is not None:

@@ -50,6 +50,32 @@ def test_compile_uses_exactly_the_candidates_groups():
     assert out.shape == (2, 10)
 
 
+def _walked(ws):
+    out = dict(ws.named_parameters())
+    out.update(ws.named_buffers())
+    return out
+
+
+def test_weight_set_tensor_index_follows_moves_and_assigned_loads():
+    """tensors()/parameter_dict() skip the module walk; they must still return the live tensors
+    after .to() (new buffer objects) and load_state_dict(assign=True) (new parameters too)."""
+    ws = WeightSet(C=4, num_classes=10, layers=3)
+
+    def same(a, b):
+        return list(a) == list(b) and all(a[k] is b[k] for k in a)
+
+    assert same(ws.tensors(), _walked(ws)) and same(ws.parameter_dict(), dict(ws.named_parameters()))
+    ws = ws.to(torch.float64)
+    assert same(ws.tensors(), _walked(ws)) and ws.tensors()["stem.1.running_mean"].dtype == torch.float64
+    new = {k: torch.zeros_like(v) for k, v in ws.state_dict().items()}
+    ws.load_state_dict(new, assign=True)
+    assert same(ws.tensors(), _walked(ws)) and same(ws.parameter_dict(), dict(ws.named_parameters()))
+    assert ws.tensors()["classifier.weight"] is ws.classifier.weight
+    ws.classifier.weight.grad = torch.ones_like(ws.classifier.weight)
+    ws.clear_grads()
+    assert all(p.grad is None for p in ws.parameters())
+
+
 def test_merge_eq6_assigns_every_tensor_exhaustively():
     torch.manual_seed(0)
     ws = WeightSet(C=4, num_classes=10, layers=3)

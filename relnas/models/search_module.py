@@ -61,8 +61,7 @@ class SearchModule(L.LightningModule):
         self.arch, self.lr, self.drop_prob = arch, lr, drop_prob
         self._release_graphs()
         self._params = self.weight_set.parameters_of(arch)
-        for p in self.weight_set.parameters():
-            p.grad = None
+        self.weight_set.clear_grads()
         self._opt = torch.optim.SGD(self._params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
         for buf in (self._train_sum, self._train_n, self._val_sum, self._val_n):
             buf.zero_()
@@ -119,8 +118,7 @@ class SearchModule(L.LightningModule):
 
     def _capture_failed(self) -> None:
         self._graphs_broken = True  # StepGraph has logged why; do not try again for every candidate
-        for p in self.weight_set.parameters():
-            p.grad = None
+        self.weight_set.clear_grads()
 
     def _release_graphs(self) -> None:
         for graph in self._graphs.values():

@@ -76,6 +76,32 @@ def test_weight_set_tensor_index_follows_moves_and_assigned_loads():
     assert all(p.grad is None for p in ws.parameters())
 
 
+def test_weight_set_module_walks_behave_as_nn_module():
+    """WeightSet.named_modules/train walk a cached list; they must match nn.Module's walks."""
+    import torch.nn as nn
+
+    ws = WeightSet(C=4, num_classes=10, layers=3)
+
+    def names(it):
+        return [(n, id(m)) for n, m in it]
+
+    assert names(ws.named_modules()) == names(nn.Module.named_modules(ws))
+    assert names(ws.named_modules(prefix="w")) == names(nn.Module.named_modules(ws, prefix="w"))
+    assert names(ws.named_modules(remove_duplicate=False)) == \
+        names(nn.Module.named_modules(ws, remove_duplicate=False))
+    seen = {ws.cells[1]}  # a module already in the memo: neither it nor its subtree is yielded
+    assert names(ws.named_modules(memo=set(seen))) == names(nn.Module.named_modules(ws, memo=set(seen)))
+    parent = SearchModule(ws)  # through a parent module, as Lightning walks it
+    assert names(parent.named_modules()) == names(nn.Module.named_modules(parent)) and \
+        len(list(parent.named_modules())) == len(list(nn.Module.named_modules(ws))) + 1
+    assert dict(ws.named_parameters()).keys() == ws.parameter_dict().keys()
+    for mode in (False, True, False):
+        parent.train(mode)
+        assert all(m.training is mode for m in ws.modules())
+    with pytest.raises(ValueError, match="boolean"):
+        ws.train("yes")
+
+
 def test_merge_eq6_assigns_every_tensor_exhaustively():
     torch.manual_seed(0)
     ws = WeightSet(C=4, num_classes=10, layers=3)

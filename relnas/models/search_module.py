@@ -132,6 +132,11 @@ class SearchModule(L.LightningModule):
     def on_fit_end(self) -> None:
         self._release_graphs()
 
+    def on_validation_model_zero_grad(self) -> None:
+        # Lightning's default (self.zero_grad()) walks every module for its parameters once per
+        # candidate; Omega's index does the same (grads to None) without the walk
+        self.weight_set.clear_grads()
+
     # ------------------------------------------------------------------ loops
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, graphed: bool = True) -> None:
         logits = self(x)

@@ -1,7 +1,9 @@
 """relnas: RelativeNAS (slow-fast learning neural architecture search) on Lightning and Hydra."""
+from relnas.errors import ConfigError, GenotypeError, RelnasError
+from relnas.nas.arch import ArchSpec, build_network
 from relnas.nas.checkpoint import load_reference_checkpoint
-from relnas.nas.genotypes import Genotype, GenotypeError, get_genotype, list_genotypes, register_genotype
-from relnas.nas.networks import NetworkCIFAR, NetworkImageNet, build_network
+from relnas.nas.genotypes import Genotype, get_genotype, list_genotypes, register_genotype
+from relnas.nas.networks import NetworkCIFAR, NetworkImageNet
 from relnas.nas.operations import OPS, SEARCH_OPS
 from relnas.search.encoding import decode, encode
 
@@ -10,5 +12,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Genotype", "GenotypeError", "get_genotype", "list_genotypes", "register_genotype",
     "NetworkCIFAR", "NetworkImageNet", "build_network", "OPS", "SEARCH_OPS", "decode", "encode",
-    "load_reference_checkpoint",
+    "load_reference_checkpoint", "ArchSpec", "RelnasError", "ConfigError",
 ]

@@ -154,19 +154,20 @@ def _synthetic_like(cfg) -> None:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(name, tmp_path):
-    from relnas.train import build_model, check_input_size, datamodule_info, instantiate_datamodule, resolve_genotype
+    from relnas.nas.arch import ArchSpec
+    from relnas.train import build_model, instantiate_datamodule
 
     cfg = _compose(f"+experiment={name}", f"paths.output_dir={tmp_path}")
     assert cfg.trainer.max_epochs == cfg.epochs and cfg.trainer.gradient_clip_val == 5
     _synthetic_like(cfg)
     dm = instantiate_datamodule(cfg.data)
-    info = datamodule_info(dm)
-    genotype = resolve_genotype(cfg.genotype)
-    m = cfg.model
-    check_input_size(m.network, genotype, m.C, m.layers, info["num_classes"], info["in_channels"],
-                     info["image_size"], m.auxiliary)
-    model = build_model(cfg, genotype, info)
-    assert model.net.classifier.out_features == info["num_classes"]
+    arch = ArchSpec.from_config(cfg.model, cfg.genotype, dm)
+    arch.check_input()
+    model = build_model(cfg, arch)
+    assert model.net.classifier.out_features == dm.num_classes
+    assert model.hparams.C == cfg.model.C and model.hparams.epochs == cfg.epochs
+    assert model.hparams.drop_path_prob == cfg.model.drop_path_prob
+    assert model.hparams.scheduler == OmegaConf.to_container(cfg.scheduler)
     opt = model.optimizer_factory(model.parameters())
     assert isinstance(opt, torch.optim.SGD)
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr and opt.param_groups[0]["nesterov"] is False
@@ -233,19 +234,20 @@ def test_imagenet_network_needs_224(tmp_path):
         train(_cfg(tmp_path, "model.network=imagenet", "model.auxiliary=false"))
 
 
-def test_cifar100_without_data(tmp_path):
+def test_cifar100_without_data(tmp_path, capsys):
     from relnas.train import run
 
     with pytest.raises(SystemExit) as e:
         run(_compose("data=cifar100", "model.C=4", "model.layers=3", "trainer.accelerator=cpu", "logger=none",
                      f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path / 'empty'}"))
-    msg = str(e.value.code)
-    assert msg.startswith("error: ") and "\n" not in msg and "download" in msg.lower(), msg
+    assert e.value.code == 2
+    msg = capsys.readouterr().err.strip().splitlines()[-1]
+    assert msg.startswith("error: ") and "download" in msg.lower(), msg
 
 
 def test_cli_error_is_one_line(tmp_path):
     p = run_cli("relnas.train", tmp_path / "run", *TINY, "genotype=NoSuchNet")
-    assert p.returncode != 0
+    assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("error: unknown genotype 'NoSuchNet'")
     assert not (tmp_path / "run" / "checkpoints").exists()
 

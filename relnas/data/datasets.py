@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from relnas.data.base import TensorDataModule
-from relnas.data.errors import DatasetNotFoundError
+from relnas.errors import DatasetNotFoundError
 
 __all__ = [
     "CIFAR10DataModule", "CIFAR100DataModule", "FashionMNISTDataModule", "DigitsDataModule",

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from relnas.data.errors import DatasetNotFoundError
+from relnas.errors import DatasetNotFoundError
 
 __all__ = ["ImageFolderDataModule", "IMAGENET_MEAN", "IMAGENET_STD"]
 

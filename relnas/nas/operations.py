@@ -5,11 +5,13 @@ that parameter and buffer names of the evaluation networks match its checkpoints
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from relnas.utils.registry import Registry
 
 # The order is part of the encoding: an operation variable in [k, k+1) selects SEARCH_OPS[k].
 SEARCH_OPS: tuple[str, ...] = (
@@ -120,6 +122,55 @@ class FactorizedReduce(nn.Module):
         return self.bn(out)
 
 
+OpFactory = Callable[[int, int, bool], nn.Module]
+
+#: Every operation an evaluation network can be built from: the seven of the search space (in
+#: SEARCH_OPS) plus the two that published architectures outside it use. Each factory takes
+#: ``(C, stride, affine)``.
+OPS: Registry[OpFactory] = Registry("operation")
+
+
+@OPS.register("max_pool_3x3")
+def _max_pool_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return nn.MaxPool2d(3, stride=stride, padding=1)
+
+
+@OPS.register("avg_pool_3x3")
+def _avg_pool_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+
+
+@OPS.register("skip_connect")
+def _skip_connect(C: int, stride: int, affine: bool) -> nn.Module:
+    return Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
+
+
+@OPS.register("sep_conv_3x3")
+def _sep_conv_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return SepConv(C, C, 3, stride, 1, affine=affine)
+
+
+@OPS.register("sep_conv_5x5")
+def _sep_conv_5x5(C: int, stride: int, affine: bool) -> nn.Module:
+    return SepConv(C, C, 5, stride, 2, affine=affine)
+
+
+@OPS.register("dil_conv_3x3")
+def _dil_conv_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return DilConv(C, C, 3, stride, 2, 2, affine=affine)
+
+
+@OPS.register("dil_conv_5x5")
+def _dil_conv_5x5(C: int, stride: int, affine: bool) -> nn.Module:
+    return DilConv(C, C, 5, stride, 4, 2, affine=affine)
+
+
+@OPS.register("sep_conv_7x7")
+def _sep_conv_7x7(C: int, stride: int, affine: bool) -> nn.Module:
+    return SepConv(C, C, 7, stride, 3, affine=affine)
+
+
+@OPS.register("conv_7x1_1x7")
 def _conv_7x1_1x7(C: int, stride: int, affine: bool) -> nn.Module:
     return nn.Sequential(
         nn.ReLU(inplace=False),
@@ -129,30 +180,9 @@ def _conv_7x1_1x7(C: int, stride: int, affine: bool) -> nn.Module:
     )
 
 
-OpFactory = Callable[[int, int, bool], nn.Module]
-
-# Registry of every operation an evaluation network can be built from: the seven of the search
-# space (in SEARCH_OPS) plus the two that published architectures outside it use.
-OPS: Dict[str, OpFactory] = {
-    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
-    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
-    "skip_connect": lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine),
-    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
-    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
-    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
-    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
-    "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
-    "conv_7x1_1x7": _conv_7x1_1x7,
-}
-
-
 def create_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:
     """Build operation ``name`` for ``C`` channels; unknown names fail with the known ones listed."""
-    try:
-        factory = OPS[name]
-    except KeyError:
-        raise KeyError(f"unknown operation {name!r}; known operations: {', '.join(OPS)}") from None
-    return factory(C, stride, affine)
+    return OPS[name](C, stride, affine)
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:

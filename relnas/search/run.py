@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from relnas.errors import ConfigError
 from relnas.models.search_module import SearchModule
 from relnas.search import distributed as search_dist
 from relnas.search import encoding
@@ -33,10 +34,6 @@ WEIGHT_SET_UPDATES = ("sequential", "per_generation")
 # config keys that do not change what a search computes (may differ on resume)
 NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs",
                 "search.graph_warmup", "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
-
-
-class ConfigError(ValueError):
-    """A search configuration that cannot run; raised before any work starts."""
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -10,14 +10,12 @@ from typing import Any, Dict, Tuple
 
 import torch
 
+from relnas.errors import CheckpointError, CheckpointNotFoundError
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.pt"
 PREV_FILE = "search_state.prev.pt"
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def save_state(run_dir: Path, state: Dict[str, Any]) -> Path:
@@ -44,7 +42,7 @@ def load_state(run_dir: Path) -> Tuple[Dict[str, Any], Path]:
     """The newest complete checkpoint of ``run_dir`` and its path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"resume: {run_dir} is not a directory (pass the search run directory)")
+        raise CheckpointNotFoundError(f"resume: {run_dir} is not a directory (pass the search run directory)")
     errors = []
     for name in (STATE_FILE, PREV_FILE):
         path = run_dir / name
@@ -57,4 +55,4 @@ def load_state(run_dir: Path) -> Tuple[Dict[str, Any], Path]:
             log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, e)
     if errors:
         raise CheckpointError(f"no readable search checkpoint in {run_dir} ({'; '.join(errors)})")
-    raise FileNotFoundError(f"resume: no {STATE_FILE} in {run_dir}; a checkpoint is written after each generation")
+    raise CheckpointNotFoundError(f"resume: no {STATE_FILE} in {run_dir}; a checkpoint is written after each generation")

@@ -14,6 +14,7 @@ import numpy as np
 
 from relnas.search import encoding
 from relnas.search.slow_fast import check_population_size, fast_slow, init_population, random_pairs, slow_fast_update
+from relnas.utils.registry import Registry
 
 
 @dataclass
@@ -125,19 +126,16 @@ class RelativeNAS(Strategy):
         self.losses = np.asarray(state["losses"], dtype=np.float64).copy()
 
 
-STRATEGIES: Dict[str, Callable[..., Strategy]] = {"relativenas": RelativeNAS}
+STRATEGIES: Registry[Callable[..., Strategy]] = Registry("search strategy", "strategies")
+STRATEGIES.register("relativenas", RelativeNAS)
 
 
 def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
-    STRATEGIES[name] = factory
+    STRATEGIES.register(name, factory)
 
 
 def create_strategy(name: str, **kwargs: Any) -> Strategy:
-    try:
-        factory = STRATEGIES[name]
-    except KeyError:
-        raise KeyError(f"unknown search strategy {name!r}; known strategies: {', '.join(STRATEGIES)}") from None
-    return factory(**kwargs)
+    return STRATEGIES[name](**kwargs)
 
 
 # the baselines (random search, regularized evolution) register themselves on import

@@ -1,0 +1,44 @@
+"""The one wrapper of the command-line tasks (search, train, evaluate, inspect).
+
+``task(fn)`` returns ``fn`` with the expected failures (:class:`relnas.errors.RelnasError`) turned
+into one line ``error: <message>`` on stderr and exit status 2, without a traceback; the
+traceback goes to the run's log file (Hydra's ``<run dir>/<task>.log``) at debug level. Any
+other exception is a bug and propagates unchanged.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Callable, TypeVar
+
+from relnas.errors import RelnasError
+
+R = TypeVar("R")
+
+#: exit status of a run stopped by a known error (argparse and Hydra use 2 for usage errors too)
+EXIT_ERROR = 2
+
+log = logging.getLogger("relnas")
+
+
+def fail(error: BaseException) -> None:
+    """Report ``error`` in one line on stderr and exit with :data:`EXIT_ERROR`."""
+    log.debug("stopped by %s", type(error).__name__, exc_info=error)
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_ERROR)
+
+
+def task(fn: Callable[..., R]) -> Callable[..., R]:
+    """Wrap a task function ``fn(cfg) -> result`` for the command line (see the module doc)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except RelnasError as e:
+            fail(e)
+            raise  # unreachable: fail() exits
+
+    return wrapper

@@ -1,4 +1,4 @@
-"""Train an evaluation network from scratch (SPEC 5): ``python -m relnas.train [overrides]``.
+"""Train an evaluation network from scratch (docs/method.md §6): ``python -m relnas.train [overrides]``.
 
 Examples::
 

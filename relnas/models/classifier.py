@@ -1,6 +1,6 @@
 """Lightning module that trains an evaluation network (NetworkCIFAR / NetworkImageNet) from scratch.
 
-SPEC 5 protocols:
+The training protocols of docs/method.md §6.2-6.4:
 
 * loss = CE(logits) + ``auxiliary_weight`` * CE(aux_logits) (aux logits exist in training only),
   with optional label smoothing (ImageNet: 0.1);

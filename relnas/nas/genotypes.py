@@ -1,4 +1,4 @@
-"""Genotypes: the decoded architecture of a cell pair, plus the architecture zoo (SPEC 6).
+"""Genotypes: the decoded architecture of a cell pair, plus the architecture zoo (docs/method.md §1).
 
 A :class:`Genotype` is immutable and validated on construction. ``normal``/``reduce`` are tuples
 of ``(operation, input_node)`` pairs, two per intermediate node; node 0 and 1 are the cell inputs

@@ -1,4 +1,4 @@
-"""Evaluation networks (SPEC 4): ``NetworkCIFAR`` and ``NetworkImageNet``.
+"""Evaluation networks (docs/method.md §5): ``NetworkCIFAR`` and ``NetworkImageNet``.
 
 Parameter/buffer names, shapes and forward arithmetic match the official code, so its state
 dicts load with ``strict=True``. ``forward`` returns ``(logits, aux_logits)``; ``aux_logits`` is

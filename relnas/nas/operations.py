@@ -1,4 +1,4 @@
-"""DARTS-style candidate operations (SPEC section 1).
+"""DARTS-style candidate operations (docs/method.md §1).
 
 Module structure and attribute names follow the official RelativeNAS/DARTS code exactly, so
 that parameter and buffer names of the evaluation networks match its checkpoints.

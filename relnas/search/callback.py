@@ -24,14 +24,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SearchSettings:
-    """Per-generation schedule and estimation settings (SPEC 5 defaults)."""
+    """Per-generation schedule and estimation settings (defaults: docs/method.md §6.1)."""
 
     seed: int = 2
     lr: float = 0.1                  # cosine over the generations, from lr ...
     lr_min: float = 0.0              # ... toward lr_min (the official code stops at 1e-3)
     drop_path_prob: float = 0.3
     drop_path_ramp: bool = True      # official code: p * g / G
-    weight_set_update: str = "sequential"   # SPEC 3: pair p inherits Omega updated by pairs 1..p-1
+    weight_set_update: str = "sequential"   # docs/method.md §4.4: pair p inherits Omega updated by pairs 1..p-1
     interrupt_after: Optional[int] = None   # testing aid: raise after this many estimations
 
 

@@ -1,4 +1,4 @@
-"""The continuous encoding of a cell pair (SPEC 1, the paper's Table 1).
+"""The continuous encoding of a cell pair (docs/method.md §2, the paper's Table 1).
 
 Each intermediate node j (0-based) is four reals ``[pre1, op1, pre2, op2]``; a node variable lives
 in ``[0, j + 2)``, an operation variable in ``[0, len(SEARCH_OPS))``. The integer part selects;

@@ -70,7 +70,7 @@ class Strategy:
 
 
 class RelativeNAS(Strategy):
-    """Slow-fast learning (SPEC 2): random pairs, the slow learner moves toward the fast one."""
+    """Slow-fast learning (docs/method.md §3): random pairs, the slow learner moves toward the fast one."""
 
     name = "relativenas"
 

@@ -1,4 +1,4 @@
-"""The weight set Omega (SPEC 3): every operation on every edge of every cell, plus shared parts.
+"""The weight set Omega (docs/method.md §4): every operation on every edge of every cell, plus shared parts.
 
 ``WeightSet`` is a single module that holds Omega once. A candidate never gets its own copy of the
 network: ``WeightSet.forward(x, arch)`` runs the sub-network that ``arch`` (a compiled genotype)

@@ -223,7 +223,10 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
 
     cfg = OmegaConf.create(search_run["config"])
     state, _ = load_state(Path(search_run["run_dir"]))
-    dm = hydra.utils.instantiate(cfg.data, train_portion=float(cfg.search.train_portion))
+    data_kwargs = {"train_portion": float(cfg.search.train_portion)}
+    if cfg.search.get("subset") is not None:  # as run_search applies search.subset
+        data_kwargs["subset"] = int(cfg.search.subset)
+    dm = hydra.utils.instantiate(cfg.data, **data_kwargs)
     ws = WeightSet(C=int(cfg.supernet.C), num_classes=10, layers=int(cfg.supernet.layers), in_channels=1,
                    num_nodes=encoding.NUM_NODES)
     ws.load_state_dict(state["weight_set"])

@@ -1,9 +1,9 @@
 """The one wrapper of the command-line tasks (search, train, evaluate, inspect).
 
 ``task(fn)`` returns ``fn`` with the expected failures (:class:`relnas.errors.RelnasError`) turned
-into one line ``error: <message>`` on stderr and exit status 2, without a traceback; the
-traceback goes to the run's log file (Hydra's ``<run dir>/<task>.log``) at debug level. Any
-other exception is a bug and propagates unchanged.
+into one line ``error: <message>`` on stderr and exit status 2, without a traceback (the
+traceback is logged at debug level: ``hydra.verbose=relnas`` shows it). Any other exception is
+a bug and propagates unchanged.
 """
 from __future__ import annotations
 

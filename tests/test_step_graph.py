@@ -1,4 +1,4 @@
-"""CUDA-graph capture of a candidate's steps (relnas.models.step_graph, SearchModule(cuda_graphs=True)).
+"""CUDA-graph capture of a candidate's steps (relnas.search.step_graph, SearchModule(cuda_graphs=True)).
 
 On a CPU the graph bookkeeping runs with ``backend="emulate"`` (capture records the step, replay
 runs it on the static buffers): the graphed search must then compute exactly what the eager one
@@ -11,8 +11,8 @@ import csv
 import pytest
 import torch
 
-from relnas.models.search_module import SearchModule
-from relnas.models.step_graph import StepGraph
+from relnas.search.search_module import SearchModule
+from relnas.search.step_graph import StepGraph
 from search_helpers import tiny_search_cfg
 
 
@@ -71,7 +71,7 @@ def test_search_module_warns_that_cuda_graphs_do_nothing_on_a_cpu(caplog):
     from relnas.search.weight_set import WeightSet
 
     m = SearchModule(WeightSet(C=4, layers=3), cuda_graphs=True)
-    with caplog.at_level("WARNING", logger="relnas.models.search_module"):
+    with caplog.at_level("WARNING", logger="relnas.search.search_module"):
         m.on_fit_start()
     assert "no effect on cpu" in caplog.text
     assert m._graph_backend() is None  # eager steps

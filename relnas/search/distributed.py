@@ -76,21 +76,6 @@ class DistContext:
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        if not self.distributed:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=src, group=self.group)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier(group=self.group)
-
     def close(self) -> None:
         """Destroy the process group if this module created it."""
         if self.distributed and self.initialised_here:

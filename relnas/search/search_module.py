@@ -7,7 +7,7 @@ gets a fresh SGD optimizer over exactly the tensors it uses; the weight set is n
 Losses are accumulated on the device and read once per candidate (no host sync per step).
 
 With ``cuda_graphs=True`` on a GPU, each candidate's training step and validation step are
-captured once as CUDA graphs and replayed (:class:`relnas.models.step_graph.StepGraph`): same
+captured once as CUDA graphs and replayed (:class:`relnas.search.step_graph.StepGraph`): same
 arithmetic, without the per-kernel launch cost that dominates at the paper's network size.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from relnas.models.step_graph import BACKENDS, StepGraph
+from relnas.search.step_graph import BACKENDS, StepGraph
 from relnas.search.weight_set import Arch, WeightSet
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """LightningModule that trains and validates the current search candidate on the weight set.
 
-One instance (and one Trainer) serves the whole search: the search-loop callback
-(:class:`relnas.search.callback.SearchLoop`) switches the candidate before each Lightning epoch
-(= one candidate's one-epoch estimation) with :meth:`SearchModule.begin_candidate`. Each candidate
+One instance (and one Trainer) serves the whole search: before each Lightning epoch (= one
+candidate's one-epoch estimation) the search's executor (:mod:`relnas.search.executors`, called
+by the Lightning adapter :class:`relnas.search.callback.SearchLoop`) switches the candidate with
+:meth:`SearchModule.begin_candidate` and reads its losses with :meth:`SearchModule.candidate_losses`. Each candidate
 gets a fresh SGD optimizer over exactly the tensors it uses; the weight set is never copied.
 Losses are accumulated on the device and read once per candidate (no host sync per step).
 

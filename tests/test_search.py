@@ -239,6 +239,16 @@ def test_resume_with_changed_search_config_names_the_keys(tmp_path):
     assert "search.generations" not in str(e.value)
 
 
+def test_resume_of_a_checkpoint_from_an_older_relnas_is_refused_in_one_line(tmp_path):
+    from relnas.search.state import CheckpointError, save_state
+
+    # the fields an older relnas wrote (no "format"): refused before any data is loaded
+    save_state(tmp_path, {"generation": 1, "weight_set": {}, "config": {}, "rng": {}, "strategy": {},
+                          "history": [], "summaries": []})
+    with pytest.raises(CheckpointError, match="older relnas .*start the search again"):
+        run_search(tiny_search_cfg(tmp_path, [f"resume={tmp_path}", "data.data_dir=/nonexistent"]))
+
+
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     run_search(tiny_search_cfg(tmp_path, ["search.generations=2", "search.population_size=2"]), tmp_path)
     assert (tmp_path / PREV_FILE).is_file()

@@ -6,7 +6,7 @@ is done, and shows the progress bar and the per-generation line."""
 from __future__ import annotations
 
 import logging
-from typing import List, Optional
+from typing import List
 
 import lightning as L
 
@@ -92,9 +92,9 @@ class SearchLoop(L.Callback):
         if e.done:
             trainer.should_stop = True
         if self._bar is not None:
-            rows = e.generation_rows()
-            if rows or e.history:
-                best = min(r["val_loss"] for r in (rows or [r for r in e.history if r["generation"] == e.generation]))
+            rows = e.generation_rows() or [r for r in e.history if r["generation"] == e.generation]
+            if rows:
+                best = min(r["val_loss"] for r in rows)
                 self._bar.set_postfix_str(f"gen {min(e.generation + 1, e.strategy.generations)}/"
                                           f"{e.strategy.generations} best {best:.4f}")
             self._bar.update(e.estimations_seen - self._seen)

@@ -16,18 +16,15 @@ merge); an executor only answers
 
 Executors (``search.executor``; docs/scale_out.md):
 
-=================  ========  ==========  ==================================================
-name               merge     processes   what
-=================  ========  ==========  ==================================================
-``sequential``     per_job   1           the paper's order, one member after the other
-``member_parallel`` per_job  2           process r trains member r of every pair; the two
-                                         exchange their results after each pair
-``per_generation`` per_gen.  any         job j runs on process j % world_size; results meet
-                                         at the generation's end
-=================  ========  ==========  ==================================================
+* ``sequential`` (merge per job, 1 process): the paper's order, one member after the other;
+* ``member_parallel`` (merge per job, 2 processes): process r trains member r of every pair; the
+  two exchange their results after each pair (the same search as ``sequential``);
+* ``per_generation`` (merge per generation, any number of processes): job j runs on process
+  j % world_size; the results meet at the generation's end.
 
 ``auto`` (the default) is ``sequential`` in one process and ``member_parallel`` in two.
 Executors check their arguments (process count, strategy) with a one-line ``ValueError``.
+A new executor subclasses :class:`Executor` and is added to :data:`EXECUTORS`.
 """
 from __future__ import annotations
 

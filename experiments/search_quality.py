@@ -103,7 +103,7 @@ def search_overrides(strategy: str, seed: int, sz: Dict[str, Any], run_dir: Path
     """``python -m relnas.search`` overrides of one search of the study."""
     out = [
         "data=fashion_mnist", "logger=none", "trainer.accelerator=cpu", f"paths.output_dir={run_dir}",
-        f"seed={seed}", f"search.strategy={strategy}", f"search.population_size={sz['population_size']}",
+        f"seed={seed}", f"strategy={strategy}", f"search.population_size={sz['population_size']}",
         f"search.generations={max(1, sz['budget'] // sz['population_size'])}", f"search.budget={sz['budget']}",
         f"search.train_portion={sz['search_train_portion']}", f"search.lr={sz['search_lr']}",
         f"search.drop_path_prob={sz['search_drop_path']}", "search.progress=false", "search.plots=false",
@@ -113,7 +113,7 @@ def search_overrides(strategy: str, seed: int, sz: Dict[str, Any], run_dir: Path
         "data.crop_padding=2", "data.flip=true", "data.on_device=false",
     ]
     if strategy == "evolution":
-        out.append(f"+search.evolution.sample_size={sz['evolution_sample_size']}")
+        out.append(f"strategy.sample_size={sz['evolution_sample_size']}")
     return out
 
 
@@ -216,8 +216,9 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
     import hydra
     import lightning as L
 
-    from relnas.models.search_module import SearchModule
-    from relnas.search.callback import SearchLoop, SearchSettings
+    from relnas.search.search_module import SearchModule
+    from relnas.search.callback import SearchLoop
+    from relnas.search.engine import SearchEngine, SearchSettings
     from relnas.search.state import load_state
     from relnas.search.weight_set import WeightSet
 
@@ -233,8 +234,8 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
     ws = ws.to(memory_format=torch.channels_last)
     strat = FixedList(vectors)
     settings = SearchSettings(seed=int(cfg.seed) + 1000, lr=sz["rf_lr"], lr_min=sz["rf_lr"], drop_path_prob=0.0,
-                              drop_path_ramp=False, weight_set_update="sequential")
-    loop = SearchLoop(strat, settings, np.random.default_rng(0), progress=False)
+                              drop_path_ramp=False)
+    loop = SearchLoop(SearchEngine(strat, ws, settings, rng=np.random.default_rng(0)), progress=False)
     module = SearchModule(ws, momentum=0.9, weight_decay=float(cfg.search.weight_decay),
                           grad_clip=float(cfg.search.grad_clip), channels_last=True)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=len(vectors), callbacks=[loop], logger=False,

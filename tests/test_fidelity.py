@@ -55,7 +55,18 @@ def test_official_state_dict_round_trip_and_clear_mismatch_error(step):
         from_official_state_dict(ws, fewer)
 
 
-def test_official_search_step_reproduced_through_the_real_candidate_path(step):
+@pytest.fixture
+def fixture_threads():
+    """The fixture was made with 2 CPU threads. Three SGD steps amplify the rounding differences
+    of another thread count (other reduction splits in the convolutions' backward) to ~3e-4 in a
+    few weights of member b; with 2 threads the project agrees with the official code to ~2e-7."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_official_search_step_reproduced_through_the_real_candidate_path(step, fixture_threads):
     ws = _weight_set(step)
     c = step["config"]
     assert c["train_steps"] == 3 and c["drop_path_prob"] == 0.0

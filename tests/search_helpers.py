@@ -51,11 +51,15 @@ class _Recorder(L.Callback):
     before the loop restores Omega."""
 
     def __init__(self):
-        self.candidates = []
+        self.candidates, self._start = [], None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = {k: v.detach().clone() for k, v in pl_module.weight_set.state_dict().items()}
 
     def on_train_epoch_end(self, trainer, pl_module):
         ws = pl_module.weight_set
         self.candidates.append({"genotype": pl_module.arch.genotype, "val_loss": pl_module.candidate_losses()[1],
+                                "start": self._start, "lr": pl_module.lr, "drop_prob": pl_module.drop_prob,
                                 "trained": {k: v.detach().clone() for k, v in ws.state_dict().items()}})
 
 
@@ -66,9 +70,10 @@ def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr
     restore, fast/slow, Eq. 6 merge) around :class:`SearchModule`'s training and validation steps
     in a Lightning Trainer, on fixed batches, generation 0 of 1 (learning rate ``lr``, drop path 0).
 
-    Returns ``{"a": cand, "b": cand, "fast": "a"|"b", "merged": Omega after the pair}`` where
-    ``cand`` is ``{"val_loss", "trained": full state dict after training}``. The one place to
-    re-point at another driver of the search."""
+    Returns ``{"a": cand, "b": cand, "fast": "a"|"b", "order": "ab"|"ba", "merged": Omega after
+    the pair}`` where ``cand`` is ``{"val_loss", "start": Omega when the candidate began,
+    "trained": full state dict after training and validation}``, and ``order`` the order in which
+    the members ran. The one place to re-point at another driver of the search."""
     import numpy as np
 
     from relnas.models.search_module import SearchModule
@@ -94,6 +99,7 @@ def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr
     assert loop.done and len(recorder.candidates) == 2
     out = {"merged": {k: v.detach().clone() for k, v in weight_set.state_dict().items()}}
     names = {str(encoding.decode(vector_a)): "a", str(encoding.decode(vector_b)): "b"}
+    out["order"] = "".join(names[str(c["genotype"])] for c in recorder.candidates)
     for cand in recorder.candidates:
         out[names[str(cand["genotype"])]] = cand
     fast = [r for r in loop.history if r["role"] == "fast"][0]["individual"]

@@ -2,12 +2,17 @@
 own candidate path (fixture ``official_search_step_c8_l5.pt``, see ../shared/reference/README.md)."""
 from __future__ import annotations
 
+import csv
+
+import numpy as np
 import pytest
 import torch
 
+from relnas.nas.genotypes import Genotype
 from relnas.search import encoding
-from relnas.search.weight_set import (WeightSet, from_official_state_dict, load_official_state_dict, official_key,
-                                      to_official_state_dict)
+from relnas.search.strategies import Job
+from relnas.search.weight_set import (WeightSet, from_official_state_dict, load_official_state_dict, merge_eq6,
+                                      official_key, to_official_state_dict)
 from search_helpers import run_pair
 
 
@@ -93,3 +98,150 @@ def test_official_search_step_reproduced_through_the_real_candidate_path(step, f
         assert out[m]["val_loss"] == pytest.approx(step[f"valid_loss_{m}"], abs=1e-4), m
     assert out["fast"] == step["fast"]
     assert _max_diff(out["merged"], step["merged"], ws) < 1e-4
+
+
+# ---------------------------------------------------------------------------- the search rules,
+# each checked against values written by hand or recorded from the real path (never a second
+# copy of the rule under test)
+
+NODES = 4
+FAST_LIKE = Genotype([("sep_conv_3x3", 0)] * 2 * NODES, [2, 3, 4, 5], [("sep_conv_3x3", 0)] * 2 * NODES, [2, 3, 4, 5])
+SLOW_LIKE = Genotype([("dil_conv_3x3", 1)] * 2 * NODES, [2, 3, 4, 5], [("dil_conv_3x3", 1)] * 2 * NODES, [2, 3, 4, 5])
+
+
+def _tiny_pair(seed: int = 0):
+    """A C=4, 3-layer weight set and a pair whose operations are known by hand: member a uses
+    sep_conv_3x3 on every edge from input 0, member b dil_conv_3x3 on every edge from input 1."""
+    torch.manual_seed(seed)
+    ws = WeightSet(C=4, num_classes=10, layers=3)
+    g = torch.Generator().manual_seed(seed)
+    batches = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(3)]
+    omega = {k: v.clone() for k, v in ws.state_dict().items()}
+    out = run_pair(ws, encoding.encode(FAST_LIKE), encoding.encode(SLOW_LIKE), batches[:2], batches[2:], lr=0.1)
+    return omega, out
+
+
+def _owner(key: str) -> str:
+    """Which member uses a tensor, written out from the two genotypes above."""
+    if key.startswith(("stem.", "classifier.")) or ".preprocess" in key:
+        return "both"
+    if ".edges." in key and key.split(".")[3].endswith("_0") and ".sep_conv_3x3." in key:
+        return "a"
+    if ".edges." in key and key.split(".")[3].endswith("_1") and ".dil_conv_3x3." in key:
+        return "b"
+    return "none"
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    return _tiny_pair()
+
+
+def test_merge_eq6_by_hand_on_a_small_dict():
+    omega = {n: torch.tensor([float(i)]) for i, n in enumerate(["shared", "fast_only", "slow_only", "unused"])}
+    fast = {"shared": torch.tensor([10.0]), "fast_only": torch.tensor([11.0])}
+    slow = {"shared": torch.tensor([20.0]), "slow_only": torch.tensor([22.0])}
+    merge_eq6(omega, fast, slow)
+    assert {k: v.item() for k, v in omega.items()} == {"shared": 10.0, "fast_only": 11.0, "slow_only": 22.0,
+                                                       "unused": 3.0}
+    merge_eq6(omega, {"fast_only": torch.tensor([5.0])}, None)  # a diverged slow learner adds nothing
+    assert {k: v.item() for k, v in omega.items()} == {"shared": 10.0, "fast_only": 5.0, "slow_only": 22.0,
+                                                       "unused": 3.0}
+
+
+def test_second_member_starts_from_exactly_the_omega_the_first_started_from(tiny_pair):
+    omega, out = tiny_pair
+    first, second = out[out["order"][0]], out[out["order"][1]]
+    for k in omega:
+        assert torch.equal(first["start"][k], omega[k]), k
+        assert torch.equal(second["start"][k], omega[k]), k
+    # ... although the first member's training changed the shared tensors
+    assert not torch.equal(first["trained"]["stem.0.weight"], omega["stem.0.weight"])
+
+
+def test_lower_validation_loss_is_fast_and_its_weights_win_the_merge(tiny_pair):
+    omega, out = tiny_pair
+    assert out["a"]["val_loss"] != out["b"]["val_loss"]
+    fast = "a" if out["a"]["val_loss"] < out["b"]["val_loss"] else "b"
+    slow = "b" if fast == "a" else "a"
+    assert out["fast"] == fast
+    owners = {k: _owner(k) for k in omega}
+    assert {"both", "a", "b", "none"} <= set(owners.values())
+    for k, owner in owners.items():
+        expected = {"both": out[fast]["trained"], fast: out[fast]["trained"], slow: out[slow]["trained"],
+                    "none": omega}[owner][k]
+        assert torch.equal(out["merged"][k], expected), (k, owner)
+    # the shared tensors were trained differently by the two members: the fast member's values won
+    assert not torch.equal(out["a"]["trained"]["stem.0.weight"], out["b"]["trained"]["stem.0.weight"])
+
+
+def test_official_tie_rule_second_member_wins_the_merge_first_is_the_update_teacher():
+    from relnas.search.strategies import RelativeNAS
+
+    for rule, winner in (("first", 0), ("official", 1)):
+        s = RelativeNAS(population_size=2, generations=1, tie_rule=rule)
+        s.init(np.random.default_rng(0))
+        a, b = s.alpha[0].copy(), s.alpha[1].copy()
+        result = s.tell(np.random.default_rng(1), Job(0, [0, 1], [a, b]), [1.5, 1.5])
+        assert result.roles == ["fast", "slow"]                       # the update: b moves toward a
+        np.testing.assert_array_equal(s.alpha[0], a)
+        assert not np.array_equal(s.alpha[1], b)
+        assert result.merge_priority[-1] == winner                    # the merge: later wins
+        # unequal losses: the same under both rules
+        s2 = RelativeNAS(population_size=2, generations=1, tie_rule=rule)
+        s2.init(np.random.default_rng(0))
+        r2 = s2.tell(np.random.default_rng(1), Job(0, [0, 1], [a, b]), [2.0, 1.0])
+        assert r2.roles == ["slow", "fast"] and r2.merge_priority == [0, 1]
+    with pytest.raises(ValueError, match="tie_rule"):
+        RelativeNAS(population_size=2, generations=1, tie_rule="coin")
+
+
+def test_only_the_slow_learner_moves_and_only_it_is_clipped():
+    from relnas.search.strategies import RelativeNAS
+
+    s = RelativeNAS(population_size=2, generations=1)
+    s.init(np.random.default_rng(0))
+    hi = encoding.UPPER
+    fast = hi / 2
+    fast[0] = hi[0] + 0.25                  # outside the bounds: the fast learner is never touched, not even clipped
+    slow = hi - 1e-3
+    s.alpha = np.stack([slow, fast])
+    s.velocity = np.stack([np.full(encoding.DIM, 50.0), np.full(encoding.DIM, 7.0)])
+    result = s.tell(np.random.default_rng(3), Job(0, [0, 1], [slow.copy(), fast.copy()]), [2.0, 1.0])
+    assert result.roles == ["slow", "fast"]
+    np.testing.assert_array_equal(s.alpha[1], fast)                  # fast: unchanged, velocity too
+    np.testing.assert_array_equal(s.velocity[1], np.full(encoding.DIM, 7.0))
+    # slow: v = l2 * 50 + l1 * (fast - slow) > 0 wherever 50 * l2 outweighs the pull, and the sum is
+    # clipped to the upper bound exactly
+    assert np.all(s.alpha[0] <= hi) and np.all(s.alpha[0] >= encoding.LOWER)
+    assert np.sum(s.alpha[0] == hi) >= encoding.DIM // 2
+    assert not np.array_equal(s.velocity[0], np.full(encoding.DIM, 50.0))
+
+
+def test_lr_and_drop_path_of_every_generation_of_a_real_search(tmp_path, monkeypatch):
+    """3 generations, lr 0.1 -> lr_min by cosine over generations, drop path 0.3 * g / 3:
+    the values written out by hand, read back from the run's files and from the trained module."""
+    from relnas.models.search_module import SearchModule
+    from relnas.search.run import run_search
+    from search_helpers import tiny_search_cfg
+
+    seen = []
+    real = SearchModule.begin_candidate
+
+    def begin(self, arch, lr, drop_prob):
+        real(self, arch, lr, drop_prob)
+        seen.append((self._opt.param_groups[0]["lr"], self.drop_prob))
+
+    monkeypatch.setattr(SearchModule, "begin_candidate", begin)
+    cfg = tiny_search_cfg(tmp_path, ["search.population_size=2", "search.generations=3", "search.lr_min=0.001",
+                                     "search.drop_path_prob=0.3"])
+    run_search(cfg, tmp_path)
+    # lr_g = 1e-3 + (0.1 - 1e-3) / 2 * (1 + cos(pi * g / 3)); cos = 1, 1/2, -1/2
+    lrs, drops = [0.1, 0.07525, 0.02575], [0.0, 0.1, 0.2]
+    expected = [(lr, d) for lr, d in zip(lrs, drops) for _ in range(2)]
+    assert seen == [pytest.approx(e, abs=1e-12) for e in expected]
+    rows = list(csv.DictReader(open(tmp_path / "generations.csv")))
+    assert [float(r["lr"]) for r in rows] == pytest.approx(lrs, abs=1e-12)
+    assert [float(r["drop_path_prob"]) for r in rows] == pytest.approx(drops, abs=1e-12)
+    hist = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert [(float(r["lr"]), float(r["drop_path_prob"])) for r in hist] == [pytest.approx(e, abs=1e-9) for e in expected]

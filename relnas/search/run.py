@@ -24,7 +24,7 @@ from relnas.search import encoding
 from relnas.search.callback import SearchLoop, SearchSettings
 from relnas.search.outputs import HISTORY_FIELDS, plot_generation_stats, plot_trajectories, write_csv, write_population
 from relnas.search.state import load_state, save_state
-from relnas.search.strategies import STRATEGIES, create_strategy
+from relnas.search.strategies import STRATEGIES, TIE_RULES, create_strategy
 from relnas.search.weight_set import WeightSet
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ def check_config(cfg: DictConfig) -> None:
     if s.strategy == "evolution" and s.weight_set_update == "per_generation":
         raise ConfigError("search.strategy=evolution needs search.weight_set_update=sequential: each child is "
                           "bred from the losses of the cycles before it, so its estimations cannot run in parallel")
+    tie_rule = (s.get("relativenas") or {}).get("tie_rule", "first")
+    if tie_rule not in TIE_RULES:
+        raise ConfigError(f"unknown search.relativenas.tie_rule {tie_rule!r}; use one of {', '.join(TIE_RULES)}")
     if s.budget is not None and (not isinstance(s.budget, int) or s.budget < 1):
         raise ConfigError(f"search.budget must be a positive integer or null, got {s.budget!r}")
     strategy = str(cfg.trainer.get("strategy", "auto") or "auto")
@@ -224,6 +227,8 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     data_kwargs = {"train_portion": float(s.train_portion)}
     if s.get("subset") is not None:  # search on a random subset of the training set
         data_kwargs["subset"] = int(s.subset)
+    if s.get("val_augment", False):  # validate with the training augmentation (the authors' search)
+        data_kwargs["val_augment"] = True
     datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
     torch.manual_seed(int(cfg.seed))
     weight_set = WeightSet(C=int(cfg.supernet.C), num_classes=datamodule.num_classes, layers=int(cfg.supernet.layers),

@@ -253,13 +253,6 @@ def restore(tensors: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tens
             tensors[k].copy_(v)
 
 
-def eq6_sources(all_keys: Iterable[str], fast_keys: Iterable[str], slow_keys: Iterable[str]) -> Dict[str, str]:
-    """Where each tensor of Omega takes its value from after a pair (Eq. 6):
-    ``'fast'`` if the fast learner uses it, else ``'slow'`` if the slow learner does, else ``'omega'``."""
-    fast, slow = set(fast_keys), set(slow_keys)
-    return {k: "fast" if k in fast else "slow" if k in slow else "omega" for k in all_keys}
-
-
 def merge_eq6(omega: Mapping[str, torch.Tensor], fast_trained: Optional[Mapping[str, torch.Tensor]],
               slow_trained: Optional[Mapping[str, torch.Tensor]]) -> None:
     """Eq. 6 in place: ``Omega <- w'_fast U (w'_slow minus w'_fast) U (Omega minus both)``.

@@ -245,3 +245,55 @@ def test_lr_and_drop_path_of_every_generation_of_a_real_search(tmp_path, monkeyp
     assert [float(r["drop_path_prob"]) for r in rows] == pytest.approx(drops, abs=1e-12)
     hist = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert [(float(r["lr"]), float(r["drop_path_prob"])) for r in hist] == [pytest.approx(e, abs=1e-9) for e in expected]
+
+
+# ---------------------------------------------------------------------------- the official preset
+
+def test_val_augment_validates_the_search_split_with_the_training_augmentation():
+    from types import SimpleNamespace
+
+    from relnas.data import SyntheticDataModule
+
+    kw = dict(num_train=64, num_test=8, image_size=16, batch_size=16, eval_batch_size=32, cutout=4, crop_padding=2,
+              train_portion=0.5, on_device=False)
+    clean, aug = SyntheticDataModule(**kw), SyntheticDataModule(val_augment=True, **kw)
+    x, y = next(iter(clean.val_dataloader()))
+    assert x.dtype == torch.uint8
+    validating = SimpleNamespace(training=False, validating=True, sanity_checking=False)
+    testing = SimpleNamespace(training=False, validating=False, sanity_checking=False)
+    for dm in (clean, aug):
+        dm.trainer = validating
+    normalised = clean.batch_augment.normalize(x)
+    assert torch.equal(clean.on_after_batch_transfer((x, y), 0)[0], normalised)   # default: clean images
+    augmented = aug.on_after_batch_transfer((x, y), 0)[0]
+    assert augmented.shape == normalised.shape and not torch.equal(augmented, normalised)
+    # the Cutout square is zero in the normalised output, as in training
+    assert (augmented == 0).flatten(1).sum(1).min() >= 4
+    aug.trainer = testing                                                          # the test set stays clean
+    assert torch.equal(aug.on_after_batch_transfer((x, y), 0)[0], normalised)
+
+
+def test_search_official_composes_and_runs_on_the_quickstart_data(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from relnas.search.run import run_search
+    from search_helpers import CONFIG_DIR
+
+    tiny = ["search.generations=1", "search.population_size=2", "search.subset=64", "supernet.C=4",
+            "supernet.layers=3", "data.batch_size=16", "data.eval_batch_size=32", "search.progress=false",
+            "search.plots=false", "trainer.accelerator=cpu", "logger=none"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="search", overrides=["+experiment=[quickstart,search_official]"] + tiny)
+        default = compose(config_name="search", overrides=["+experiment=quickstart"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    assert cfg.search.val_augment is True and cfg.search.lr_min == 1e-3
+    assert cfg.search.relativenas.tie_rule == "official"
+    assert default.search.val_augment is False and default.search.lr_min == 0.0
+    assert default.search.relativenas.tie_rule == "first"
+    assert cfg.data._target_ == default.data._target_ == "relnas.data.FashionMNISTDataModule"
+    result = run_search(cfg, tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert len(rows) == 2 and float(rows[0]["lr"]) == pytest.approx(0.1)
+    assert (tmp_path / "genotype.json").is_file() and np.isfinite(result["val_loss"])

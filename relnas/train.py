@@ -205,9 +205,14 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     m = cfg.model
     if m.network not in ("cifar", "imagenet"):
         raise ConfigError(f"unknown model.network {m.network!r}; choose cifar or imagenet")
+    from relnas.models.classifier import SCHEDULERS
+
     sched = cfg.get("scheduler") or {}
-    if sched.get("name", "cosine") not in ("cosine", "linear_warmup", "constant"):
-        raise ConfigError(f"unknown scheduler.name {sched.get('name')!r}; choose cosine, linear_warmup or constant")
+    if sched.get("name", "cosine") not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler.name {sched.get('name')!r}; choose one of {', '.join(SCHEDULERS)}")
+    if sched.get("name") == "official_imagenet" and int(cfg.epochs) <= 5:
+        raise ConfigError(f"scheduler.name=official_imagenet needs epochs > 5 (its last 5 epochs decay "
+                          f"separately), got {cfg.epochs}")
     print(f"genotype: {genotype}", flush=True)
 
     dm = instantiate_datamodule(cfg.data)

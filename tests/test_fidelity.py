@@ -297,3 +297,42 @@ def test_search_official_composes_and_runs_on_the_quickstart_data(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert len(rows) == 2 and float(rows[0]["lr"]) == pytest.approx(0.1)
     assert (tmp_path / "genotype.json").is_file() and np.isfinite(result["val_loss"])
+
+
+# ---------------------------------------------------------------------------- training recipes
+
+def test_official_imagenet_lr_per_epoch_by_hand():
+    from relnas.models import ClassifierModule
+
+    m = ClassifierModule(C=4, layers=3, auxiliary=False, epochs=250,
+                         scheduler={"name": "official_imagenet", "warmup_epochs": 5},
+                         optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    conf = m.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "epoch"
+    lrs = []
+    for _ in range(250):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # warm-up 0.5 * (e + 1) / 5, then 0.5 * (245 - e) / 245, the last 5 epochs 0.5 * (250 - e) / 1225
+    assert lrs[:6] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.5 * 240 / 245], abs=1e-12)
+    assert lrs[100] == pytest.approx(0.5 * 145 / 245, abs=1e-12)
+    assert lrs[244] == pytest.approx(0.5 / 245, abs=1e-12)
+    assert lrs[245:] == pytest.approx([0.5 * k / 1225 for k in (5, 4, 3, 2, 1)], abs=1e-12)
+    with pytest.raises(ValueError, match="more than 5 epochs"):
+        ClassifierModule(C=4, layers=3, auxiliary=False, epochs=5, scheduler={"name": "official_imagenet"},
+                         optimizer=lambda p: torch.optim.SGD(p, lr=0.5)).configure_optimizers()
+
+
+def test_imagenet_experiment_does_not_clip_and_offers_the_official_schedule():
+    from hydra import compose, initialize_config_dir
+
+    from search_helpers import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        imn = compose(config_name="train", overrides=["+experiment=imagenet"])
+        off = compose(config_name="train", overrides=["+experiment=imagenet", "scheduler.name=official_imagenet"])
+        c10 = compose(config_name="train", overrides=["+experiment=cifar10"])
+    assert imn.trainer.gradient_clip_val is None and c10.trainer.gradient_clip_val == 5
+    assert imn.scheduler.name == "linear_warmup" and off.scheduler.name == "official_imagenet"

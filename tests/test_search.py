@@ -265,6 +265,7 @@ def test_diverging_candidate_loses_and_never_enters_the_weight_set(tmp_path, mon
     ("search.strategy=bogus", "unknown search.strategy"),
     ("search.weight_set_update=sometimes", "weight_set_update"),
     ("search.strategy=evolution search.weight_set_update=per_generation", "evolution needs"),
+    ("search.relativenas.tie_rule=coin", "tie_rule"),
 ])
 def test_bad_search_config_fails_before_work(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):

@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from relnas.search.search_module import SearchModule
+
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 TINY = [
@@ -28,6 +30,16 @@ def tiny_search_cfg(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
         cfg.paths.output_dir = str(run_dir)
         cfg.paths.data_dir = str(run_dir / "data")
     return cfg
+
+
+class RecordingSearchModule(SearchModule):
+    """The real SearchModule that keeps every instance (``module._target_=search_helpers.RecordingSearchModule``)."""
+
+    instances: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        RecordingSearchModule.instances.append(self)
 
 
 # ---------------------------------------------------------------------------- one pair, real path
@@ -66,8 +78,9 @@ class _Recorder(L.Callback):
 def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr: float, momentum: float = 0.9,
              weight_decay: float = 3e-4, grad_clip: float = 5.0, tie_rule: str = "first") -> dict:
     """Drive ONE pair (``vector_a``, ``vector_b``) through the project's real candidate path: the
-    search loop (:class:`SearchLoop`: begin a candidate from a snapshot of Omega, train, validate,
-    restore, fast/slow, Eq. 6 merge) around :class:`SearchModule`'s training and validation steps
+    search engine (:class:`SearchEngine`: begin a candidate from a snapshot of Omega, finish:
+    restore, fast/slow, Eq. 6 merge) driven by :class:`SearchLoop` around :class:`SearchModule`'s
+    training and validation steps
     in a Lightning Trainer, on fixed batches, generation 0 of 1 (learning rate ``lr``, drop path 0).
 
     Returns ``{"a": cand, "b": cand, "fast": "a"|"b", "order": "ab"|"ba", "merged": Omega after
@@ -76,16 +89,22 @@ def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr
     the members ran. The one place to re-point at another driver of the search."""
     import numpy as np
 
-    from relnas.models.search_module import SearchModule
     from relnas.search import encoding
-    from relnas.search.callback import SearchLoop, SearchSettings
+    from relnas.search.callback import SearchLoop
+    from relnas.search.engine import SearchEngine, SearchSettings
+    from relnas.search.executors import create_executor
     from relnas.search.strategies import RelativeNAS
 
-    strategy = RelativeNAS(population_size=2, generations=1, tie_rule=tie_rule)
-    strategy.alpha = np.stack([np.asarray(vector_a, np.float64), np.asarray(vector_b, np.float64)])
-    strategy.velocity = np.zeros_like(strategy.alpha)
+    class FixedPair(RelativeNAS):
+        def init(self, rng):  # the population is the given pair
+            self.alpha = np.stack([np.asarray(vector_a, np.float64), np.asarray(vector_b, np.float64)])
+            self.velocity = np.zeros_like(self.alpha)
+
+    strategy = FixedPair(population_size=2, generations=1, tie_rule=tie_rule)
     settings = SearchSettings(seed=0, lr=lr, lr_min=0.0, drop_path_prob=0.0)
-    loop = SearchLoop(strategy, settings, np.random.default_rng(0), progress=False)
+    engine = SearchEngine(strategy, weight_set, settings, create_executor("sequential", strategy),
+                          rng=np.random.default_rng(0))
+    loop = SearchLoop(engine, progress=False, announce=False)
     module = SearchModule(weight_set, momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
                           channels_last=False)
     recorder = _Recorder()

@@ -223,7 +223,7 @@ def test_only_the_slow_learner_moves_and_only_it_is_clipped():
 def test_lr_and_drop_path_of_every_generation_of_a_real_search(tmp_path, monkeypatch):
     """3 generations, lr 0.1 -> lr_min by cosine over generations, drop path 0.3 * g / 3:
     the values written out by hand, read back from the run's files and from the trained module."""
-    from relnas.models.search_module import SearchModule
+    from relnas.search.search_module import SearchModule
     from relnas.search.run import run_search
     from search_helpers import tiny_search_cfg
 
@@ -291,9 +291,9 @@ def test_search_official_composes_and_runs_on_the_quickstart_data(tmp_path):
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
     assert cfg.search.val_augment is True and cfg.search.lr_min == 1e-3
-    assert cfg.search.relativenas.tie_rule == "official"
+    assert cfg.strategy.tie_rule == "official"
     assert default.search.val_augment is False and default.search.lr_min == 0.0
-    assert default.search.relativenas.tie_rule == "first"
+    assert default.strategy.tie_rule == "first"
     assert cfg.data._target_ == default.data._target_ == "relnas.data.FashionMNISTDataModule"
     result = run_search(cfg, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))

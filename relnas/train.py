@@ -83,6 +83,14 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         L.seed_everything(int(cfg.seed), workers=True)
 
     genotype = resolve_genotype(cfg.genotype)  # a wrong genotype fails before the data is loaded
+    from relnas.models.classifier import SCHEDULERS
+
+    sched = cfg.get("scheduler") or {}
+    if sched.get("name", "cosine") not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler.name {sched.get('name')!r}; choose one of {', '.join(SCHEDULERS)}")
+    if sched.get("name") == "official_imagenet" and int(cfg.epochs) <= 5:
+        raise ConfigError(f"scheduler.name=official_imagenet needs epochs > 5 (its last 5 epochs decay "
+                          f"separately), got {cfg.epochs}")
     print(f"genotype: {genotype}", flush=True)
     dm = instantiate_datamodule(cfg.data)
     arch = ArchSpec.from_config(cfg.model, genotype, dm)

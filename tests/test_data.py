@@ -442,6 +442,12 @@ def test_imagefolder(tmp_path):
     search.setup()
     assert len(search.train_set) == 4 and len(search.val_set) == 4
     assert not set(search.train_set.indices) & set(search.val_set.indices)
+    # val_augment (the authors' search): the search-validation images get the training transform
+    assert search.val_set.dataset.transform is not search.train_set.dataset.transform
+    official = ImageFolderDataModule(data_dir=str(tmp_path), image_size=16, num_workers=0, train_portion=0.5,
+                                     val_augment=True)
+    official.setup()
+    assert official.val_set.dataset.transform is official.train_set.dataset.transform
     with pytest.raises(DatasetNotFoundError, match="not found"):
         ImageFolderDataModule(data_dir=str(tmp_path / "none")).setup()
 

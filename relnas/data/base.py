@@ -63,6 +63,9 @@ class TensorDataModule(L.LightningDataModule):
         download: download the dataset (in ``prepare_data``) when it is missing.
         seed: initial seed for shuffling and augmentation (see ``set_seed``).
         mean, std: override the dataset's normalisation statistics.
+        val_augment: in search mode, validate on the search-validation split WITH the training
+            augmentation (crop/flip/Cutout, as the authors' search does: its two loaders share one
+            dataset object). Default False: clean validation images.
         subset: keep only this many training images (a random subset drawn with ``split_seed``,
             before any split); None keeps the whole training set. The test set is unchanged.
     """
@@ -90,6 +93,7 @@ class TensorDataModule(L.LightningDataModule):
         mean: Sequence[float] | float | None = None,
         std: Sequence[float] | float | None = None,
         subset: int | None = None,
+        val_augment: bool = False,
     ) -> None:
         super().__init__()
         if train_portion is not None:
@@ -110,6 +114,7 @@ class TensorDataModule(L.LightningDataModule):
         self.split_seed = int(split_seed)
         self.val_size = int(val_size)
         self.augment = bool(augment)
+        self.val_augment = bool(val_augment)
         self.on_device = bool(on_device)
         self.download = bool(download)
         self._mean = _floats(self.default_mean if mean is None else mean)
@@ -293,6 +298,9 @@ class TensorDataModule(L.LightningDataModule):
             return batch
         trainer = self.trainer
         train = trainer is not None and bool(trainer.training)
+        if not train and self.val_augment and self.search_mode and trainer is not None and \
+                (trainer.validating or trainer.sanity_checking):
+            train = True  # the search-validation split with the training augmentation (val_augment)
         return self.preprocess(x, train=train), y
 
     def __repr__(self) -> str:

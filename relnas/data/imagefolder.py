@@ -27,7 +27,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     normalised float32 NCHW; nothing else happens on the device.
 
     ``train_portion`` in (0, 1) splits the training tree (permutation seeded with ``split_seed``)
-    into search-train / search-validation subsets; otherwise val = the ``val_dir`` tree. The test
+    into search-train / search-validation subsets (``val_augment=True``: the search-validation
+    images get the training augmentation too, as in the authors' search); otherwise val = the ``val_dir`` tree. The test
     loader always serves the ``val_dir`` tree. Under DDP, Lightning replaces the samplers with
     ``DistributedSampler``\\ s (its ``use_distributed_sampler``).
     """
@@ -55,6 +56,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
         download: bool = False,
+        val_augment: bool = False,
     ) -> None:
         super().__init__()
         if train_portion is not None:
@@ -73,6 +75,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_portion = train_portion
         self.split_seed = int(split_seed)
         self.augment = bool(augment)
+        self.val_augment = bool(val_augment)
         self.flip = bool(flip)
         self.color_jitter = None if color_jitter is None else tuple(float(c) for c in color_jitter)
         self.crop_scale = tuple(float(c) for c in crop_scale)
@@ -176,7 +179,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             k = min(max(int(round(self.train_portion * n)), 1), n - 1)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
             tr, va = perm[:k].sort().values.tolist(), perm[k:].sort().values.tolist()
-            train_eval = ImageFolder(str(train_root), transform=self.eval_transform())
+            # val_augment (the official search): the search-validation images get the training augmentation
+            train_eval = train_full if self.val_augment else ImageFolder(str(train_root), transform=self.eval_transform())
             self.train_set = Subset(train_full, tr)
             self.val_set = Subset(train_eval, va)
         else:

@@ -16,6 +16,11 @@ The training protocols of docs/method.md §6.2-6.4:
     the end of ``epochs`` (the ImageNet protocol); a ``LambdaLR`` stepped once per optimizer
     *step*, so that the warm-up "from 0" does not waste whole epochs at tiny learning rates
     (the first step uses ``lr / warmup_steps``);
+  - ``official_imagenet``: the authors' ImageNet script (``train_imagenet.py``), set once per
+    *epoch* ``e`` (0-based) of ``epochs`` = E: warm-up ``lr * (e + 1) / warmup_epochs`` for
+    ``e < warmup_epochs`` (0.1, 0.2, ... 0.5 for lr 0.5 and 5 epochs), then
+    ``lr * (E - 5 - e) / (E - 5)``, and over the last 5 epochs a smaller slope
+    ``lr * (E - e) / ((E - 5) * 5)`` (:func:`official_imagenet_factor`);
   - ``constant``: no schedule.
 
 Metrics: ``train/loss``, ``train/acc1``, ``val/loss``, ``val/acc1``, ``val/acc5``, ``test/loss``,
@@ -40,7 +45,20 @@ from relnas.nas.arch import ArchSpec
 from relnas.nas.genotypes import Genotype
 from relnas.nas.profile import count_mult_adds, count_params
 
-SCHEDULERS = ("cosine", "linear_warmup", "constant")
+SCHEDULERS = ("cosine", "linear_warmup", "official_imagenet", "constant")
+
+
+def official_imagenet_factor(epoch: int, epochs: int, warmup_epochs: int = 5) -> float:
+    """The authors' ImageNet learning rate of 0-based ``epoch`` as a fraction of the initial one:
+    warm-up ``(e + 1) / warmup_epochs``, then linear decay ``(E - 5 - e) / (E - 5)``; the last 5
+    epochs use ``(E - e) / ((E - 5) * 5)`` ("a smaller slope because lr / 250 is relatively large")."""
+    if epochs <= 5:
+        raise ValueError(f"scheduler official_imagenet needs more than 5 epochs, got {epochs}")
+    if epoch < warmup_epochs:
+        return (epoch + 1) / warmup_epochs
+    if epochs - epoch > 5:
+        return (epochs - 5 - epoch) / (epochs - 5)
+    return (epochs - epoch) / ((epochs - 5) * 5)
 
 
 def _mult_adds_m(net: nn.Module, image_size: int, in_channels: int) -> Optional[float]:
@@ -247,6 +265,12 @@ class ClassifierModule(L.LightningModule):
         if name == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
                 optimizer, T_max=max(1, epochs), eta_min=float(sch.get("eta_min", 0.0)))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if name == "official_imagenet":
+            warm = int(sch.get("warmup_epochs", 5))
+            official_imagenet_factor(0, epochs, warm)  # fails early for too few epochs
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda e: official_imagenet_factor(e, epochs, warm))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         # linear_warmup, per step
         max_epochs = self.trainer.max_epochs if self.trainer is not None else None

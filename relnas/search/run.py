@@ -211,6 +211,8 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     data_kwargs = {"train_portion": float(s.train_portion)}
     if s.get("subset") is not None:  # search on a random subset of the training set
         data_kwargs["subset"] = int(s.subset)
+    if s.get("val_augment", False):  # validate with the training augmentation (the authors' search)
+        data_kwargs["val_augment"] = True
     datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
     torch.manual_seed(int(cfg.seed))
     weight_set = _build(cfg.supernet, "supernet", num_classes=datamodule.num_classes,

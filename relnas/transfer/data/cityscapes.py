@@ -216,6 +216,10 @@ class CityscapesDataModule(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.eval_batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.pin_memory)
 
+    def test_dataloader(self) -> DataLoader:
+        """The validation split (the Cityscapes test labels are not public)."""
+        return self.val_dataloader()
+
 
 def _limit(ds: CityscapesSegmentation, n: Optional[int]) -> None:
     if n is not None and int(n) > 0:

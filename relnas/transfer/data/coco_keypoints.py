@@ -186,7 +186,7 @@ def _clean_box(box: Sequence[float], width: int, height: int) -> Optional[List[f
 
 class CocoKeypoints(Dataset):
     """One item per person box: ``(image, target, weight, meta)`` with the normalised crop
-    (3, H, W), the heatmaps (17, H/4, W/4), the joint weights (17,) and a dict of the crop's
+    (3, H, W) of ``input_size`` = (H, W), the heatmaps (17, H/4, W/4), the joint weights (17,) and a dict of the crop's
     ``center``, ``scale``, ``rotation``, ``flip``, ``image_id``, ``score`` and the crop-space
     ``joints`` (17, 3; x, y, visibility).
 
@@ -194,7 +194,7 @@ class CocoKeypoints(Dataset):
     ``score``) used instead of the ground-truth boxes; ``min_score`` filters them."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train", train: bool = False,
-                 input_size: Sequence[int] = (192, 256), sigma: float = 2.0, stride: int = 4,
+                 input_size: Sequence[int] = (256, 192), sigma: float = 2.0, stride: int = 4,
                  scale_factor: float = 0.35, rotation_factor: float = 45.0, rotation_p: float = 0.6,
                  flip_p: float = 0.5, ann_file: Optional[str] = None, detections: Optional[str] = None,
                  min_score: float = 0.0, max_samples: Optional[int] = None) -> None:
@@ -202,7 +202,7 @@ class CocoKeypoints(Dataset):
         self.ann_file = str(ann)
         self.coco = load_coco(ann)
         self.train = bool(train)
-        self.input_size = (int(input_size[0]), int(input_size[1]))  # (width, height)
+        self.input_size = (int(input_size[1]), int(input_size[0]))  # (width, height) of the crop
         if self.input_size[0] % stride or self.input_size[1] % stride:
             raise ValueError(f"input size {self.input_size} must be a multiple of the heatmap stride {stride}")
         self.stride, self.sigma = int(stride), float(sigma)
@@ -286,10 +286,11 @@ class CocoKeypointsDataModule(L.LightningDataModule):
     """Train/val loaders of COCO person keypoints. ``detections``: a person-box results json for
     the validation split (the second protocol); ``None`` evaluates on ground-truth boxes."""
 
-    num_joints = len(KEYPOINT_NAMES)
+    num_classes = len(KEYPOINT_NAMES)
+    class_names = KEYPOINT_NAMES
 
     def __init__(self, root: str = "data/coco", batch_size: int = 128, eval_batch_size: int = 64,
-                 num_workers: int = 4, input_size: Sequence[int] = (192, 256), sigma: float = 2.0,
+                 num_workers: int = 4, input_size: Sequence[int] = (256, 192), sigma: float = 2.0,
                  scale_factor: float = 0.35, rotation_factor: float = 45.0, flip_p: float = 0.5,
                  detections: Optional[str] = None, pin_memory: bool = True,
                  max_train_samples: Optional[int] = None, max_val_samples: Optional[int] = None) -> None:
@@ -326,3 +327,7 @@ class CocoKeypointsDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.eval_batch_size, shuffle=False,
                           num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+    def test_dataloader(self) -> DataLoader:
+        """The validation split (COCO test-dev has no public labels)."""
+        return self.val_dataloader()

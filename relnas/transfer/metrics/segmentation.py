@@ -54,16 +54,18 @@ class MeanIoU(nn.Module):
 @torch.no_grad()
 def predict_probabilities(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                           out_size: Sequence[int], scales: Sequence[float] = (1.0,),
-                          flip: bool = False) -> torch.Tensor:
+                          flip: bool = False, size_divisor: int = 32) -> torch.Tensor:
     """Class probabilities (N, C, *out_size): the softmax of ``model`` (logits at its input's
     resolution) on ``images`` resized by each of ``scales`` (and mirrored when ``flip``), each
-    resized to ``out_size`` and summed (normalised by the number of passes)."""
+    resized to ``out_size`` and summed (normalised by the number of passes). Rescaled sides are
+    rounded to a multiple of ``size_divisor`` (the backbone's output stride)."""
     h, w = images.shape[-2:]
     total: Optional[torch.Tensor] = None
     passes = 0
     for s in scales:
-        x = images if s == 1.0 else F.interpolate(
-            images, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False)
+        d = max(1, int(size_divisor))
+        size = (max(d, round(h * s / d) * d), max(d, round(w * s / d) * d))
+        x = images if s == 1.0 else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         for mirrored in ((False, True) if flip else (False,)):
             inp = torch.flip(x, dims=[-1]) if mirrored else x
             logits = model(inp)

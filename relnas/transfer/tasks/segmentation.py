@@ -18,15 +18,17 @@ BiSeNet (Yu et al., ECCV 2018) as its public implementations build it:
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relnas.transfer.tasks.base import TransferModule, denormalize, prediction_grid
+
 __all__ = [
     "ConvBNReLU", "SpatialPath", "AttentionRefinement", "ContextPath", "FeatureFusion",
-    "SegmentationHead", "BiSeNet", "ohem_cross_entropy", "OhemCrossEntropy",
+    "SegmentationHead", "BiSeNet", "ohem_cross_entropy", "OhemCrossEntropy", "SegmentationModule",
 ]
 
 
@@ -107,13 +109,14 @@ class BiSeNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, in_channels: Sequence[int], num_classes: int = 19,
                  context_channels: int = 128, fusion_channels: int = 256, aux_channels: int = 64,
-                 auxiliary: bool = True) -> None:
+                 auxiliary: bool = True, tap_keys: Optional[Sequence[str]] = None) -> None:
         super().__init__()
         if len(in_channels) != 2:
             raise ValueError(f"BiSeNet needs the backbone's stride-16 and stride-32 channels, got {list(in_channels)}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.backbone = backbone
+        self.tap_keys = tuple(tap_keys) if tap_keys is not None else None
         self.num_classes = int(num_classes)
         self.spatial_path = SpatialPath(3, context_channels)
         self.context_path = ContextPath(int(in_channels[0]), int(in_channels[1]), context_channels)
@@ -134,6 +137,8 @@ class BiSeNet(nn.Module):
 
     def _taps(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         feats = self.backbone(x)
+        if self.tap_keys is not None and isinstance(feats, Mapping):
+            return feats[self.tap_keys[0]], feats[self.tap_keys[1]]
         maps: List[torch.Tensor] = list(feats.values()) if isinstance(feats, Mapping) else list(feats)
         if len(maps) < 2:
             raise ValueError(f"the backbone returned {len(maps)} feature map(s); BiSeNet needs the stride-16 and stride-32 maps")
@@ -190,3 +195,144 @@ class OhemCrossEntropy(nn.Module):
         outs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
         losses = [ohem_cross_entropy(o, target, self.thresh, self.min_kept_fraction, self.ignore_index) for o in outs]
         return losses[0] + self.aux_weight * sum(losses[1:], torch.zeros((), device=target.device))
+
+
+# ---------------------------------------------------------------------- the Lightning task
+
+def _backbone_taps(backbone: nn.Module, strides: Sequence[int], head: str) -> Tuple[List[int], List[str]]:
+    """Channels and output keys of the backbone maps at ``strides`` (one-line error when missing)."""
+    from relnas.transfer.backbones import feature_key
+
+    info = getattr(backbone, "feature_info", None)
+    if info is None:
+        raise ValueError(f"{head} needs a relnas.transfer backbone with feature_info (build_backbone(...))")
+    channels, keys = [], []
+    for r in strides:
+        try:
+            f = info.at_stride(r)
+        except KeyError as e:
+            raise ValueError(f"{head} needs the backbone's stride-{r} map: {e.args[0]}; "
+                             f"drop backbone.out_indices or include that tap") from None
+        channels.append(int(f["num_chs"]))
+        keys.append(feature_key(r))
+    return channels, keys
+
+
+class SegmentationModule(TransferModule):
+    """BiSeNet on Cityscapes: OHEM cross-entropy on the main and both auxiliary outputs; the
+    validation metric is single-scale mIoU (``val/miou``); the test adds the multi-scale
+    (``ms_scales``) + flip mIoU (``test/miou_ms_flip``). Extra arguments: ``ohem_thresh``,
+    ``ohem_min_kept`` (fraction of the valid pixels), ``aux_weight``, ``ms_scales``, ``ms_flip``,
+    ``ignore_index``."""
+
+    task_name = "segmentation"
+    paper_input_size = (1024, 1024)
+    paper_num_classes = 19
+    paper_note = ("Cityscapes: FLOPs at a 1024x1024 crop (the training crop); full frames are 1024x2048 "
+                  "(about twice the FLOPs); params exclude the two training-only auxiliary heads")
+    monitor = "val/miou"
+    monitor_mode = "max"
+
+    def __init__(self, model: nn.Module, num_classes: int, class_names: Optional[Sequence[str]] = None,
+                 ohem_thresh: float = 0.7, ohem_min_kept: float = 1.0 / 16, aux_weight: float = 1.0,
+                 ms_scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), ms_flip: bool = True,
+                 ignore_index: int = 255, **kwargs: Any) -> None:
+        super().__init__(model, num_classes, class_names, ohem_thresh=float(ohem_thresh),
+                         ohem_min_kept=float(ohem_min_kept), aux_weight=float(aux_weight),
+                         ms_scales=[float(s) for s in ms_scales], ms_flip=bool(ms_flip),
+                         ignore_index=int(ignore_index), **kwargs)
+        from relnas.transfer.metrics.segmentation import MeanIoU
+
+        self.criterion = OhemCrossEntropy(ohem_thresh, ohem_min_kept, ignore_index, aux_weight)
+        self.ms_scales, self.ms_flip, self.ignore_index = tuple(float(s) for s in ms_scales), bool(ms_flip), int(ignore_index)
+        self.val_iou = MeanIoU(num_classes, ignore_index, self.class_names)
+        self.test_iou = MeanIoU(num_classes, ignore_index, self.class_names)
+        self.test_iou_ms = MeanIoU(num_classes, ignore_index, self.class_names)
+
+    @classmethod
+    def build_model(cls, backbone: nn.Module, num_classes: int, **model_cfg: Any) -> nn.Module:
+        model_cfg.pop("input_size", None)  # the entry point's FLOP-count size, not a head setting
+        channels, keys = _backbone_taps(backbone, (16, 32), "BiSeNet")
+        return BiSeNet(backbone, channels, num_classes, tap_keys=keys, **model_cfg)
+
+    def inference_parameters(self) -> int:
+        """Parameters of the deployed network (the auxiliary heads are used in training only)."""
+        aux = getattr(self.model, "aux_heads", None)
+        n_aux = sum(p.numel() for p in aux.parameters()) if aux is not None else 0
+        return sum(p.numel() for p in self.model.parameters()) - n_aux
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        loss = self.criterion(self.model(images), masks)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=images.shape[0])
+        return loss
+
+    def _logits(self, images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        out = self.model(images)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        images, masks = batch
+        logits = self._logits(images, masks.shape[-2:])
+        self.log("val/loss", F.cross_entropy(logits, masks, ignore_index=self.ignore_index),
+                 on_epoch=True, sync_dist=True, batch_size=images.shape[0])
+        self.val_iou.update(logits.argmax(1), masks)
+
+    def on_validation_epoch_end(self) -> None:
+        r = self.val_iou.compute()
+        self.log("val/miou", r["miou"], prog_bar=True, sync_dist=False)
+        self.val_iou.reset()
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        from relnas.transfer.metrics.segmentation import predict_probabilities
+
+        images, masks = batch
+        size = masks.shape[-2:]
+        self.test_iou.update(self._logits(images, size).argmax(1), masks)
+        probs = predict_probabilities(self._plain_forward, images, size, self.ms_scales, self.ms_flip)
+        self.test_iou_ms.update(probs.argmax(1), masks)
+
+    def _plain_forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def on_test_epoch_end(self) -> None:
+        single, multi = self.test_iou.compute(), self.test_iou_ms.compute()
+        self.log("test/miou", single["miou"])
+        self.log("test/miou_ms_flip", multi["miou"])
+        per_class = {n: {"iou": single["per_class_iou"][n], "iou_ms_flip": multi["per_class_iou"][n]}
+                     for n in self.class_names}
+        self.remember_metrics({"miou": single["miou"], "miou_ms_flip": multi["miou"],
+                               "ms_scales": list(self.ms_scales), "ms_flip": self.ms_flip}, per_class)
+        self.test_iou.reset()
+        self.test_iou_ms.reset()
+
+    @torch.no_grad()
+    def draw_predictions(self, batch: Any, max_images: int = 4) -> torch.Tensor:
+        """Per image: the prediction and the ground truth overlaid on the image in the Cityscapes
+        colours (ignored pixels left uncoloured)."""
+        from torchvision.utils import draw_segmentation_masks
+
+        from relnas.transfer.data.cityscapes import CITYSCAPES_PALETTE, IMAGENET_MEAN, IMAGENET_STD
+
+        images, masks = batch
+        images, masks = images[:max_images], masks[:max_images]
+        was = self.model.training
+        self.model.eval()
+        try:
+            pred = self._logits(images.to(self.device), masks.shape[-2:]).argmax(1).cpu()
+        finally:
+            self.model.train(was)
+        raw = denormalize(images.cpu(), IMAGENET_MEAN, IMAGENET_STD)
+        palette = list(CITYSCAPES_PALETTE) if self.num_classes == len(CITYSCAPES_PALETTE) else None
+        classes = torch.arange(self.num_classes).view(-1, 1, 1)
+        panels, titles = [], []
+        for img, p, m in zip(raw, pred, masks.cpu()):
+            if img.shape[-2:] != m.shape[-2:]:
+                img = F.interpolate(img[None].float(), size=m.shape[-2:], mode="bilinear",
+                                    align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+            for name, lab in (("prediction", p), ("ground truth", m)):
+                panels.append(draw_segmentation_masks(img, lab[None] == classes, alpha=0.6, colors=palette))
+                titles.append(name)
+        return prediction_grid(panels, ncol=2, titles=titles)

@@ -100,6 +100,23 @@ def check_checkpoint_fits(ckpt: Mapping[str, Any], module, path: Path, what: str
                               f"{tuple(v.shape)} (different head settings?)")
 
 
+def first_images(loader, n: int):
+    """The first ``n`` samples of an evaluation loader as one ``(images, targets)`` batch (lists
+    or stacked tensors, as the loader gives them)."""
+    images, targets = [], []
+    for x, y in loader:
+        images.extend(list(x))
+        targets.extend(list(y) if isinstance(y, (list, tuple)) else [{k: v[i] for k, v in y.items()} for i in range(len(x))]
+                       if isinstance(y, dict) else list(y))
+        if len(images) >= n:
+            break
+    images, targets = images[:n], targets[:n]
+    if images and all(isinstance(i, torch.Tensor) and i.shape == images[0].shape for i in images):
+        if all(isinstance(t, torch.Tensor) for t in targets) and all(t.shape == targets[0].shape for t in targets):
+            return torch.stack(images), torch.stack(targets)
+    return images, targets
+
+
 def transfer(cfg: DictConfig) -> Dict[str, Any]:
     """Train and evaluate according to ``cfg``; return the results dict (also in results.json)."""
     import lightning as L
@@ -169,7 +186,7 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     n_pics = int((cfg.get("predictions") or {}).get("num_images", 4))
     if trainer.is_global_zero and n_pics > 0:
         module.cpu().eval()
-        batch = next(iter(dm.val_dataloader()))
+        batch = first_images(dm.val_dataloader(), n_pics)
         with torch.no_grad():
             grid = module.draw_predictions(batch, max_images=n_pics)
         picture = str(save_png(grid, out_dir / "predictions.png"))

@@ -244,25 +244,34 @@ def model_cost(module: "TransferModule", input_size: Optional[Sequence[int]] = N
 
 def prediction_grid(panels: Sequence[torch.Tensor], ncol: int = 2, padding: int = 4,
                     size: Optional[Tuple[int, int]] = None, titles: Optional[Sequence[str]] = None) -> torch.Tensor:
-    """One uint8 ``(3, H, W)`` picture of ``panels`` (uint8 ``(3, h, w)`` images, e.g. prediction,
-    ground truth, prediction, ground truth, ...), ``ncol`` per row. Panels of different sizes are
-    resized to ``size`` (default: the first panel's). ``titles`` (one per panel) are written in the
-    top-left corner when Pillow is available."""
+    """One uint8 ``(3, H, W)`` picture of ``panels`` (uint8 ``(3, h, w)`` or ``(1, h, w)`` images,
+    e.g. prediction, ground truth, prediction, ground truth, ...), ``ncol`` per row. With ``size``
+    every panel is resized to it; otherwise panels of different sizes are placed top-left on a white
+    canvas of the largest height and width (no distortion). ``titles`` (one per panel) are written
+    in the top-left corner."""
     import torch.nn.functional as F
     from torchvision.utils import make_grid
 
     if not panels:
         raise ValueError("prediction_grid needs at least one panel")
-    h, w = size if size is not None else tuple(panels[0].shape[-2:])
+    if size is None:
+        h = max(int(p.shape[-2]) for p in panels)
+        w = max(int(p.shape[-1]) for p in panels)
+    else:
+        h, w = _pair(size)
     out = []
     for i, p in enumerate(panels):
-        if p.dtype != torch.uint8 or p.dim() != 3:
+        if p.dtype != torch.uint8 or p.dim() != 3 or p.shape[0] not in (1, 3):
             raise ValueError(f"panel {i}: expected a uint8 (3, H, W) image, got {p.dtype} {tuple(p.shape)}")
         p = p.detach().cpu()
         if p.shape[0] == 1:
             p = p.expand(3, -1, -1)
-        if tuple(p.shape[-2:]) != (h, w):
+        if size is not None and tuple(p.shape[-2:]) != (h, w):
             p = F.interpolate(p[None].float(), size=(h, w), mode="nearest")[0].round().clamp(0, 255).to(torch.uint8)
+        if tuple(p.shape[-2:]) != (h, w):
+            canvas = torch.full((3, h, w), 255, dtype=torch.uint8)
+            canvas[:, : p.shape[-2], : p.shape[-1]] = p
+            p = canvas
         if titles is not None and i < len(titles) and titles[i]:
             p = _caption(p, titles[i])
         out.append(p)
@@ -279,7 +288,21 @@ def _caption(img: torch.Tensor, text: str) -> torch.Tensor:
     tw = 6 * len(text) + 4
     draw.rectangle([0, 0, tw, 12], fill=(0, 0, 0))
     draw.text((2, 0), text, fill=(255, 255, 255))
-    return torch.from_numpy(__import__("numpy").asarray(pil)).permute(2, 0, 1).contiguous()
+    import numpy as np
+
+    return torch.from_numpy(np.array(pil)).permute(2, 0, 1).contiguous()
+
+
+def upscale_for_display(image: torch.Tensor, min_side: int = 256) -> Tuple[torch.Tensor, int]:
+    """Nearest-neighbour upscale of a uint8 ``(C, H, W)`` image by the integer factor that brings
+    its longer side to at least ``min_side`` (1 for large images); returns ``(image, factor)`` so
+    that coordinates drawn on it can be scaled alike."""
+    import torch.nn.functional as F
+
+    f = max(1, -(-int(min_side) // max(int(image.shape[-2]), int(image.shape[-1]))))
+    if f == 1:
+        return image, 1
+    return F.interpolate(image[None].float(), scale_factor=f, mode="nearest")[0].to(torch.uint8), f
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -327,4 +350,4 @@ def _plain(v: Any) -> Any:
 
 
 __all__ = ["TransferModule", "SCHEDULERS", "schedule_factor", "count_parameters", "count_flops", "model_cost",
-           "prediction_grid", "denormalize", "save_png", "write_results"]
+           "prediction_grid", "upscale_for_display", "denormalize", "save_png", "write_results"]

@@ -1,7 +1,11 @@
 """Inspect an architecture: ``python -m relnas.inspect genotype=RelativeNAS network=cifar C=36 layers=20``.
 
 Prints a small table and, as the last line, a JSON object with params_m, mult_adds_m, genotype,
-network, C, layers, num_classes and input_size. ``draw=true`` also writes ``normal.png`` and
+network, C, layers, num_classes and input_size.
+
+``python -m relnas.inspect task=detection|segmentation|keypoints backbone=NAME`` instead sizes the
+whole transfer-task network at the paper's input size and class count (last line: params_m,
+flops_m, task, backbone, num_classes, input_size); see :mod:`relnas.transfer.inspect`. ``draw=true`` also writes ``normal.png`` and
 ``reduce.png`` into the Hydra run directory.
 """
 from __future__ import annotations
@@ -60,6 +64,9 @@ def _print_table(cfg: DictConfig, info: Dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="inspect")
 def main(cfg: DictConfig) -> None:
+    if cfg.get("task") is not None:  # a whole transfer-task network (relnas.transfer.inspect)
+        _main_task(cfg)
+        return
     try:
         info = inspect_architecture(cfg)
         _print_table(cfg, info)
@@ -86,6 +93,21 @@ def main(cfg: DictConfig) -> None:
         "input_size": info["input_size"],
     }
     print(json.dumps(result), flush=True)
+
+
+def _main_task(cfg: DictConfig) -> None:
+    from relnas.train import ConfigError
+    from relnas.transfer.backbones import BackboneError
+    from relnas.transfer.inspect import inspect_task, print_task_table
+
+    try:
+        info = inspect_task(cfg.task, cfg.get("backbone"), cfg.get("input_size"))
+    except (ConfigError, BackboneError, KeyError, GenotypeError, FileNotFoundError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        sys.exit(f"error: {msg}")
+    print_task_table(info)
+    print(json.dumps({k: info[k] for k in ("params_m", "flops_m", "task", "backbone", "num_classes", "input_size")}
+                     | info["extra"]), flush=True)
 
 
 if __name__ == "__main__":

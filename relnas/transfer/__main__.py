@@ -69,9 +69,10 @@ def build_task(cfg: DictConfig, num_classes: int, class_names, backbone=None):
     model = cls.build_model(backbone, int(num_classes), **model_cfg)
     optimizer = hydra.utils.instantiate(cfg.task.optimizer) if cfg.task.get("optimizer") else None
     input_size = model_cfg.get("input_size", cls.paper_input_size)
+    extra = dict(_container(cfg.task.get("module")) or {})  # task-specific module arguments
     return cls(model=model, num_classes=int(num_classes), class_names=class_names, optimizer=optimizer,
                scheduler=_container(cfg.task.get("scheduler")), epochs=int(cfg.task.get("epochs", 1)),
-               input_size=input_size, backbone_info=backbone.describe())
+               input_size=input_size, backbone_info=backbone.describe(), **extra)
 
 
 def check_checkpoint_fits(ckpt: Mapping[str, Any], module, path: Path, what: str) -> None:

@@ -19,6 +19,8 @@ Class method
     ``model_cfg`` is the ``task.model`` config node (head settings).
 
 Instance methods (``self.model`` is the network of ``build_model``)
+    ``inference_parameters() -> int`` (optional): the parameter count to report when the network
+        holds training-only parts (auxiliary heads); default: all parameters of ``self.model``.
     ``profile_forward(x)``: the network's core computation on a ``(1, 3, H, W)`` tensor (no
         pre/post-processing, e.g. no NMS); used for the FLOP count. Default: ``self.model(x)``.
     ``training_step`` / ``validation_step`` / ``test_step`` (Lightning), with the metrics
@@ -34,7 +36,7 @@ Instance methods (``self.model`` is the network of ``build_model``)
 
 The shared constructor (``TransferModule.__init__``) takes the built network, the class names,
 the optimizer factory (Hydra ``_partial_`` config), the scheduler settings and the number of
-epochs, and :meth:`TransferModule.configure_optimizers` builds the optimizer and the schedule
+epochs (the entry point adds the keys of ``task.module`` as keyword arguments), and :meth:`TransferModule.configure_optimizers` builds the optimizer and the schedule
 (:data:`SCHEDULERS`), so tasks only write their steps, metrics and drawing. Extra task
 arguments go in ``**task_kwargs`` (kept in ``self.task_kwargs`` and the hyper-parameters).
 
@@ -235,7 +237,8 @@ def model_cost(module: "TransferModule", input_size: Optional[Sequence[int]] = N
         flops = count_flops(module.profile_forward, size, device=device, dtype=dtype)
     finally:
         module.train(was)
-    params = count_parameters(module.model)
+    params = int(module.inference_parameters()) if hasattr(module, "inference_parameters") else \
+        count_parameters(module.model)
     return {"params": params, "params_m": round(params / 1e6, 4), "flops": flops,
             "flops_m": round(flops / 1e6, 2), "input_size": list(size)}
 

@@ -29,6 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
+NO_BACKBONE = ("no backbone given: set backbone=<RelativeNAS | DARTS_V2 | NASNet | AmoebaNet | mobilenet_v2 | "
+               "shufflenet_v2_x1_0 | mnasnet1_0> or backbone=cell backbone.name=<genotype file | search run>")
+
+
 def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
@@ -44,8 +48,7 @@ def backbone_from_config(cfg_backbone: Mapping[str, Any]):
     if unknown:
         raise ConfigError(f"unknown backbone keys {unknown}; known: {sorted(known)}")
     if b.get("name") in (None, "", "???"):
-        raise ConfigError("no backbone given: set backbone=<RelativeNAS | DARTS_V2 | NASNet | AmoebaNet | mobilenet_v2 | "
-                          "shufflenet_v2_x1_0 | mnasnet1_0> or backbone=cell backbone.name=<genotype file | search run>")
+        raise ConfigError(NO_BACKBONE)
     return build_backbone(**b)
 
 
@@ -134,12 +137,17 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     cls = task_class(cfg.task)
     if "data" not in cfg.task or "_target_" not in cfg.task.data:
         raise ConfigError(f"task {cls.task_name!r} has no data config (task.data._target_)")
-    backbone = backbone_from_config(cfg.backbone)
+    from relnas.transfer.backbones import check_backbone_name
 
-    dm = hydra.utils.instantiate(cfg.task.data)
+    name = OmegaConf.select(cfg, "backbone.name", default=None, throw_on_missing=False)
+    if name in (None, "", "???"):
+        raise ConfigError(NO_BACKBONE)
+    check_backbone_name(str(name))  # names first: cheap and early
+    dm = hydra.utils.instantiate(cfg.task.data)  # a missing data set fails here, before any model is built
     if _is_rank_zero():
         dm.prepare_data()
     dm.setup("fit")
+    backbone = backbone_from_config(cfg.backbone)
     module = build_task(cfg, int(dm.num_classes), list(dm.class_names), backbone=backbone)
 
     ckpt_path: Optional[Path] = None

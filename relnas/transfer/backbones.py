@@ -388,6 +388,25 @@ def list_backbones() -> List[str]:
     return [*list_genotypes(), *TORCHVISION_BACKBONES]
 
 
+def check_backbone_name(name: str):
+    """The genotype of a cell backbone name, ``None`` for a torchvision one; a one-line
+    :class:`BackboneError` listing the known names otherwise (cheap: nothing is built)."""
+    from relnas.nas.genotypes import GenotypeError, get_genotype
+
+    name = str(name)
+    if name in TORCHVISION_BACKBONES:
+        return None
+    try:
+        return get_genotype(name)
+    except KeyError:
+        raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}, or a genotype "
+                            f".json/.yaml file or search run directory") from None
+    except FileNotFoundError as e:
+        raise BackboneError(f"backbone {name!r}: {e}") from None
+    except (GenotypeError, OSError, UnicodeDecodeError) as e:
+        raise BackboneError(f"backbone {name!r} is not a valid genotype: {e}") from None
+
+
 def build_backbone(name: str, weights: Optional[Union[str, os.PathLike]] = None,
                    out_indices: Optional[Sequence[int]] = None, frozen_bn: bool = False, C: int = 46,
                    layers: int = 14, in_channels: int = 3) -> Backbone:
@@ -406,21 +425,11 @@ def build_backbone(name: str, weights: Optional[Union[str, os.PathLike]] = None,
         raise BackboneError(f"no backbone name given; known: {', '.join(list_backbones())}, or a genotype file / "
                             f"search run directory")
     name = str(name)
-    if name in TORCHVISION_BACKBONES:
+    genotype = check_backbone_name(name)
+    if genotype is None:
         bb: Backbone = TorchvisionBackbone(name, weights=None if weights is None else str(weights),
                                            out_indices=out_indices)
     else:
-        from relnas.nas.genotypes import GenotypeError, get_genotype
-
-        try:
-            genotype = get_genotype(name)
-        except KeyError:
-            raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}, or a genotype "
-                                f".json/.yaml file or search run directory") from None
-        except FileNotFoundError as e:
-            raise BackboneError(f"backbone {name!r}: {e}") from None
-        except (GenotypeError, OSError, UnicodeDecodeError) as e:
-            raise BackboneError(f"backbone {name!r} is not a valid genotype: {e}") from None
         bb = CellBackbone(genotype, C=C, layers=layers, in_channels=in_channels, out_indices=out_indices, name=name)
         if weights is not None:
             bb.weights = load_cell_weights(bb, weights)
@@ -435,4 +444,4 @@ def build_backbone(name: str, weights: Optional[Union[str, os.PathLike]] = None,
 
 
 __all__ = ["Backbone", "BackboneError", "CellBackbone", "FeatureInfo", "TorchvisionBackbone", "TORCHVISION_BACKBONES",
-           "build_backbone", "cell_taps", "feature_key", "freeze_batchnorm", "list_backbones", "load_cell_weights"]
+           "build_backbone", "cell_taps", "check_backbone_name", "feature_key", "freeze_batchnorm", "list_backbones", "load_cell_weights"]

@@ -1,0 +1,108 @@
+"""``python -m relnas.transfer`` and ``python -m relnas.inspect task=...``: configs, errors, a run end to end."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from voc_helpers import make_fake_voc  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = str(ROOT / "configs")
+
+
+def _env():
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for k in ("RANK", "LOCAL_RANK"):
+        env.pop(k, None)
+    return env
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose(config_name="transfer", overrides=list(overrides))
+
+
+def test_voc_ssdlite_experiment_is_the_recipe():
+    cfg = _compose("+experiment=voc_ssdlite", "backbone=RelativeNAS")
+    t = cfg.task
+    assert t.name == "detection" and t.epochs == 200 and cfg.trainer.max_epochs == 200
+    assert (t.optimizer._target_, t.optimizer.lr, t.optimizer.momentum, t.optimizer.weight_decay) == \
+        ("torch.optim.SGD", 0.01, 0.9, 5e-4)
+    assert t.scheduler.name == "cosine" and t.data.batch_size == 32 and t.model.input_size == 320
+    assert list(t.model.extra_channels) == [512, 256, 256, 64] and list(t.model.aspect_ratios) == [2, 3]
+    assert list(t.data.train_sets) == ["2007-trainval", "2012-trainval"] and t.data.val_set == "2007-test"
+    assert cfg.callbacks.model_checkpoint.monitor == "val/map" and cfg.callbacks.model_checkpoint.mode == "max"
+    assert (cfg.backbone.name, cfg.backbone.C, cfg.backbone.layers) == ("RelativeNAS", 46, 14)
+    assert _compose("backbone=mobilenet_v2").backbone.name == "mobilenet_v2"
+
+
+def _run_in_process(tmp_path, *overrides):
+    from relnas.transfer.__main__ import run
+
+    cfg = _compose(f"paths.output_dir={tmp_path}", "logger=none", *overrides)
+    with pytest.raises(SystemExit) as e:
+        run(cfg)
+    return str(e.value.code)
+
+
+def test_missing_voc_fails_in_one_line(tmp_path):
+    msg = _run_in_process(tmp_path, f"task.data.root={tmp_path / 'nowhere'}", "backbone.C=8", "backbone.layers=5")
+    assert msg.startswith("error: PASCAL VOC 2007-trainval not found") and "\n" not in msg
+    assert "VOCdevkit/VOC2007" in msg and "JPEGImages" in msg
+
+
+def test_unknown_backbone_and_task(tmp_path):
+    msg = _run_in_process(tmp_path, "backbone.name=resnet_huge")
+    assert msg.startswith("error: unknown backbone 'resnet_huge'") and "mobilenet_v2" in msg
+    msg = _run_in_process(tmp_path, "task.name=captioning")
+    assert msg.startswith("error: unknown task 'captioning'") and "detection" in msg
+    msg = _run_in_process(tmp_path, "backbone=cell")
+    assert msg.startswith("error: no backbone given: set backbone=<RelativeNAS")
+
+
+def test_inspect_task_cli(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "relnas.inspect", "task=detection", "backbone=mobilenet_v2",
+                        "input_size=64", f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    last = json.loads(p.stdout.strip().splitlines()[-1])
+    # 3,301,316 parameters: MobileNetV2 features + extras + SSDLite head (tests/test_transfer_detection.py)
+    assert last["params_m"] == pytest.approx(3.3013, abs=1e-4)
+    assert last["task"] == "detection" and last["num_classes"] == 21 and last["input_size"] == [64, 64]
+    assert last["flops_m"] > 0 and "params (M)" in p.stdout
+
+
+@pytest.mark.slow
+def test_detection_end_to_end(tmp_path):
+    data = tmp_path / "data"
+    make_fake_voc(data, n_trainval=4, n_test=3)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "relnas.transfer", "task=detection", "backbone=RelativeNAS", "backbone.C=8",
+           "backbone.layers=5", "task.model.input_size=64", f"task.data.root={data}", "task.data.train_sets=[2007-trainval]",
+           "task.data.batch_size=2", "task.data.eval_batch_size=2", "task.data.num_workers=0", "task.epochs=1",
+           "trainer=cpu", "+trainer.limit_train_batches=1", "+trainer.num_sanity_val_steps=0",
+           "callbacks.progress_bar.refresh_rate=0", "predictions.num_images=3", f"hydra.run.dir={run_dir}"]
+    p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "NO pretrained weights" in p.stdout + p.stderr
+    r = json.loads((run_dir / "results.json").read_text())
+    assert r["task"] == "detection" and r["backbone"] == "RelativeNAS" and r["weights"] is None
+    assert "random" in r["weights_warning"] and r["num_classes"] == 21 and r["input_size"] == [64, 64]
+    assert 0.0 <= r["metrics"]["map"] <= 1.0 and r["params_m"] > 0 and r["flops_m"] > 0
+    # per-class AP: the fake set has bottle, pottedplant, car, person; the other 16 classes have no objects
+    assert set(r["per_class"]) == set(r["class_names"][1:])
+    assert {k for k, v in r["per_class"].items() if v is not None} == {"bottle", "pottedplant", "car", "person"}
+    assert r["global_step"] == 1 and r["wall_time_s"] > 0 and "cpu" in r["hardware"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    from torchvision.io import read_image
+
+    img = read_image(str(run_dir / "predictions.png"))
+    # 3 images x (prediction, ground truth), 2 panels per row; the 72-96 px images are shown >= 256 px
+    assert img.shape[0] == 3 and img.shape[1] >= 3 * 256 and img.shape[2] >= 2 * 256

@@ -185,10 +185,10 @@ def _clean_box(box: Sequence[float], width: int, height: int) -> Optional[List[f
 
 
 class CocoKeypoints(Dataset):
-    """One item per person box: ``(image, target, weight, meta)`` with the normalised crop
-    (3, H, W) of ``input_size`` = (H, W), the heatmaps (17, H/4, W/4), the joint weights (17,) and a dict of the crop's
-    ``center``, ``scale``, ``rotation``, ``flip``, ``image_id``, ``score`` and the crop-space
-    ``joints`` (17, 3; x, y, visibility).
+    """One item per person box: ``(image, target)``, the normalised crop (3, H, W) of
+    ``input_size`` = (H, W) and a dict with the ``heatmaps`` (17, H/4, W/4), the joint ``weights``
+    (17,), the crop's ``center``, ``scale``, ``rotation``, ``flip``, the ``image_id``, the box
+    ``score`` and the crop-space ``joints`` (17, 3; x, y, visibility).
 
     ``detections``: a COCO results json of person boxes (``image_id``, ``category_id``, ``bbox``,
     ``score``) used instead of the ground-truth boxes; ``min_score`` filters them."""
@@ -275,11 +275,11 @@ class CocoKeypoints(Dataset):
         target, weight = encode_heatmaps(joints[:, :2], joints[:, 2] > 0, self.heatmap_size, self.stride, self.sigma)
         x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)
         x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
-        meta = {"center": torch.from_numpy(center), "scale": torch.from_numpy(scale),
-                "rotation": torch.tensor(rotation, dtype=torch.float64), "flip": torch.tensor(flip),
-                "image_id": torch.tensor(r["image_id"]), "score": torch.tensor(r["score"], dtype=torch.float64),
-                "joints": torch.from_numpy(joints), "index": torch.tensor(index)}
-        return x, torch.from_numpy(target), torch.from_numpy(weight), meta
+        return x, {"heatmaps": torch.from_numpy(target), "weights": torch.from_numpy(weight),
+                   "center": torch.from_numpy(center), "scale": torch.from_numpy(scale),
+                   "rotation": torch.tensor(rotation, dtype=torch.float64), "flip": torch.tensor(flip),
+                   "image_id": torch.tensor(r["image_id"]), "score": torch.tensor(r["score"], dtype=torch.float64),
+                   "joints": torch.from_numpy(joints), "index": torch.tensor(index)}
 
 
 class CocoKeypointsDataModule(L.LightningDataModule):

@@ -113,8 +113,8 @@ class KeypointModule(TransferModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images, target, weight, _ = batch
-        loss = joints_mse_loss(self.model(images), target, weight)
+        images, t = batch
+        loss = joints_mse_loss(self.model(images), t["heatmaps"], t["weights"])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=images.shape[0])
         return loss
 
@@ -130,10 +130,10 @@ class KeypointModule(TransferModule):
     def _eval_step(self, batch: Any, stage: str) -> None:
         from relnas.transfer.metrics.keypoints import crop_to_image, decode_heatmaps, person_area
 
-        images, target, weight, meta = batch
+        images, meta = batch
         heatmaps = self.predict_heatmaps(images)
-        self.log(f"{stage}/loss", joints_mse_loss(heatmaps, target, weight), on_epoch=True, sync_dist=True,
-                 batch_size=images.shape[0])
+        self.log(f"{stage}/loss", joints_mse_loss(heatmaps, meta["heatmaps"], meta["weights"]), on_epoch=True,
+                 sync_dist=True, batch_size=images.shape[0])
         coords, maxvals = decode_heatmaps(heatmaps.float())
         coords, maxvals = coords.cpu().double().numpy(), maxvals.cpu().double().numpy()
         hm_size = (heatmaps.shape[-1], heatmaps.shape[-2])
@@ -201,13 +201,19 @@ class KeypointModule(TransferModule):
     @torch.no_grad()
     def draw_predictions(self, batch: Any, max_images: int = 4) -> torch.Tensor:
         """Per person crop: the predicted skeleton and the ground-truth skeleton (labelled joints
-        only) drawn with the COCO skeleton."""
+        only) drawn with the COCO skeleton; predicted joints whose heatmap maximum is not positive
+        are left out. ``batch``: a validation batch ``(images, targets)``
+        (stacked, or lists of samples)."""
         from torchvision.utils import draw_keypoints
 
         from relnas.transfer.data.coco_keypoints import IMAGENET_MEAN, IMAGENET_STD, SKELETON
         from relnas.transfer.metrics.keypoints import decode_heatmaps
 
-        images, _, _, meta = batch
+        images, meta = batch
+        if isinstance(images, (list, tuple)):  # a list of samples: stack them
+            images = torch.stack(list(images))
+        if isinstance(meta, (list, tuple)):
+            meta = {k: torch.stack([m[k] for m in meta]) for k in meta[0]}
         images = images[:max_images]
         was = self.model.training
         self.model.eval()
@@ -215,15 +221,16 @@ class KeypointModule(TransferModule):
             heatmaps = self.predict_heatmaps(images.to(self.device)).float().cpu()
         finally:
             self.model.train(was)
-        coords, _ = decode_heatmaps(heatmaps)
+        coords, maxvals = decode_heatmaps(heatmaps)
         stride = images.shape[-1] / heatmaps.shape[-1]
         pred = coords * stride
         gt = meta["joints"][:max_images].float()
         raw = denormalize(images.cpu(), IMAGENET_MEAN, IMAGENET_STD)
         skeleton = list(SKELETON) if self.num_classes == 17 else None
         panels, titles = [], []
-        for img, p, g in zip(raw, pred, gt):
-            panels.append(draw_keypoints(img, p[None], connectivity=skeleton, colors=(255, 64, 0), radius=2, width=2))
+        for img, p, conf, g in zip(raw, pred, maxvals, gt):
+            panels.append(draw_keypoints(img, p[None], connectivity=skeleton, colors=(255, 64, 0), radius=2, width=2,
+                                         visibility=(conf > 0)[None]))
             panels.append(draw_keypoints(img, g[None, :, :2], connectivity=skeleton, colors=(0, 200, 255), radius=2,
                                          width=2, visibility=(g[None, :, 2] > 0)))
             titles += ["prediction", "ground truth"]

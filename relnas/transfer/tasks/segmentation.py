@@ -316,23 +316,24 @@ class SegmentationModule(TransferModule):
 
         from relnas.transfer.data.cityscapes import CITYSCAPES_PALETTE, IMAGENET_MEAN, IMAGENET_STD
 
-        images, masks = batch
-        images, masks = images[:max_images], masks[:max_images]
-        was = self.model.training
-        self.model.eval()
-        try:
-            pred = self._logits(images.to(self.device), masks.shape[-2:]).argmax(1).cpu()
-        finally:
-            self.model.train(was)
-        raw = denormalize(images.cpu(), IMAGENET_MEAN, IMAGENET_STD)
+        images, masks = batch  # stacked tensors, or lists of samples of different sizes
+        images, masks = list(images[:max_images]), list(masks[:max_images])
         palette = list(CITYSCAPES_PALETTE) if self.num_classes == len(CITYSCAPES_PALETTE) else None
         classes = torch.arange(self.num_classes).view(-1, 1, 1)
+        was = self.model.training
+        self.model.eval()
         panels, titles = [], []
-        for img, p, m in zip(raw, pred, masks.cpu()):
-            if img.shape[-2:] != m.shape[-2:]:
-                img = F.interpolate(img[None].float(), size=m.shape[-2:], mode="bilinear",
-                                    align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-            for name, lab in (("prediction", p), ("ground truth", m)):
-                panels.append(draw_segmentation_masks(img, lab[None] == classes, alpha=0.6, colors=palette))
-                titles.append(name)
+        try:
+            for image, mask in zip(images, masks):
+                mask = mask.cpu()
+                pred = self._logits(image[None].to(self.device), mask.shape[-2:]).argmax(1)[0].cpu()
+                img = denormalize(image[None].cpu(), IMAGENET_MEAN, IMAGENET_STD)[0]
+                if img.shape[-2:] != mask.shape[-2:]:
+                    img = F.interpolate(img[None].float(), size=mask.shape[-2:], mode="bilinear",
+                                        align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+                for name, lab in (("prediction", pred), ("ground truth", mask)):
+                    panels.append(draw_segmentation_masks(img, lab[None] == classes, alpha=0.6, colors=palette))
+                    titles.append(name)
+        finally:
+            self.model.train(was)
         return prediction_grid(panels, ncol=2, titles=titles)

@@ -288,7 +288,7 @@ def _caption(img: torch.Tensor, text: str) -> torch.Tensor:
         return img
     pil = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())
     draw = ImageDraw.Draw(pil)
-    tw = 6 * len(text) + 4
+    tw = min(int(img.shape[-1]) - 1, 6 * len(text) + 4)
     draw.rectangle([0, 0, tw, 12], fill=(0, 0, 0))
     draw.text((2, 0), text, fill=(255, 255, 255))
     import numpy as np

@@ -107,6 +107,13 @@ def _palette(n: int) -> List[Tuple[int, int, int]]:
     return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.61803) % 1.0, 0.85, 1.0)) for i in range(n)]
 
 
+def _draw(draw_bounding_boxes, image: torch.Tensor, boxes: torch.Tensor, labels: List[str], colors) -> torch.Tensor:
+    if len(boxes) == 0:
+        return image
+    return draw_bounding_boxes(image, boxes, labels=labels, colors=colors, width=2, label_colors="white",
+                               label_background_colors=colors, fill_labels=True)
+
+
 class DetectionModule(TransferModule):
     """SSDLite on PASCAL VOC. Logs ``train/loss`` (and its two parts), ``val/map``; the test run
     keeps ``map`` and the per-class AP for ``results.json``."""
@@ -186,16 +193,16 @@ class DetectionModule(TransferModule):
             base, f = upscale_for_display(im.detach().cpu().mul(255).round().clamp(0, 255).to(torch.uint8))
             keep = (p["scores"] >= thr).nonzero().flatten()[:top].cpu()
             boxes, labels, scores = p["boxes"].cpu()[keep] * f, p["labels"].cpu()[keep], p["scores"].cpu()[keep]
-            pred = draw_bounding_boxes(base, boxes, labels=[f"{self.class_names[int(c)]} {float(s):.2f}"
-                                                            for c, s in zip(labels, scores)],
-                                       colors=[colors[int(c)] for c in labels], width=2) if len(keep) else base
+            pred = _draw(draw_bounding_boxes, base, boxes, [f"{self.class_names[int(c)]} {float(s):.2f}"
+                                                           for c, s in zip(labels, scores)],
+                         [colors[int(c)] for c in labels])
             gl = t["labels"].cpu()
             diff = t.get("difficult", torch.zeros_like(gl, dtype=torch.bool)).cpu()
-            gt = draw_bounding_boxes(base, t["boxes"].cpu() * f, labels=[self.class_names[int(c)] + (" (difficult)" if d else "")
-                                                                      for c, d in zip(gl, diff)],
-                                     colors=[colors[int(c)] for c in gl], width=2) if len(gl) else base
+            gt = _draw(draw_bounding_boxes, base, t["boxes"].cpu() * f,
+                       [self.class_names[int(c)] + (" (difficult)" if d else "") for c, d in zip(gl, diff)],
+                       [colors[int(c)] for c in gl])
             panels += [pred, gt]
-            titles += [f"prediction (score >= {thr:g})", "ground truth"]
+            titles += [f"prediction: {len(keep)} boxes, score >= {thr:g}", f"ground truth: {len(gl)} objects"]
         return prediction_grid(panels, ncol=2, titles=titles)
 
 

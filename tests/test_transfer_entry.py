@@ -106,3 +106,35 @@ def test_detection_end_to_end(tmp_path):
     img = read_image(str(run_dir / "predictions.png"))
     # 3 images x (prediction, ground truth), 2 panels per row; the 72-96 px images are shown >= 256 px
     assert img.shape[0] == 3 and img.shape[1] >= 3 * 256 and img.shape[2] >= 2 * 256
+
+
+# ---------------------------------------------------------------------- shared task helpers
+
+def test_schedules_by_hand():
+    from relnas.transfer.tasks.base import schedule_factor
+
+    cos = schedule_factor({"name": "cosine"}, 200)
+    assert cos(0) == pytest.approx(1.0) and cos(100) == pytest.approx(0.5) and cos(200) == pytest.approx(0.0)
+    poly = schedule_factor({"name": "poly", "power": 0.9, "warmup_steps": 10, "warmup_ratio": 0.1}, 1000)
+    assert poly(0) == pytest.approx(0.1) and poly(5) == pytest.approx(0.55)
+    assert poly(500) == pytest.approx(0.5 ** 0.9) and poly(1000) == 0.0
+    ms = schedule_factor({"name": "multistep", "milestones": [90, 120], "gamma": 0.1}, 140)
+    assert (ms(89), ms(90), ms(119), ms(120)) == (1.0, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.01))
+    with pytest.raises(ValueError, match="unknown scheduler 'step'"):
+        schedule_factor({"name": "step"}, 10)
+
+
+def test_prediction_grid_pads_mixed_sizes():
+    import torch
+
+    from relnas.transfer.tasks.base import prediction_grid
+
+    a = torch.zeros(3, 20, 30, dtype=torch.uint8)
+    b = torch.full((1, 10, 10), 7, dtype=torch.uint8)
+    g = prediction_grid([a, b, a], ncol=2, padding=2)
+    # 2 columns x 2 rows of 20x30 slots with 2-pixel borders
+    assert g.shape == (3, 2 + 2 * (20 + 2), 2 + 2 * (30 + 2)) and g.dtype == torch.uint8
+    slot_b = g[:, 2:22, 34:64]
+    assert int(slot_b[:, :10, :10].max()) == 7 and int(slot_b[:, 10:, :].min()) == 255  # white padding
+    with pytest.raises(ValueError, match="panel 0: expected a uint8"):
+        prediction_grid([torch.zeros(3, 4, 4)])

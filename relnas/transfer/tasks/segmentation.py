@@ -228,6 +228,7 @@ class SegmentationModule(TransferModule):
     task_name = "segmentation"
     paper_input_size = (1024, 1024)
     paper_num_classes = 19
+    extra_input_sizes = ((1024, 2048),)  # the full Cityscapes frame (evaluation)
     paper_note = ("Cityscapes: FLOPs at a 1024x1024 crop (the training crop); full frames are 1024x2048 "
                   "(about twice the FLOPs); params exclude the two training-only auxiliary heads")
     monitor = "val/miou"

@@ -208,3 +208,24 @@ def test_relnas_build_backbone_is_exported():
     import relnas
 
     assert relnas.build_backbone("RelativeNAS", C=8, layers=5, out_indices=[-1]).feature_info.channels() == [128]
+
+
+def test_cached_torchvision_weights_load_without_download(tmp_path, monkeypatch):
+    import torchvision
+
+    from relnas.transfer.backbones import torchvision_weights_path
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    enum = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+    ref = torchvision.models.mobilenet_v2().eval()
+    _randomise_bn(ref)
+    path = torchvision_weights_path(enum)
+    assert path == tmp_path / "checkpoints" / "mobilenet_v2-b0353104.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), path)
+    bb = build_backbone("mobilenet_v2", weights="MobileNet_V2_Weights.IMAGENET1K_V1", frozen_bn=True)
+    assert bb.pretrained and bb.weights == "MobileNet_V2_Weights.IMAGENET1K_V1"
+    x = torch.randn(1, 3, 64, 64)
+    bb.train()  # frozen BN: the statistics of the weights even in training mode
+    with torch.no_grad():
+        torch.testing.assert_close(bb(x)["stride32"], ref.features(x))

@@ -317,6 +317,10 @@ def test_missing_coco_fails_in_one_line_naming_the_layout(tmp_path):
         dm.setup("fit")
     msg = str(e.value)
     assert "\n" not in msg and "person_keypoints_train2017.json" in msg and "train2017" in msg
+    root = write_fake_coco(tmp_path / "coco")
+    dm = CocoKeypointsDataModule(root=str(root), num_workers=0, detections=str(tmp_path / "dets.json"))
+    with pytest.raises(DatasetNotFoundError, match="detections file .*dets.json not found"):
+        dm.setup("fit")
 
 
 # ---------------------------------------------------------------------- SimpleBaseline
@@ -364,6 +368,8 @@ def test_coco_simplebaseline_end_to_end(tmp_path):
     assert res["task"] == "keypoints" and res["num_classes"] == 17 and res["input_size"] == [128, 96]
     m = res["metrics"]
     assert 0.0 <= m["AP"] <= 1.0 and m["person_boxes"] == "ground-truth boxes" and m["flip_test"] is True
+    poses = json.loads((run_dir / "keypoint_results.json").read_text())  # COCO results format
+    assert all(len(p["keypoints"]) == 51 and p["category_id"] == 1 for p in poses)
     png = Image.open(run_dir / "predictions.png")
     # 3 validation persons x (prediction, ground truth), panels 96x128, padding 4
     assert png.size == (2 * 96 + 3 * 4, 2 * 128 + 3 * 4 + 128 + 4)

@@ -299,6 +299,7 @@ def test_cityscapes_bisenet_end_to_end(tmp_path):
     assert sky[2] > sky[0]  # bluish (70, 130, 180) overlay
 
 
+@pytest.mark.slow
 def test_cli_missing_cityscapes_is_one_line(tmp_path):
     r = run_transfer(tmp_path / "run", f"paths.data_dir={tmp_path / 'empty'}", *TINY)
     assert r.returncode != 0

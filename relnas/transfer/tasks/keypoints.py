@@ -10,6 +10,7 @@ back with left/right joints swapped and averaged) at evaluation.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -83,7 +84,8 @@ def _gather_objects(module: "KeypointModule", obj: Any) -> List[Any]:
 class KeypointModule(TransferModule):
     """SimpleBaseline on COCO person keypoints. Validation and test decode every person crop,
     map the joints back to the image, rescore and OKS-NMS them, and evaluate OKS AP with
-    pycocotools against the data module's annotation file (``val/AP``). Extra arguments:
+    pycocotools against the data module's annotation file (``val/AP``); the test also writes the
+    poses in the COCO results format to ``keypoint_results.json`` in the run directory. Extra arguments:
     ``flip_test``, ``flip_shift`` (one-pixel shift of the mirrored heatmaps), ``nms_thresh``,
     ``vis_thresh`` (joint confidence counted in the person score)."""
 
@@ -159,7 +161,7 @@ class KeypointModule(TransferModule):
     def on_test_epoch_start(self) -> None:
         self._preds = []
 
-    def _evaluate(self) -> Dict[str, Optional[float]]:
+    def _evaluate(self, results_file: Optional[str] = None) -> Dict[str, Optional[float]]:
         from relnas.transfer.metrics.keypoints import COCO_STATS, coco_keypoint_results, evaluate_coco_keypoints
 
         parts = [p for rank in _gather_objects(self, self._preds) for p in rank]
@@ -172,8 +174,8 @@ class KeypointModule(TransferModule):
         dataset = self._val_dataset()
         if dataset is None:
             raise RuntimeError("the keypoint evaluation needs the data module's validation set (its annotation file)")
-        return evaluate_coco_keypoints(dataset.ann_file, results, image_ids=sorted({int(r["image_id"]) for r in
-                                                                                    dataset.records}))
+        image_ids = sorted({int(r["image_id"]) for r in dataset.records})
+        return evaluate_coco_keypoints(dataset.ann_file, results, image_ids=image_ids, results_file=results_file)
 
     def _val_dataset(self):
         trainer = self._trainer
@@ -189,7 +191,10 @@ class KeypointModule(TransferModule):
         self.log("val/AR", float(stats["AR"] or 0.0))
 
     def on_test_epoch_end(self) -> None:
-        stats = self._evaluate()
+        out = None
+        if self._trainer is not None and self.trainer.is_global_zero and self.trainer.default_root_dir:
+            out = os.path.join(self.trainer.default_root_dir, "keypoint_results.json")  # COCO results format
+        stats = self._evaluate(out)
         for k, v in stats.items():
             if v is not None:
                 self.log(f"test/{k}", float(v))

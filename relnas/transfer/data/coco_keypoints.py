@@ -75,10 +75,10 @@ def affine_matrix(center: Sequence[float], scale: Sequence[float], rotation: flo
                   flip: bool = False, inverse: bool = False) -> np.ndarray:
     """The 2x3 matrix taking image coordinates to crop coordinates (``inverse``: the reverse).
 
-    The box of width ``scale[0] * 200`` around ``center``, rotated by ``rotation`` degrees
-    (counter-clockwise in the image), maps onto the ``output_size`` = (width, height) crop with
-    its centre at (width / 2, height / 2); ``flip`` mirrors the crop (x -> width - 1 - x).
-    Coordinates are pixel centres at integers."""
+    The box of width ``scale[0] * 200`` around ``center`` maps onto the ``output_size`` =
+    (width, height) crop with its centre at (width / 2, height / 2); with ``rotation`` degrees the
+    crop shows the image turned counter-clockwise by that angle (a point right of the centre moves
+    up); ``flip`` mirrors the crop (x -> width - 1 - x). Coordinates are pixel centres at integers."""
     out_w, out_h = float(output_size[0]), float(output_size[1])
     k = out_w / (float(scale[0]) * PIXEL_STD)
     t = math.radians(rotation)

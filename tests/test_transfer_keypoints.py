@@ -8,7 +8,6 @@ import io
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 from collections import OrderedDict
@@ -21,7 +20,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from relnas.data.errors import DatasetNotFoundError
-from relnas.transfer.data.coco_keypoints import (FLIP_PAIRS, KEYPOINT_NAMES, OKS_SIGMAS, SKELETON, CocoKeypoints,
+from relnas.transfer.data.coco_keypoints import (FLIP_PAIRS, KEYPOINT_NAMES, SKELETON, CocoKeypoints,
                                                  CocoKeypointsDataModule, affine_matrix, apply_affine,
                                                  box_to_center_scale, encode_heatmaps, flip_joint_order, warp_image)
 from relnas.transfer.metrics.keypoints import (crop_to_image, decode_heatmaps, evaluate_coco_keypoints, flip_back,

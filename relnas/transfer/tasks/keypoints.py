@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from relnas.transfer.tasks.base import TransferModule, denormalize, prediction_grid

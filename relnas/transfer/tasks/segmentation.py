@@ -18,7 +18,7 @@ BiSeNet (Yu et al., ECCV 2018) as its public implementations build it:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F

@@ -31,8 +31,11 @@ Instance methods (``self.model`` is the network of ``build_model``)
         ``{"metrics": {...}, "per_class": {name: value}}`` (call :meth:`remember_metrics` from
         ``on_test_epoch_end`` and the default implementation returns what it stored).
     ``draw_predictions(batch, max_images) -> uint8 tensor (3, H, W)``: predictions next to ground
-        truth for the first images of a validation batch, as one picture; build it with
-        :func:`prediction_grid` (pairs of panels: prediction, ground truth).
+        truth for the first validation images, as one picture; build it with
+        :func:`prediction_grid` (pairs of panels: prediction, ground truth). The entry point calls
+        it on the module on the CPU in eval mode with ``relnas.transfer.__main__.first_images``:
+        ``(images, targets)`` stacked into tensors when the loader gives same-shape tensors,
+        otherwise lists (a dict of batched targets is split into one dict per sample).
 
 The shared constructor (``TransferModule.__init__``) takes the built network, the class names,
 the optimizer factory (Hydra ``_partial_`` config), the scheduler settings and the number of

@@ -229,3 +229,13 @@ def test_cached_torchvision_weights_load_without_download(tmp_path, monkeypatch)
     bb.train()  # frozen BN: the statistics of the weights even in training mode
     with torch.no_grad():
         torch.testing.assert_close(bb(x)["stride32"], ref.features(x))
+
+
+def test_genotype_file_and_search_run_dir(tmp_path):
+    g = get_genotype("DARTS_V2")
+    g.save(tmp_path / "genotype.json")  # a search run directory holds genotype.json
+    for spec in (tmp_path / "genotype.json", tmp_path):
+        bb = build_backbone(str(spec), C=8, layers=5)
+        assert bb.genotype == g and bb.describe()["genotype"] == g.to_dict()
+    with pytest.raises(BackboneError, match="backbone"):
+        build_backbone(str(tmp_path / "missing.json"))

@@ -79,18 +79,30 @@ def test_inspect_task_cli(tmp_path):
     assert last["flops_m"] > 0 and "params (M)" in p.stdout
 
 
-@pytest.mark.slow
-def test_detection_end_to_end(tmp_path):
+def _detection_cmd(data, run_dir, *extra):
+    return [sys.executable, "-m", "relnas.transfer", "task=detection", "backbone=RelativeNAS", "backbone.C=8",
+            "backbone.layers=5", "task.model.input_size=64", f"task.data.root={data}",
+            "task.data.train_sets=[2007-trainval]", "task.data.batch_size=2", "task.data.eval_batch_size=2",
+            "task.data.num_workers=0", "trainer=cpu", "+trainer.limit_train_batches=1",
+            "+trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run_dir}",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def detection_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("det")
     data = tmp_path / "data"
     make_fake_voc(data, n_trainval=4, n_test=3)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "relnas.transfer", "task=detection", "backbone=RelativeNAS", "backbone.C=8",
-           "backbone.layers=5", "task.model.input_size=64", f"task.data.root={data}", "task.data.train_sets=[2007-trainval]",
-           "task.data.batch_size=2", "task.data.eval_batch_size=2", "task.data.num_workers=0", "task.epochs=1",
-           "trainer=cpu", "+trainer.limit_train_batches=1", "+trainer.num_sanity_val_steps=0",
-           "callbacks.progress_bar.refresh_rate=0", "predictions.num_images=3", f"hydra.run.dir={run_dir}"]
-    p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    p = subprocess.run(_detection_cmd(data, run_dir, "task.epochs=1", "predictions.num_images=3"), cwd=ROOT,
+                       env=_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
+    return data, run_dir, p
+
+
+@pytest.mark.slow
+def test_detection_end_to_end(detection_run):
+    data, run_dir, p = detection_run
     assert "NO pretrained weights" in p.stdout + p.stderr
     r = json.loads((run_dir / "results.json").read_text())
     assert r["task"] == "detection" and r["backbone"] == "RelativeNAS" and r["weights"] is None
@@ -138,3 +150,19 @@ def test_prediction_grid_pads_mixed_sizes():
     assert int(slot_b[:, :10, :10].max()) == 7 and int(slot_b[:, 10:, :].min()) == 255  # white padding
     with pytest.raises(ValueError, match="panel 0: expected a uint8"):
         prediction_grid([torch.zeros(3, 4, 4)])
+
+
+@pytest.mark.slow
+def test_detection_resume(detection_run, tmp_path):
+    data, run_dir, _ = detection_run
+    resumed = tmp_path / "resumed"
+    p = subprocess.run(_detection_cmd(data, resumed, "task.epochs=2", f"resume={run_dir}", "predictions.num_images=0"),
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((resumed / "results.json").read_text())
+    assert r["resumed_from"].endswith("last.ckpt") and r["epochs_run"] == 2 and r["global_step"] == 2
+    # a checkpoint of another class count is refused in one line before training
+    bad = subprocess.run(_detection_cmd(data, tmp_path / "bad", "task.epochs=2", f"resume={run_dir}",
+                                        "task.model.extra_channels=[512,256,256,32]"),
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: resume:")

@@ -9,8 +9,17 @@ from relnas.search.encoding import decode, encode
 
 __version__ = "0.1.0"
 
+
+def build_backbone(name, weights=None, out_indices=None, frozen_bn=False, **kwargs):
+    """Feature-map backbone for detection/segmentation/keypoints; see
+    :func:`relnas.transfer.backbones.build_backbone` (imported lazily: it needs torchvision)."""
+    from relnas.transfer.backbones import build_backbone as _build
+
+    return _build(name, weights=weights, out_indices=out_indices, frozen_bn=frozen_bn, **kwargs)
+
+
 __all__ = [
     "Genotype", "GenotypeError", "get_genotype", "list_genotypes", "register_genotype",
     "NetworkCIFAR", "NetworkImageNet", "build_network", "OPS", "SEARCH_OPS", "decode", "encode",
-    "load_reference_checkpoint", "ArchSpec", "RelnasError", "ConfigError",
+    "load_reference_checkpoint", "ArchSpec", "RelnasError", "ConfigError", "build_backbone",
 ]

@@ -1,18 +1,23 @@
 """Inspect an architecture: ``python -m relnas.inspect genotype=RelativeNAS network=cifar C=36 layers=20``.
 
 Prints a small table and, as the last line, a JSON object with params_m, mult_adds_m, genotype,
-network, C, layers, num_classes and input_size. ``draw=true`` also writes ``normal.png`` and
+network, C, layers, num_classes and input_size.
+
+``python -m relnas.inspect task=detection|segmentation|keypoints backbone=NAME`` instead sizes the
+whole transfer-task network at the paper's input size and class count (last line: params_m,
+flops_m, task, backbone, num_classes, input_size); see :mod:`relnas.transfer.inspect`. ``draw=true`` also writes ``normal.png`` and
 ``reduce.png`` into the Hydra run directory.
 """
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Dict
 
 import hydra
 from omegaconf import DictConfig
 
-from relnas.errors import ConfigError
+from relnas.errors import ConfigError, GenotypeError
 from relnas.nas.arch import ArchSpec
 from relnas.nas.profile import network_summary
 from relnas.utils.task import task
@@ -90,7 +95,24 @@ def inspect(cfg: DictConfig) -> Dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="inspect")
 def main(cfg: DictConfig) -> None:
+    if cfg.get("task") is not None:  # a whole transfer-task network (relnas.transfer.inspect)
+        _main_task(cfg)
+        return
     print(json.dumps(inspect(cfg)), flush=True)
+
+
+def _main_task(cfg: DictConfig) -> None:
+    from relnas.transfer.backbones import BackboneError
+    from relnas.transfer.inspect import inspect_task, print_task_table
+
+    try:
+        info = inspect_task(cfg.task, cfg.get("backbone"), cfg.get("input_size"))
+    except (ConfigError, BackboneError, KeyError, GenotypeError, FileNotFoundError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        sys.exit(f"error: {msg}")
+    print_task_table(info)
+    print(json.dumps({k: info[k] for k in ("params_m", "flops_m", "task", "backbone", "num_classes", "input_size")}
+                     | info["extra"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -38,27 +39,38 @@ class ReLUConvBN(nn.Module):
         return self.op(x)
 
 
-def dilated_depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a depthwise conv with dilation 2 and "same" padding, computed as undilated
-    convs on the four pixel-parity phases of ``x`` (exactly the same sums: a dilation-2 tap only
-    ever reads pixels of the output pixel's own parity). The dilated kernels are a slow path of
-    the CPU backends (several times slower than undilated ones in channels-last); the phase form
-    runs the fast kernels. Stride 2 reads only the even phase."""
-    k = conv.kernel_size[0]
-    pad = (k - 1) // 2
-    C = x.shape[1]
-    if conv.stride[0] == 2:
-        return F.conv2d(x[:, :, ::2, ::2], conv.weight, padding=pad, groups=C)
-    out = torch.empty_like(x)
-    for p in (0, 1):
-        for q in (0, 1):
-            out[:, :, p::2, q::2] = F.conv2d(x[:, :, p::2, q::2], conv.weight, padding=pad, groups=C)
-    return out
-
-
 # Compute dilation-2 depthwise convs by parity phases (same result, faster on CPU). The benchmark's
 # DARTS-style baseline switches it off to run the plain dilated kernels.
 PHASE_DILATED_CONV = True
+
+
+def dil_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int,
+                       phase: bool) -> torch.Tensor:
+    """The depthwise dilated conv of :class:`DilConv`. With ``phase`` (dilation 2, "same" padding)
+    and :data:`PHASE_DILATED_CONV`, CPU tensors take undilated convs on the four pixel-parity phases
+    of ``x`` (exactly the same sums: a dilation-2 tap only ever reads pixels of the output pixel's
+    own parity; stride 2 reads only the even phase), which run the fast CPU kernels (the dilated
+    ones are several times slower in channels-last); other devices take the plain dilated kernel.
+
+    The device test runs inside this function, which ``torch.fx.wrap`` makes a leaf of symbolic
+    tracing: traced graphs (``create_feature_extractor``) keep one call to it and so still choose
+    the path per call, by the device of the actual input.
+    """
+    if phase and PHASE_DILATED_CONV and x.device.type == "cpu":
+        k = weight.shape[-1]
+        pad = (k - 1) // 2
+        C = x.shape[1]
+        if stride == 2:
+            return F.conv2d(x[:, :, ::2, ::2], weight, padding=pad, groups=C)
+        out = torch.empty_like(x)
+        for p in (0, 1):
+            for q in (0, 1):
+                out[:, :, p::2, q::2] = F.conv2d(x[:, :, p::2, q::2], weight, padding=pad, groups=C)
+        return out
+    return F.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation, groups=x.shape[1])
+
+
+torch.fx.wrap("dil_depthwise_conv")
 
 
 class DilConv(nn.Module):
@@ -75,10 +87,9 @@ class DilConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self._phase and PHASE_DILATED_CONV and x.device.type == "cpu"):
-            return self.op(x)
         relu, dw, pw, bn = self.op
-        return bn(pw(dilated_depthwise(dw, relu(x))))
+        return bn(pw(dil_depthwise_conv(relu(x), dw.weight, dw.stride[0], dw.padding[0], dw.dilation[0],
+                                              self._phase)))
 
 
 class SepConv(nn.Module):

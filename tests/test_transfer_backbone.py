@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from relnas.nas.genotypes import get_genotype
-from relnas.nas.networks import build_network
+from relnas.nas.arch import build_network
 from relnas.transfer.backbones import BackboneError, build_backbone
 
 

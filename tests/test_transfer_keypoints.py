@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from relnas.data.errors import DatasetNotFoundError
+from relnas.errors import DatasetNotFoundError
 from relnas.transfer.data.coco_keypoints import (FLIP_PAIRS, KEYPOINT_NAMES, SKELETON, CocoKeypoints,
                                                  CocoKeypointsDataModule, affine_matrix, apply_affine,
                                                  box_to_center_scale, encode_heatmaps, flip_joint_order, warp_image)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from relnas.data.errors import DatasetNotFoundError
+from relnas.errors import DatasetNotFoundError
 from relnas.transfer.data.cityscapes import (CITYSCAPES_CLASSES, CityscapesDataModule, CityscapesSegmentation,
                                              SegmentationEvalTransform, SegmentationTrainTransform, to_train_ids)
 from relnas.transfer.metrics.segmentation import MeanIoU, predict_probabilities

@@ -85,8 +85,14 @@ def _straight_blocked(pos, src, dst) -> bool:
     return False
 
 
-def plot_cell(pairs: Sequence[Pair], concat: Sequence[int], path: Union[str, Path], title: str = "") -> Path:
-    """Draw one cell (``pairs``: two (op, input node) per intermediate node) and save it as ``path``."""
+FORMATS = ("png", "pdf", "svg")
+
+
+def plot_cell(pairs: Sequence[Pair], concat: Sequence[int], path: Union[str, Path], title: str = "",
+              formats: Sequence[str] = ()) -> Path:
+    """Draw one cell (``pairs``: two (op, input node) per intermediate node) and save it as ``path``
+    and, for each of ``formats`` (e.g. ``("pdf", "svg")``, vector formats for papers), beside it
+    with that suffix. Labels are placed so that no two overlap and none covers a node."""
     pairs = [(str(op), int(node)) for op, node in pairs]
     concat = [int(c) for c in concat]
     pos = _layout(pairs, concat)
@@ -159,17 +165,23 @@ def plot_cell(pairs: Sequence[Pair], concat: Sequence[int], path: Union[str, Pat
         ax.set_title(title, fontsize=12)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    fig.savefig(path, dpi=200, bbox_inches="tight")
+    for fmt in formats:
+        if fmt.lstrip(".") != path.suffix.lstrip("."):
+            fig.savefig(path.with_suffix("." + fmt.lstrip(".")), bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def plot_genotype(genotype: Union[str, Genotype], out_dir: Union[str, Path], prefix: str = "") -> List[Path]:
-    """Draw both cells of ``genotype`` to ``<out_dir>/<prefix>normal.png`` and ``<prefix>reduce.png``."""
+def plot_genotype(genotype: Union[str, Genotype], out_dir: Union[str, Path], prefix: str = "",
+                  formats: Sequence[str] = FORMATS) -> List[Path]:
+    """Draw both cells of ``genotype`` to ``<out_dir>/<prefix>normal.png`` and ``<prefix>reduce.png``
+    (and the same names in the other ``formats``: PDF and SVG by default); returns the PNG paths."""
     g = get_genotype(genotype)
     out_dir = Path(out_dir)
     name = genotype if isinstance(genotype, str) else ""
     suffix = f" ({name})" if name and Path(name).suffix == "" else ""
-    normal = plot_cell(g.normal, g.normal_concat, out_dir / f"{prefix}normal.png", f"normal cell{suffix}")
-    reduce = plot_cell(g.reduce, g.reduce_concat, out_dir / f"{prefix}reduce.png", f"reduction cell{suffix}")
+    normal = plot_cell(g.normal, g.normal_concat, out_dir / f"{prefix}normal.png", f"normal cell{suffix}", formats)
+    reduce = plot_cell(g.reduce, g.reduce_concat, out_dir / f"{prefix}reduce.png", f"reduction cell{suffix}",
+                       formats)
     return [normal, reduce]

@@ -18,14 +18,19 @@ def main(cfg: DictConfig) -> float:
 
     from relnas.data import DatasetNotFoundError
     from relnas.nas.genotypes import GenotypeError
+    from relnas.search.guards import SearchFailed
     from relnas.search.run import ConfigError, run_search
     from relnas.search.state import CheckpointError
+    from relnas.utils.console import setup_console
 
+    setup_console()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         result = run_search(cfg, run_dir)
     except (ConfigError, DatasetNotFoundError, CheckpointError, GenotypeError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    except SearchFailed as e:
+        sys.exit(f"error: the search failed: {e}")
     genotype = result["genotype"]
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
         return float(result["val_loss"])  # one process reports (multi-process search)

@@ -172,8 +172,9 @@ class SearchLoop(L.Callback):
         train_loss, val_loss = pl_module.candidate_losses()
         diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
         if diverged:
-            log.warning("generation %d job %d member %d diverged (train %.4g, val %.4g): it loses its pair",
-                        self.generation, p.job.index, p.member, train_loss, val_loss)
+            log.warning("generation %d pair %d: individual %d diverged (train loss %.4g, val loss %.4g) and loses "
+                        "its pair", self.generation + 1, p.job.index + 1, p.job.members[p.member], train_loss,
+                        val_loss)
             val_loss = math.inf
         ws: WeightSet = pl_module.weight_set
         tensors = ws.tensors()
@@ -190,7 +191,7 @@ class SearchLoop(L.Callback):
         if self._bar is not None:
             best = min([r["val_loss"] for r in self._gen_rows] + p.losses)
             self._bar.set_postfix_str(f"gen {self.generation + 1}/{self.strategy.generations} "
-                                      f"job {p.job.index + 1}/{len(self._jobs)} best {best:.4f}")
+                                      f"pair {p.job.index + 1}/{len(self._jobs)} best {best:.4f}")
             self._bar.update(done_now)
         if p.member == len(p.job.members):
             if self.settings.weight_set_update == "per_generation":
@@ -228,7 +229,7 @@ class SearchLoop(L.Callback):
         lr = self.lr_of(self.generation)
         for i, member in enumerate(p.job.members):
             self._gen_rows.append({
-                "generation": self.generation + 1, "individual": member, "pair": p.job.index,
+                "generation": self.generation + 1, "individual": member, "pair": p.job.index + 1,
                 "role": result.roles[i], "val_loss": p.losses[i], "train_loss": p.train_losses[i], "lr": lr,
                 "drop_path_prob": self.drop_of(self.generation),
                 "vector": " ".join(f"{v:.6f}" for v in p.job.vectors[i]), "genotype": str(p.genotypes[i]),
@@ -305,8 +306,7 @@ class SearchLoop(L.Callback):
                f"mean {summary['mean_loss']:.4f} diversity {summary['diversity']:.3f} lr {summary['lr']:.4g} "
                f"({summary['time_s']:.1f}s)")
         if trainer.is_global_zero and self.dist.is_main:
-            (self._bar.write if self._bar is not None else print)(msg)
-            log.info(msg)
+            log.info(msg)  # through the console handler: above the progress bar
         if self.on_generation_end_fn is not None:
             self.on_generation_end_fn(self, trainer)
         if self.done:

@@ -20,12 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from relnas.models.search_module import SearchModule
 from relnas.search import distributed as search_dist
-from relnas.search import encoding
+from relnas.search import encoding, guards
 from relnas.search.callback import SearchLoop, SearchSettings
-from relnas.search.outputs import HISTORY_FIELDS, plot_generation_stats, plot_trajectories, write_csv, write_population
+from relnas.search.outputs import (HISTORY_FIELDS, mark_diverged, markdown_table, plot_generation_stats,
+                                   plot_trajectories, write_csv, write_population)
 from relnas.search.state import load_state, save_state
 from relnas.search.strategies import STRATEGIES, create_strategy
 from relnas.search.weight_set import WeightSet
+from relnas.utils.console import ignore_library_warnings
+from relnas.utils.loggers import run_identity
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,10 @@ def check_config(cfg: DictConfig) -> None:
     if precision.startswith("16"):
         raise ConfigError(f"trainer.precision={precision} is not supported by the search (per-candidate optimizers "
                           f"bypass the fp16 grad scaler); use 32-true or bf16-mixed")
+    try:
+        guards.validate_search_numbers(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def semantic_config(cfg: DictConfig) -> Dict[str, Any]:
@@ -125,14 +132,14 @@ def _log_generation(loop: SearchLoop, trainer: L.Trainer) -> None:
         if hasattr(lg, "log_text") and type(lg).__name__ == "WandbLogger":
             lg.log_text(key="search/genotypes", columns=columns, data=table)
         elif type(lg).__name__ == "TensorBoardLogger":
-            md = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n" + \
-                 "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in table)
+            md = markdown_table(columns, table)
             lg.experiment.add_text("search/genotypes", md, global_step=g)
         lg.save()
 
 
-def _write_outputs(loop: SearchLoop, run_dir: Path, final: bool, plots: bool) -> Dict[str, Any]:
-    write_csv(run_dir / "history.csv", loop.history, HISTORY_FIELDS)
+def _write_outputs(loop: SearchLoop, run_dir: Path, final: bool, plots: bool,
+                   extra: Optional[Dict[str, Any]] = None, failed: Optional[str] = None) -> Dict[str, Any]:
+    write_csv(run_dir / "history.csv", mark_diverged(loop.history), HISTORY_FIELDS)
     write_csv(run_dir / "generations.csv", loop.generation_summaries,
               ["generation", "best_loss", "mean_loss", "diversity", "lr", "drop_path_prob", "diverged", "time_s"])
     strat = loop.strategy
@@ -140,6 +147,15 @@ def _write_outputs(loop: SearchLoop, run_dir: Path, final: bool, plots: bool) ->
     losses = {int(r["individual"]): float(r["val_loss"]) for r in loop.history}
     write_population(run_dir / "population.json", strat.population(), losses)
     out: Dict[str, Any] = {}
+    if failed is not None:  # no genotype.json: a failed search must not feed a training
+        (run_dir / "genotype.json").unlink(missing_ok=True)
+        (run_dir / "result.json").write_text(json.dumps({
+            "status": "failed", "reason": failed, "strategy": strat.name, "generations": strat.generations,
+            "estimations": len(loop.history), **(extra or {})}, indent=2) + "\n")
+        if plots:
+            plot_trajectories(run_dir / "val_loss_trajectories.png", loop.history)
+            plot_generation_stats(run_dir / "diversity.png", loop.generation_summaries)
+        return out
     if final:
         best_id, best_vec, best_loss = strat.best()
         genotype = encoding.decode(best_vec)
@@ -149,6 +165,7 @@ def _write_outputs(loop: SearchLoop, run_dir: Path, final: bool, plots: bool) ->
             "genotype": genotype.to_dict(), "genotype_str": str(genotype), "individual": best_id,
             "val_loss": best_loss if math.isfinite(best_loss) else None, "vector": [float(v) for v in best_vec],
             "strategy": strat.name, "generations": strat.generations, "estimations": len(loop.history),
+            "status": "ok", **(extra or {}),
         }, indent=2) + "\n")
         if plots:
             from relnas.nas.draw import plot_genotype
@@ -201,6 +218,18 @@ def _trainer_devices(cfg: DictConfig, dist: search_dist.DistContext) -> Dict[str
     return {"devices": 1, "num_nodes": 1}
 
 
+def _check_health(loop: SearchLoop, s: DictConfig, run_dir: Path, dist: search_dist.DistContext, plots: bool,
+                  extra: Dict[str, Any]) -> None:
+    """Fail (after writing the history, marked, and a result.json that says why) when the search's
+    candidates diverged; see :func:`relnas.search.guards.check_health`."""
+    try:
+        guards.check_health(loop.history, float(s.get("max_diverged_share", 0.5)), float(s.lr))
+    except guards.SearchFailed as e:
+        if dist.is_main:
+            _write_outputs(loop, run_dir, final=True, plots=plots, extra=extra, failed=str(e))
+        raise
+
+
 def _result(loop: SearchLoop) -> Dict[str, Any]:
     best_id, best_vec, best_loss = loop.strategy.best()
     return {"genotype": encoding.decode(best_vec), "individual": best_id, "val_loss": best_loss, "vector": best_vec}
@@ -212,11 +241,12 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     if cfg.get("resume"):
         run_dir = Path(cfg.resume)
         resume_state, path = load_state(run_dir)
-        changed = diff_configs(resume_state["config"], semantic_config(cfg))
+        changed, extension = guards.resume_blockers(resume_state["config"], semantic_config(cfg), str(s.strategy))
         if changed:
             raise ConfigError("resume: the configuration differs from the one the search started with in: "
                               + "; ".join(changed))
-        log.info("resuming %s from %s (after generation %d)", run_dir, path.name, resume_state["generation"])
+        log.info("resuming %s from %s (after generation %d)%s", run_dir, path.name, resume_state["generation"],
+                 f"; extending the search: {', '.join(extension)}" if extension else "")
     run_dir = Path(run_dir) if run_dir is not None else Path.cwd()
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,11 +255,13 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     if s.get("subset") is not None:  # search on a random subset of the training set
         data_kwargs["subset"] = int(s.subset)
     datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
+    datamodule.setup("fit")  # loads the data once here (the source is logged, sizes are checked)
+    extra = {"data_source": getattr(datamodule, "source", None), "run": run_identity(cfg).as_dict()}
     torch.manual_seed(int(cfg.seed))
     weight_set = WeightSet(C=int(cfg.supernet.C), num_classes=datamodule.num_classes, layers=int(cfg.supernet.layers),
                            in_channels=datamodule.in_channels, num_nodes=encoding.NUM_NODES)
-    extra = s.get(s.strategy)  # strategy-specific settings, e.g. search.evolution.sample_size
-    strategy_kwargs = OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else {}
+    own = s.get(s.strategy)  # strategy-specific settings, e.g. search.evolution.sample_size
+    strategy_kwargs = OmegaConf.to_container(own, resolve=True) if isinstance(own, DictConfig) else {}
     strategy = create_strategy(s.strategy, population_size=int(s.population_size), generations=int(s.generations),
                                budget=s.budget, **strategy_kwargs)
     rng = np.random.default_rng(int(cfg.seed))
@@ -256,7 +288,7 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
             _log_generation(loop, trainer)
             state = loop.state_dict()
             state.update({"weight_set": {k: v.detach().cpu() for k, v in weight_set.state_dict().items()},
-                          "config": semantic, "pair": 0, "strategy_name": strategy.name,
+                          "config": semantic, "pair": 0, "strategy_name": strategy.name, "logger_ids": ids,
                           "torch_rng": torch.get_rng_state(), "saved_at": time.time()})
             save_state(run_dir, state)
             _write_outputs(loop, run_dir, final=False, plots=False)
@@ -265,14 +297,24 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
                       on_generation_end=on_generation_end, progress=bool(s.get("progress", True)), dist=dist)
     loop.generation_summaries = summaries
     if loop.done:
-        log.info("the search in %s is already complete", run_dir)
-        return _write_outputs(loop, run_dir, final=True, plots=plots) if dist.is_main else _result(loop)
+        log.info("the search in %s is already complete (extend it with a larger search.generations)", run_dir)
+        _check_health(loop, s, run_dir, dist, plots, extra)
+        out = _write_outputs(loop, run_dir, final=True, plots=plots, extra=extra) if dist.is_main else _result(loop)
+        out["run_dir"] = run_dir
+        return out
 
     from relnas.utils import instantiate_loggers
+    from relnas.utils.loggers import close_loggers, configure_logger_cfg, logger_ids
 
-    loggers = instantiate_loggers(cfg.get("logger")) if dist.is_main else []
+    # a resumed search continues its W&B run (id from the checkpoint) and its log folders
+    logger_cfg = configure_logger_cfg(cfg.get("logger"), run_identity(cfg),
+                                      resume_ids=(resume_state or {}).get("logger_ids"),
+                                      save_dir=str(run_dir) if resume_state is not None else None)
+    loggers = instantiate_loggers(logger_cfg) if dist.is_main else []
+    ids = logger_ids(loggers)
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": extra["run"],
+                            "data_source": extra["data_source"]})
     module = SearchModule(weight_set, momentum=float(s.momentum), weight_decay=float(s.weight_decay),
                           grad_clip=float(s.grad_clip), channels_last=bool(s.channels_last),
                           cuda_graphs=bool(s.get("cuda_graphs", False)), graph_warmup=int(s.get("graph_warmup", 1)))
@@ -282,12 +324,13 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False, check_val_every_n_epoch=1,
         default_root_dir=str(run_dir), _convert_="partial")
     start = time.time()
-    with warnings.catch_warnings():
-        # expected in this design: optimizers are per candidate; the search logs per generation
-        warnings.filterwarnings("ignore", message=".*configure_optimizers.*")
-        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        trainer.fit(module, datamodule=datamodule)
+    try:
+        with warnings.catch_warnings():
+            ignore_library_warnings()  # expected here: per-candidate optimizers, per-generation logging
+            trainer.fit(module, datamodule=datamodule)
+    except BaseException:
+        close_loggers(loggers, "failed")
+        raise
     if not loop.done:
         raise RuntimeError(f"the search stopped after generation {loop.generation} of {strategy.generations}; "
                            f"continue with resume={run_dir}")
@@ -295,11 +338,16 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         result = _result(loop)
         result.update(time_s=time.time() - start, run_dir=run_dir)
         return result
-    result = _write_outputs(loop, run_dir, final=True, plots=plots)
+    extra["time_s"] = round(time.time() - start, 2)
+    try:
+        _check_health(loop, s, run_dir, dist, plots, extra)
+    except guards.SearchFailed:
+        close_loggers(loggers, "failed")
+        raise
+    result = _write_outputs(loop, run_dir, final=True, plots=plots, extra=extra)
     if trainer.is_global_zero:
         _wandb_line_series(trainer, loop.history)
-        for lg in loggers:
-            lg.finalize("success")
+    close_loggers(loggers, "success")
     result["time_s"] = time.time() - start
     result["run_dir"] = run_dir
     return result

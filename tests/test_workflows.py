@@ -67,3 +67,134 @@ def test_multirun_gives_one_wandb_run_per_job_and_a_sweep_summary(tmp_path):
         assert float(row["val_loss"]) == pytest.approx(res["val_loss"])
         assert float(row["wall_time_s"]) == pytest.approx(res["time_s"])
     assert (sweep / "sweep_summary.png").stat().st_size > 5000
+
+
+# ---------------------------------------------------------------------- resume as one run
+
+def test_resume_continues_the_wandb_run_and_the_log_folders(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from relnas.search.callback import SimulatedInterrupt
+    from relnas.search.run import run_search
+    from wandb_offline import summary
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir, later = tmp_path / "run", tmp_path / "later"  # `later`: the new Hydra folder of the resume
+    over = ["logger=[csv,wandb]", "search.generations=2", "search.population_size=2", "data.num_train=48"]
+    with pytest.raises(SimulatedInterrupt):
+        run_search(tiny_search_cfg(run_dir, over + ["search.interrupt_after=3"]), run_dir)  # in generation 2
+    run_search(tiny_search_cfg(later, over + [f"resume={run_dir}"]))
+    files = sorted(run_dir.glob("wandb/offline-run-*/*.wandb"))
+    assert len(files) == 2 and not (later / "wandb").exists() and not (later / "csv").exists()
+    first, second = summary(files[0]), summary(files[1])
+    assert first["id"] == second["id"]  # the same W&B run, continued
+    gens = lambda run: [h["search/generation"] for h in run["history"] if "search/generation" in h]  # noqa: E731
+    assert gens(first) == [1] and gens(second) == [2]
+    metrics = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))  # one CSV file, both parts
+    assert [int(float(m["search/generation"])) for m in metrics if m.get("search/generation")] == [1, 2]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "ok" and result["data_source"].startswith("generated in memory (synthetic")
+
+
+def test_a_finished_search_can_be_extended(tmp_path):
+    from relnas.search.run import run_search
+    from relnas.search.state import load_state
+
+    over = ["search.population_size=2", "data.num_train=48"]
+    run_search(tiny_search_cfg(tmp_path, over + ["search.generations=1"]), tmp_path)
+    one = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert {r["generation"] for r in one} == {"1"}
+    again = run_search(tiny_search_cfg(tmp_path / "x", over + ["search.generations=1", f"resume={tmp_path}"]))
+    assert Path(again["run_dir"]) == tmp_path  # a finished search names its own folder
+    run_search(tiny_search_cfg(tmp_path / "y", over + ["search.generations=2", f"resume={tmp_path}"]))
+    two = list(csv.DictReader(open(tmp_path / "history.csv")))
+    assert two[:len(one)] == one  # generation 1 as it was
+    assert [r["generation"] for r in two[len(one):]] == ["2", "2"]
+    assert load_state(tmp_path)[0]["generation"] == 2
+    assert json.loads((tmp_path / "result.json").read_text())["generations"] == 2
+
+
+def test_fallback_keeps_the_good_previous_checkpoint(tmp_path):
+    from relnas.search.state import PREV_FILE, STATE_FILE, load_state, save_state
+
+    def state(g):
+        return {"generation": g, "weight_set": {}}
+
+    save_state(tmp_path, state(1))
+    save_state(tmp_path, state(2))
+    (tmp_path / STATE_FILE).write_bytes((tmp_path / STATE_FILE).read_bytes()[:40])  # truncated newest
+    loaded, path = load_state(tmp_path)
+    assert path.name == PREV_FILE and loaded["generation"] == 1
+    save_state(tmp_path, state(2))  # the resumed search saves again
+    assert load_state(tmp_path)[0]["generation"] == 2
+    (tmp_path / STATE_FILE).write_bytes(b"garbage")
+    assert load_state(tmp_path)[0]["generation"] == 1  # the good one was kept, not the corrupt one
+
+
+# ---------------------------------------------------------------------- failures that fail
+
+@pytest.mark.parametrize("override,message", [
+    ("supernet.C=0", "supernet.C must be a positive integer, got 0"),
+    ("supernet.layers=-2", "supernet.layers"),
+    ("search.lr=-1", "search.lr must be a number in (0, inf)"),
+    ("search.lr_min=0.5", "search.lr_min"),
+    ("search.weight_decay=-0.1", "search.weight_decay"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("search.subset=1", "search.subset"),
+    ("search.max_diverged_share=2", "search.max_diverged_share"),
+])
+def test_bad_numbers_fail_before_work(tmp_path, override, message):
+    from relnas.search.run import ConfigError, run_search
+
+    with pytest.raises(ConfigError) as e:
+        run_search(tiny_search_cfg(tmp_path, [override]), tmp_path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not any(tmp_path.iterdir())  # nothing written: no work started
+
+
+def test_a_diverged_search_exits_non_zero_with_one_line(tmp_path):
+    r = _cli("relnas.search", [*MICRO, "search.lr=1e6", "search.plots=true", f"hydra.run.dir={tmp_path}/r"], tmp_path)
+    assert r.returncode != 0
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "diverged" in err[0] and "search.lr" in err[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "found genotype" not in r.stdout
+    run = tmp_path / "r"
+    assert not (run / "genotype.json").exists()  # nothing a training could pick up
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "failed" and "diverged" in result["reason"]
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert rows and all(r["diverged"] == "True" for r in rows)
+    assert all(p["diverged"] for p in json.loads((run / "population.json").read_text()))
+
+
+def test_health_rule():
+    from relnas.search.guards import SearchFailed, check_health
+
+    inf = float("inf")
+    rows = lambda *gl: [{"generation": g, "val_loss": v} for g, v in gl]  # noqa: E731
+    check_health(rows((1, inf), (1, 2.0), (2, 1.0), (2, 1.5)), 0.5, 0.1)  # 1 of 4 diverged
+    with pytest.raises(SearchFailed, match="last generation"):
+        check_health(rows((1, 1.0), (1, 2.0), (2, inf), (2, inf)), 0.9, 0.1)  # none finite at the end
+    with pytest.raises(SearchFailed, match="3 of 4"):
+        check_health(rows((1, inf), (1, inf), (2, inf), (2, 1.0)), 0.5, 0.1)  # 75% > 50%
+
+
+def test_subset_larger_than_the_data_is_logged(caplog):
+    from relnas.data import SyntheticDataModule
+
+    with caplog.at_level("WARNING", logger="relnas.data.base"):
+        dm = SyntheticDataModule(num_train=20, num_test=4, image_size=8, subset=50)
+        dm.setup()
+    assert len(dm.train_data[0]) == 20
+    assert "subset=50 is not smaller than the training set (20 images)" in caplog.text
+
+
+def test_fashion_mnist_source_names_the_system_copy(tmp_path, caplog):
+    from relnas.data.datasets import FASHION_MNIST_SYSTEM_DIRS, FashionMNISTDataModule
+
+    if not Path(FASHION_MNIST_SYSTEM_DIRS[0]).is_dir():
+        pytest.skip("no system copy of Fashion-MNIST")
+    with caplog.at_level("INFO", logger="relnas.data.base"):
+        dm = FashionMNISTDataModule(data_dir=str(tmp_path / "empty"), subset=100)
+        dm.setup()
+    assert dm.source == f"{FASHION_MNIST_SYSTEM_DIRS[0]} (the system copy)"
+    assert f"from {dm.source}" in caplog.text

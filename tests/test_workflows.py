@@ -198,3 +198,44 @@ def test_fashion_mnist_source_names_the_system_copy(tmp_path, caplog):
         dm.setup()
     assert dm.source == f"{FASHION_MNIST_SYSTEM_DIRS[0]} (the system copy)"
     assert f"from {dm.source}" in caplog.text
+
+
+# ---------------------------------------------------------------------- genotypes by name, figures
+
+def test_a_genotype_by_name_from_the_genotypes_folder_on_the_command_line(tmp_path):
+    import relnas
+
+    (tmp_path / "genotypes").mkdir()
+    relnas.get_genotype("DARTS_V1").save(tmp_path / "genotypes" / "my_cell.json")
+    r = _cli("relnas.inspect", ["genotype=my_cell", "C=8", "layers=5", f"hydra.run.dir={tmp_path}/r"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert relnas.Genotype.from_dict(info["genotype"]) == relnas.get_genotype("DARTS_V1")
+    # and registering is an in-process matter: a new process does not know the name
+    relnas.register_genotype("only_here", relnas.get_genotype("DARTS_V2"))
+    assert relnas.get_genotype("only_here") == relnas.get_genotype("DARTS_V2")
+    r = _cli("relnas.inspect", ["genotype=only_here", f"hydra.run.dir={tmp_path}/r2"], tmp_path)
+    assert r.returncode != 0 and "genotypes/only_here.json" in r.stderr
+
+
+def test_cell_diagrams_in_vector_formats(tmp_path):
+    from relnas.nas.draw import plot_genotype
+
+    paths = plot_genotype("RelativeNAS", tmp_path)
+    assert [p.name for p in paths] == ["normal.png", "reduce.png"]
+    for cell in ("normal", "reduce"):
+        assert (tmp_path / f"{cell}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert b"<svg" in (tmp_path / f"{cell}.svg").read_bytes()[:2000]
+
+
+def test_trajectory_ranks_and_markdown_escape():
+    from relnas.search.outputs import final_ranks, markdown_table
+
+    inf = float("inf")
+    hist = [{"generation": 1, "individual": 0, "val_loss": 1.0}, {"generation": 1, "individual": 1, "val_loss": 2.0},
+            {"generation": 2, "individual": 0, "val_loss": 3.0}, {"generation": 2, "individual": 1, "val_loss": 0.5},
+            {"generation": 2, "individual": 2, "val_loss": inf}]
+    assert final_ranks(hist) == {1: 0, 0: 1, 2: 2}  # by the latest loss; diverged last
+    table = markdown_table(["g", "genotype"], [[1, "a(0) | b(1)"]]).splitlines()
+    assert table[2] == "| 1 | a(0) \\| b(1) |"
+    assert all(line.replace("\\|", "").count("|") == 3 for line in table)  # every row keeps 2 columns

@@ -231,7 +231,7 @@ class TensorDataModule(L.LightningDataModule):
         x_tr, y_tr, x_te, y_te = self._load()
         if self.source is None:
             self.source = f"{self.name} ({self.data_dir})"
-        log.info("data: %s from %s (%d training, %d test images)", self.name, self.source, len(x_tr), len(x_te))
+        n_all = len(x_tr)
         x_tr, x_te = x_tr.contiguous(), x_te.contiguous()
         y_tr, y_te = y_tr.to(torch.int64), y_te.to(torch.int64)
         if self.subset is not None and self.subset >= len(x_tr):
@@ -241,6 +241,8 @@ class TensorDataModule(L.LightningDataModule):
             keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(self.split_seed + 7777))
             keep = keep[: self.subset].sort().values
             x_tr, y_tr = x_tr[keep], y_tr[keep]
+        log.info("data: %s from %s (%s training, %d test images)", self.name, self.source,
+                 f"a random {len(x_tr)} of {n_all}" if len(x_tr) < n_all else str(n_all), len(x_te))
         n = len(x_tr)
         g = torch.Generator().manual_seed(self.split_seed)
         if self.train_portion is not None:

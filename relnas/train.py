@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -319,10 +318,13 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     from relnas.utils.console import setup_console
 
     setup_console()
+    from relnas.utils.sweep import fail_job
+
     try:
         return train(cfg)
     except (ConfigError, DatasetNotFoundError, GenotypeError) as e:
-        sys.exit(f"error: {e}")
+        fail_job(f"error: {e}")  # exits, except in a multirun (the sweep exits 1 at its end)
+        return {}
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

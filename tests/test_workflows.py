@@ -239,3 +239,17 @@ def test_trajectory_ranks_and_markdown_escape():
     table = markdown_table(["g", "genotype"], [[1, "a(0) | b(1)"]]).splitlines()
     assert table[2] == "| 1 | a(0) \\| b(1) |"
     assert all(line.replace("\\|", "").count("|") == 3 for line in table)  # every row keeps 2 columns
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_sweep_but_fails_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *[a for a in MICRO if not a.startswith("supernet.C")], "supernet.C=0,4", f"hydra.sweep.dir={sweep}"]
+    r = _cli("relnas.search", args, tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: supernet.C must be a positive integer, got 0",
+                      "error: 1 of 2 jobs failed or left no result (jobs 0; see sweep_summary.csv)"], r.stderr[-2000:]
+    rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
+    assert [(row["supernet.C"], row["status"]) for row in rows] == [("0", "missing"), ("4", "ok")]
+    assert (sweep / "1" / "genotype.json").is_file()  # the job after the failed one ran

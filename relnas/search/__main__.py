@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -22,15 +21,18 @@ def main(cfg: DictConfig) -> float:
     from relnas.search.run import ConfigError, run_search
     from relnas.search.state import CheckpointError
     from relnas.utils.console import setup_console
+    from relnas.utils.sweep import fail_job
 
     setup_console()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         result = run_search(cfg, run_dir)
     except (ConfigError, DatasetNotFoundError, CheckpointError, GenotypeError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        fail_job(f"error: {e}")  # exits, except in a multirun (the sweep exits 1 at its end)
+        return float("nan")
     except SearchFailed as e:
-        sys.exit(f"error: the search failed: {e}")
+        fail_job(f"error: the search failed: {e}")
+        return float("nan")
     genotype = result["genotype"]
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
         return float(result["val_loss"])  # one process reports (multi-process search)

@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -137,8 +138,28 @@ def plot_summary(path: Path, rows: List[Dict[str, Any]], swept: Sequence[str], m
     return Path(path)
 
 
+def in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def fail_job(message: str) -> None:
+    """End the current run with ``message`` (one line). A single run exits with status 1 here; a
+    job of a multirun prints the line and returns, so that the other jobs still run, and the
+    sweep exits with status 1 after its summary (:class:`SweepCallback`)."""
+    if not in_multirun():
+        sys.exit(message)
+    print(message, file=sys.stderr, flush=True)
+
+
 class SweepCallback(Callback):
-    """Hydra callback: finish a job's W&B run at the job's end; summarise a multirun at its end."""
+    """Hydra callback: finish a job's W&B run at the job's end; summarise a multirun at its end
+    (and exit with status 1 when a job failed or left no result)."""
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from relnas.utils.loggers import finish_wandb
@@ -150,6 +171,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from relnas.utils.loggers import sweep_keys
 
+        rows: List[Dict[str, Any]] = []
         try:
             sweep_dir = Path(str(config.hydra.sweep.dir))
             if not sweep_dir.is_dir():
@@ -160,3 +182,7 @@ class SweepCallback(Callback):
             print(f"sweep summary: {paths[0]}" + (f" and {paths[1].name}" if len(paths) > 1 else ""), flush=True)
         except Exception as e:  # noqa: BLE001 - a summary must not turn a finished sweep into a failure
             log.warning("could not write the sweep summary: %s", e)
+        bad = [r for r in rows if r.get("status") != "ok"]
+        if bad:
+            sys.exit(f"error: {len(bad)} of {len(rows)} jobs failed or left no result (jobs "
+                     f"{', '.join(str(r['job']) for r in bad)}; see {SUMMARY_CSV})")

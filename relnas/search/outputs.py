@@ -66,11 +66,15 @@ def final_ranks(history: Sequence[Dict[str, Any]]) -> Dict[int, int]:
     return {ind: k for k, ind in enumerate(order)}
 
 
+_BEST_COLORS = ("#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#8c564b")
+
+
 def plot_trajectories(path: Path, history: List[Dict[str, Any]], title: str = "validation loss per individual",
                       best: int = 3) -> Path:
-    """Each individual's validation loss per generation, coloured by its final rank (dark = best),
-    fast learners as filled circles and slow learners as open ones, diverged estimations as red
-    crosses at the top; the ``best`` individuals are named in the legend. Integer generation ticks."""
+    """Each individual's validation loss per generation, coloured by its final rank (the best
+    ``best`` in distinct colours, named in the legend; the rest on a viridis scale, dark = better),
+    fast learners as filled circles and slow learners as open ones, diverged estimations as black
+    crosses at the top. Integer generation ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,8 +96,8 @@ def plot_trajectories(path: Path, history: List[Dict[str, Any]], title: str = "v
     for ind in sorted(by_ind, key=lambda i: -ranks[i]):  # best drawn last (on top)
         pts = sorted(by_ind[ind])
         k = ranks[ind]
-        color = cmap(0.85 * k / max(n - 1, 1))
         emph = k < best
+        color = _BEST_COLORS[k % len(_BEST_COLORS)] if emph else cmap(0.15 + 0.8 * k / max(n - 1, 1))
         ok = [(g, v, role) for g, v, role in pts if math.isfinite(v)]
         if ok:
             ax.plot([p[0] for p in ok], [p[1] for p in ok], "-", lw=1.8 if emph else 0.8, color=color,
@@ -108,7 +112,7 @@ def plot_trajectories(path: Path, history: List[Dict[str, Any]], title: str = "v
                 ax.plot([p[0] for p in other], [p[1] for p in other], "s", ms=3, color=color, ls="none")
         bad = [g for g, v, _ in pts if not math.isfinite(v)]
         if bad:
-            ax.plot(bad, [top] * len(bad), "x", color="tab:red", ms=6, mew=1.5, zorder=5)
+            ax.plot(bad, [top] * len(bad), "x", color="black", ms=6, mew=1.5, zorder=5)
         if emph:
             final = [v for _, v, _ in pts][-1]
             label = f"#{k + 1}: individual {ind}" + (f" ({final:.3f})" if math.isfinite(final) else " (diverged)")
@@ -119,13 +123,13 @@ def plot_trajectories(path: Path, history: List[Dict[str, Any]], title: str = "v
         handles += [Line2D([], [], color="gray", marker="o", ls="none", label="fast learner"),
                     Line2D([], [], color="gray", marker="o", mfc="white", ls="none", label="slow learner")]
     if any(not math.isfinite(float(r["val_loss"])) for r in history):
-        handles.append(Line2D([], [], color="tab:red", marker="x", ls="none", label="diverged"))
+        handles.append(Line2D([], [], color="black", marker="x", ls="none", label="diverged (drawn at the top)"))
     if handles:
         ax.legend(handles=handles, fontsize=8, loc="upper right", framealpha=0.9)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("generation")
     ax.set_ylabel("validation loss (one epoch, weight set)")
-    ax.set_title(title + " (colour: final rank, dark = best)", fontsize=10)
+    ax.set_title(title + f" (best {min(best, n)} by final loss named; others: colour by final rank)", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=150)

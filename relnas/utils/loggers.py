@@ -71,6 +71,14 @@ def _data_name(cfg: DictConfig, choices: Mapping[str, Any]) -> Optional[str]:
 
 def run_identity(cfg: DictConfig) -> RunIdentity:
     """Name, group and tags of this run, derived from the Hydra job (see the module doc)."""
+    try:
+        return _run_identity(cfg)
+    except Exception as e:  # noqa: BLE001 - naming must never fail a run
+        log.debug("no run identity from Hydra: %s", e)
+        return RunIdentity(name=str(cfg.get("task_name") or "run"))
+
+
+def _run_identity(cfg: DictConfig) -> RunIdentity:
     task = str(cfg.get("task_name") or "run")
     tags = [task]
     strategy = OmegaConf.select(cfg, "search.strategy")
@@ -84,13 +92,13 @@ def run_identity(cfg: DictConfig) -> RunIdentity:
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
-    except (ImportError, ValueError):  # not inside a Hydra job (e.g. a test calling run_search)
+        out = Path(hc.runtime.output_dir)
+    except Exception:  # noqa: BLE001 - not inside a Hydra job (e.g. a test calling run_search)
         data = _data_name(cfg, {})
         return RunIdentity(name=task, tags=tags + ([f"data:{data}"] if data else []))
     data = _data_name(cfg, hc.runtime.choices)
     if data:
         tags.append(f"data:{data}")
-    out = Path(hc.runtime.output_dir)
     if hc.mode != RunMode.MULTIRUN:
         return RunIdentity(name=f"{task}-{out.name}", tags=tags)
     sweep_dir = Path(hc.sweep.dir)

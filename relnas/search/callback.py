@@ -306,7 +306,10 @@ class SearchLoop(L.Callback):
                f"mean {summary['mean_loss']:.4f} diversity {summary['diversity']:.3f} lr {summary['lr']:.4g} "
                f"({summary['time_s']:.1f}s)")
         if trainer.is_global_zero and self.dist.is_main:
-            log.info(msg)  # through the console handler: above the progress bar
+            if log.hasHandlers():
+                log.info(msg)  # the entry points' console handler writes it above the progress bar
+            else:  # called from Python without logging set up
+                (self._bar.write if self._bar is not None else print)(msg)
         if self.on_generation_end_fn is not None:
             self.on_generation_end_fn(self, trainer)
         if self.done:

@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float:
     from relnas.utils.console import setup_console
     from relnas.utils.sweep import fail_job
 
-    setup_console()
+    setup_console(drop_messages=("`Trainer.fit` stopped",))  # the search's epochs are candidates, not a budget
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         result = run_search(cfg, run_dir)

@@ -82,11 +82,12 @@ def _is_console(h: logging.Handler) -> bool:
     return type(h) is logging.StreamHandler and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
 
 
-def setup_console() -> None:
-    """Make the console quiet and consistent (see the module doc). Idempotent."""
+def setup_console(drop_messages: Iterable[str] = ()) -> None:
+    """Make the console quiet and consistent (see the module doc); ``drop_messages``: more message
+    substrings to drop for this app. Idempotent."""
     ignore_library_warnings()
     root = logging.getLogger()
-    drop = DropMessages()
+    drop = DropMessages(tuple(DROPPED_MESSAGES) + tuple(drop_messages))
     for name in ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning"):
         lg = logging.getLogger(name)
         for h in list(lg.handlers):

@@ -253,3 +253,44 @@ def test_a_failing_job_does_not_stop_the_sweep_but_fails_it(tmp_path):
     rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
     assert [(row["supernet.C"], row["status"]) for row in rows] == [("0", "missing"), ("4", "ok")]
     assert (sweep / "1" / "genotype.json").is_file()  # the job after the failed one ran
+
+
+# ---------------------------------------------------------------------- console
+
+def test_console_each_line_once_without_adverts_and_above_the_bar(capsys):
+    import logging
+
+    from tqdm import tqdm
+
+    from relnas.utils.console import TqdmHandler, setup_console
+
+    root, light = logging.getLogger(), logging.getLogger("lightning.pytorch")
+    saved = (list(root.handlers), root.level, list(light.handlers), light.propagate, list(light.filters))
+    try:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        root.addHandler(logging.StreamHandler(sys.stdout))  # what Hydra installs
+        root.setLevel(logging.INFO)
+        light.addHandler(logging.StreamHandler(sys.stdout))  # what Lightning adds when imported first
+        light.propagate = True
+        setup_console()
+        assert [type(h) for h in root.handlers] == [TqdmHandler] and not light.handlers
+        rz = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        rz.info("GPU available: True (cuda), used: True")
+        rz.info("💡 Tip: For seamless cloud logging ... try installing [litlogger](https://pypi.org/project/litlogger/)")
+        with tqdm(total=3, file=sys.stdout, ascii=True) as bar:
+            logging.getLogger("relnas.search.callback").info("generation 1/2: best 2.3")
+            bar.update(1)
+        out = capsys.readouterr().out
+        assert out.count("GPU available: True (cuda), used: True") == 1
+        assert "litlogger" not in out
+        assert "\ngeneration 1/2: best 2.3\n" in out.replace("\r", "\n")  # on its own line, not glued to the bar
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        light.handlers[:] = saved[2]
+        light.propagate = saved[3]
+        light.filters[:] = saved[4]

@@ -65,7 +65,9 @@ def test_multirun_gives_one_wandb_run_per_job_and_a_sweep_summary(tmp_path):
     for row, job in zip(rows, ("0", "1")):
         res = json.loads((sweep / job / "result.json").read_text())
         assert float(row["val_loss"]) == pytest.approx(res["val_loss"])
-        assert float(row["wall_time_s"]) == pytest.approx(res["time_s"])
+        run = json.loads((sweep / job / "run.json").read_text())
+        assert float(row["wall_time_s"]) == pytest.approx(run["time_s"])
+        assert run["run"]["name"] == f"search.lr={row['search.lr']}" and run["run"]["group"] == "search:sweep"
     assert (sweep / "sweep_summary.png").stat().st_size > 5000
 
 

@@ -256,7 +256,8 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         data_kwargs["subset"] = int(s.subset)
     datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
     datamodule.setup("fit")  # loads the data once here (the source is logged, sizes are checked)
-    extra = {"data_source": getattr(datamodule, "source", None), "run": run_identity(cfg).as_dict()}
+    extra = {"data_source": getattr(datamodule, "source", None)}  # result.json stays deterministic
+    identity = run_identity(cfg)
     torch.manual_seed(int(cfg.seed))
     weight_set = WeightSet(C=int(cfg.supernet.C), num_classes=datamodule.num_classes, layers=int(cfg.supernet.layers),
                            in_channels=datamodule.in_channels, num_nodes=encoding.NUM_NODES)
@@ -307,13 +308,13 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     from relnas.utils.loggers import close_loggers, configure_logger_cfg, logger_ids
 
     # a resumed search continues its W&B run (id from the checkpoint) and its log folders
-    logger_cfg = configure_logger_cfg(cfg.get("logger"), run_identity(cfg),
+    logger_cfg = configure_logger_cfg(cfg.get("logger"), identity,
                                       resume_ids=(resume_state or {}).get("logger_ids"),
                                       save_dir=str(run_dir) if resume_state is not None else None)
     loggers = instantiate_loggers(logger_cfg) if dist.is_main else []
     ids = logger_ids(loggers)
     for lg in loggers:
-        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": extra["run"],
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": identity.as_dict(),
                             "data_source": extra["data_source"]})
     module = SearchModule(weight_set, momentum=float(s.momentum), weight_decay=float(s.weight_decay),
                           grad_clip=float(s.grad_clip), channels_last=bool(s.channels_last),
@@ -338,7 +339,9 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         result = _result(loop)
         result.update(time_s=time.time() - start, run_dir=run_dir)
         return result
-    extra["time_s"] = round(time.time() - start, 2)
+    if dist.is_main:  # how this part of the run went (not in result.json, which a resume reproduces)
+        (run_dir / "run.json").write_text(json.dumps({"time_s": round(time.time() - start, 2),
+                                                      "run": identity.as_dict()}, indent=2) + "\n")
     try:
         _check_health(loop, s, run_dir, dist, plots, extra)
     except guards.SearchFailed:

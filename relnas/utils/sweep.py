@@ -39,16 +39,17 @@ def _num(x: Any) -> Optional[float]:
 
 
 def job_record(job_dir: Path) -> Dict[str, Any]:
-    """What one job of a sweep produced, from its result file (search: result.json, training:
-    results.json); status ``missing`` when it wrote none (it failed or is still running)."""
+    """What one job of a sweep produced, from its result file (search: result.json and run.json,
+    training: results.json); status ``missing`` when it wrote none (it failed or is still running)."""
     rec: Dict[str, Any] = {"status": "missing", "val_metric": None, "val_metric_name": None, "test_top1_err": None,
                            "wall_time_s": None}
     search, train = job_dir / "result.json", job_dir / "results.json"
     try:
         if search.is_file():
             r = json.loads(search.read_text())
+            run = json.loads((job_dir / "run.json").read_text()) if (job_dir / "run.json").is_file() else {}
             rec.update(status=r.get("status", "ok"), val_metric=_num(r.get("val_loss")), val_metric_name="val_loss",
-                       wall_time_s=_num(r.get("time_s")))
+                       wall_time_s=_num(run.get("time_s")))
         elif train.is_file():
             r = json.loads(train.read_text())
             rec.update(status="ok", val_metric=_num(r.get("best_val_top1_err")), val_metric_name="best_val_top1_err",

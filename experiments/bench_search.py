@@ -197,7 +197,7 @@ class RelnasRunner:
 
     def module(self):
         """The real SearchModule, or (ablations) a subclass with one speed-up switched off."""
-        from relnas.models.search_module import SearchModule
+        from relnas.search.search_module import SearchModule
 
         cls = {None: SearchModule, "sync": SyncEveryStep, "valgrad": ValidateWithAutograd}[
             self.ablate if self.ablate in ("sync", "valgrad") else None]
@@ -207,14 +207,15 @@ class RelnasRunner:
         """Estimate ``vectors`` (pairs); returns the wall time of Trainer construction + fit."""
         import lightning as L
 
-        from relnas.search.callback import SearchLoop, SearchSettings
+        from relnas.search.callback import SearchLoop
+        from relnas.search.engine import SearchEngine, SearchSettings
 
         sync(self.device)
         t0 = time.perf_counter()
         strategy = FixedPairs(vectors)
         settings = SearchSettings(seed=self.args.seed, lr=self.args.lr, drop_path_prob=self.args.drop_path,
                                   drop_path_ramp=False)
-        loop = SearchLoop(strategy, settings, np.random.default_rng(0), progress=False)
+        loop = SearchLoop(SearchEngine(strategy, self.ws, settings, rng=np.random.default_rng(0)), progress=False)
         module = self.module()
         trainer = L.Trainer(max_epochs=loop.remaining_estimations(), callbacks=[loop], **limits,
                             **self.trainer_kwargs())
@@ -238,7 +239,7 @@ class RelnasRunner:
 
 
 def _ablation_classes():
-    from relnas.models.search_module import SearchModule
+    from relnas.search.search_module import SearchModule
 
     class SyncEveryStep(SearchModule):
         """Ablation: read the loss on the host after every training step (as ``.item()`` does)."""

@@ -75,7 +75,7 @@ def test_multirun_gives_one_wandb_run_per_job_and_a_sweep_summary(tmp_path):
 
 def test_resume_continues_the_wandb_run_and_the_log_folders(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from relnas.search.callback import SimulatedInterrupt
+    from relnas.search.engine import SimulatedInterrupt
     from relnas.search.run import run_search
     from wandb_offline import summary
 

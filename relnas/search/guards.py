@@ -53,7 +53,8 @@ def resume_blockers(saved: Dict[str, Any], current: Dict[str, Any], strategy: st
         if a == b:
             continue
         line = f"{k} ({a!r} -> {b!r})"
-        if (k == "search.generations" and strategy == "relativenas" and isinstance(a, int) and isinstance(b, int)
+        if (k in ("search.generations", "strategy.generations") and strategy == "relativenas"
+                and isinstance(a, int) and isinstance(b, int)
                 and b > a and current.get("search.budget") is None):
             extension.append(line)
         else:

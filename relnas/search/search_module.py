@@ -1,13 +1,14 @@
 """LightningModule that trains and validates the current search candidate on the weight set.
 
-One instance (and one Trainer) serves the whole search: the search-loop callback
-(:class:`relnas.search.callback.SearchLoop`) switches the candidate before each Lightning epoch
-(= one candidate's one-epoch estimation) with :meth:`SearchModule.begin_candidate`. Each candidate
+One instance (and one Trainer) serves the whole search: before each Lightning epoch (= one
+candidate's one-epoch estimation) the search's executor (:mod:`relnas.search.executors`, called
+by the Lightning adapter :class:`relnas.search.callback.SearchLoop`) switches the candidate with
+:meth:`SearchModule.begin_candidate` and reads its losses with :meth:`SearchModule.candidate_losses`. Each candidate
 gets a fresh SGD optimizer over exactly the tensors it uses; the weight set is never copied.
 Losses are accumulated on the device and read once per candidate (no host sync per step).
 
 With ``cuda_graphs=True`` on a GPU, each candidate's training step and validation step are
-captured once as CUDA graphs and replayed (:class:`relnas.models.step_graph.StepGraph`): same
+captured once as CUDA graphs and replayed (:class:`relnas.search.step_graph.StepGraph`): same
 arithmetic, without the per-kernel launch cost that dominates at the paper's network size.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from relnas.models.step_graph import BACKENDS, StepGraph
+from relnas.search.step_graph import BACKENDS, StepGraph
 from relnas.search.weight_set import Arch, WeightSet
 
 log = logging.getLogger(__name__)

@@ -81,8 +81,9 @@ def run_identity(cfg: DictConfig) -> RunIdentity:
 def _run_identity(cfg: DictConfig) -> RunIdentity:
     task = str(cfg.get("task_name") or "run")
     tags = [task]
-    strategy = OmegaConf.select(cfg, "search.strategy")
-    if strategy:
+    strategy = OmegaConf.select(cfg, "search.strategy") or \
+        str(OmegaConf.select(cfg, "strategy._target_") or "").rsplit(".", 1)[-1].lower()
+    if strategy and task == "search":
         tags.append(f"strategy:{strategy}")
     genotype = cfg.get("genotype")
     if task != "search" and isinstance(genotype, str) and genotype:

@@ -136,6 +136,9 @@ run = task(evaluate)
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 def main(cfg: DictConfig) -> Optional[float]:
+    from relnas.utils.console import setup_console
+
+    setup_console()
     results = run(cfg)
     return results.get("test_top1_err")
 

@@ -9,8 +9,10 @@ Examples::
     python -m relnas.train trainer=ddp trainer.devices=4    # DDP; data.batch_size is per GPU
     python -m relnas.train resume=outputs/train/<run>       # continue from <run>/checkpoints/last.ckpt
 
-At the end the best checkpoint (validation top-1) is evaluated on the test split and
-``results.json`` is written to the run directory.
+At the end the test split is evaluated once, with the weights that ``test_checkpoint`` names
+(default ``auto``: the final epoch's, or the best-on-validation checkpoint when ``data.val_size``
+holds a validation split out of the training set; see :mod:`relnas.utils.selection`), and
+``results.json`` is written to the run directory, saying which rule produced each number.
 """
 from __future__ import annotations
 
@@ -91,6 +93,13 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     if sched.get("name") == "official_imagenet" and int(cfg.epochs) <= 5:
         raise ConfigError(f"scheduler.name=official_imagenet needs epochs > 5 (its last 5 epochs decay "
                           f"separately), got {cfg.epochs}")
+    from relnas.utils.selection import resolve_test_rule, test_record
+
+    val_size = int(cfg.data.get("val_size", 0) or 0)
+    try:
+        rule = resolve_test_rule(cfg.get("test_checkpoint", "auto"), val_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     print(f"genotype: {genotype}", flush=True)
     dm = instantiate_datamodule(cfg.data)
     arch = ArchSpec.from_config(cfg.model, genotype, dm)
@@ -104,7 +113,10 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
 
     model = build_model(cfg, arch)
 
-    loggers = instantiate_loggers(cfg.get("logger"))
+    from relnas.utils.loggers import close_loggers, configure_logger_cfg, run_identity
+
+    identity = run_identity(cfg)
+    loggers = instantiate_loggers(configure_logger_cfg(cfg.get("logger"), identity))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -126,8 +138,13 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     profile = model.profile or model.network_summary()
 
     test_metrics: Dict[str, float] = {}
+    test_path = best_path if rule in ("best_val", "best_test_epoch") else None
+    if rule != "final" and test_path is None:
+        log.warning("test_checkpoint=%s but no best checkpoint was kept (callbacks?): testing the final weights",
+                    rule)
+        rule = "final"
     if cfg.get("test_after_training", True) and not trainer.interrupted:
-        res = trainer.test(model, datamodule=dm, ckpt_path=best_path, verbose=False)
+        res = trainer.test(model, datamodule=dm, ckpt_path=test_path, verbose=False)
         test_metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
 
     results = {
@@ -136,6 +153,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         "network": {**{k: v for k, v in arch.to_dict().items() if k != "genotype"},
                     **{k: model.hparams[k] for k in ("auxiliary_weight", "drop_path_prob", "label_smoothing")}},
         "data": str(cfg.data.get("_target_")),
+        "data_source": getattr(dm, "source", None),
         "params_m": profile.get("params_m"),
         "mult_adds_m": profile.get("mult_adds_m"),
         "best_val_epoch": None if best_val is None else best_val["epoch"],
@@ -144,7 +162,10 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         "test_top1_err": _err(test_metrics.get("test/acc1")),
         "test_top5_err": _err(test_metrics.get("test/acc5")),
         "test_loss": test_metrics.get("test/loss"),
-        "test_checkpoint": best_path or "final weights",
+        "test_checkpoint": test_path or "final weights",
+        "test_selection": test_record(rule, test_path, val_size, int(trainer.current_epoch)),
+        "validation_split": test_record(rule, test_path, val_size, 0)["validation_split"],
+        "run": identity.as_dict(),
         "epochs": int(cfg.epochs),
         "epochs_run": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
@@ -160,14 +181,22 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         write_json(out_dir / "results.json", results)
         if "test/acc1" in test_metrics:
             print(f"test_acc1={100 * test_metrics['test/acc1']:.2f}% test_acc5={100 * test_metrics['test/acc5']:.2f}% "
-                  f"(top-1 error {results['test_top1_err']:.2f}%) results: {out_dir / 'results.json'}", flush=True)
+                  f"(top-1 error {results['test_top1_err']:.2f}%; {rule}: {results['test_selection']['description']}) "
+                  f"results: {out_dir / 'results.json'}", flush=True)
         else:
             print(f"training done; results: {out_dir / 'results.json'}", flush=True)
+    close_loggers(trainer.loggers, "success")
     return results
 
 
-#: ``train`` for the command line: a known error is one ``error: ...`` line and exit status 2
-run = task(train)
+@task
+def run(cfg: DictConfig) -> Dict[str, Any]:
+    """``train`` for the command line: the console set up once; a known error is one ``error: ...``
+    line and exit status 2 (in a multirun the job fails and the sweep goes on)."""
+    from relnas.utils.console import setup_console
+
+    setup_console()
+    return train(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

@@ -21,6 +21,7 @@ saved and restored by ``state_dict``/``load_state_dict`` (Lightning checkpoints 
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ from relnas.data.augment import BatchAugment
 from relnas.data.loader import TensorBatchLoader
 
 __all__ = ["TensorDataModule"]
+
+log = logging.getLogger(__name__)
 
 _AUG_STREAM = 0x5EED_A06  # separates the augmentation stream from the shuffling stream
 
@@ -129,6 +132,8 @@ class TensorDataModule(L.LightningDataModule):
         self.train_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.val_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.test_data: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: where the data came from (set by ``_load``: a path, or how it was made); logged once
+        self.source: str | None = None
 
     # ------------------------------------------------------------------ to implement
     def _load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,12 +234,20 @@ class TensorDataModule(L.LightningDataModule):
         if self.download:
             self._download()
         x_tr, y_tr, x_te, y_te = self._load()
+        if self.source is None:
+            self.source = f"{self.name} ({self.data_dir})"
+        n_all = len(x_tr)
         x_tr, x_te = x_tr.contiguous(), x_te.contiguous()
         y_tr, y_te = y_tr.to(torch.int64), y_te.to(torch.int64)
+        if self.subset is not None and self.subset >= len(x_tr):
+            log.warning("data subset=%d is not smaller than the training set (%d images): using all %d",
+                        self.subset, len(x_tr), len(x_tr))
         if self.subset is not None and self.subset < len(x_tr):
             keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(self.split_seed + 7777))
             keep = keep[: self.subset].sort().values
             x_tr, y_tr = x_tr[keep], y_tr[keep]
+        log.info("data: %s from %s (%s training, %d test images)", self.name, self.source,
+                 f"a random {len(x_tr)} of {n_all}" if len(x_tr) < n_all else str(n_all), len(x_te))
         n = len(x_tr)
         g = torch.Generator().manual_seed(self.split_seed)
         if self.train_portion is not None:

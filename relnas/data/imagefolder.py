@@ -1,6 +1,8 @@
 """ImageFolder trees (e.g. ImageNet): a conventional DataLoader + torchvision transforms pipeline."""
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._generator = torch.Generator().manual_seed(self._seed)
         self._classes: list[str] | None = None
         self.train_set: Any = None
+        self.source: str | None = None
         self.val_set: Any = None
         self.test_set: Any = None
 
@@ -174,6 +177,9 @@ class ImageFolderDataModule(L.LightningDataModule):
 
         train_root = self._tree(self.train_dir)
         train_full = ImageFolder(str(train_root), transform=self.train_transform())
+        self.source = str(train_root.parent)
+        logging.getLogger(__name__).info("data: image folders under %s (%d training images)", self.source,
+                                         len(train_full))
         if self.train_portion is not None:
             n = len(train_full)
             k = min(max(int(round(self.train_portion * n)), 1), n - 1)

@@ -197,8 +197,14 @@ GENOTYPES: Registry[Genotype] = Registry("genotype")
 
 def register_genotype(name: str, genotype: Union[Genotype, Mapping[str, Any], str, Path],
                       overwrite: bool = False) -> Genotype:
-    """Add ``genotype`` (a Genotype, a dict, or a JSON/YAML file path) to the zoo under ``name``,
-    usable wherever a genotype name is accepted."""
+    """Add ``genotype`` (a Genotype, a dict, or a JSON/YAML file path) to the zoo under ``name``.
+
+    The registry lives in this Python process: the name works for :func:`get_genotype` and for
+    the apps when they are called from the same process (``relnas.train.train(cfg)``,
+    ``run_search``), not for a later ``python -m relnas.train genotype=<name>``. To use a name
+    from the command line, save the genotype as ``genotypes/<name>.json`` (or ``.yaml``) in the
+    working directory, or in a folder listed in the ``RELNAS_GENOTYPE_PATH`` environment variable
+    (see :func:`genotype_dirs`); ``get_genotype`` looks there after the registry."""
     if isinstance(genotype, (str, Path)):
         genotype = Genotype.load(genotype)
     elif not isinstance(genotype, Genotype):
@@ -212,8 +218,35 @@ for _name, _geno in [("RelativeNAS", RelativeNAS), ("DARTS_V1", DARTS_V1), ("DAR
 register_genotype("DARTS", DARTS_V2)  # the name the DARTS code uses for its second-order result
 
 
+GENOTYPE_PATH_ENV = "RELNAS_GENOTYPE_PATH"
+
+
+def genotype_dirs() -> list[Path]:
+    """Folders searched for ``<name>.json|.yaml|.yml`` when a genotype name is not registered:
+    those in ``$RELNAS_GENOTYPE_PATH`` (``os.pathsep``-separated), then ``./genotypes``."""
+    import os
+
+    dirs = [Path(d).expanduser() for d in os.environ.get(GENOTYPE_PATH_ENV, "").split(os.pathsep) if d]
+    return dirs + [Path("genotypes")]
+
+
+def _find_named_file(name: str) -> Path | None:
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        return None
+    for d in genotype_dirs():
+        for ext in (".json", ".yaml", ".yml"):
+            if (d / f"{name}{ext}").is_file():
+                return d / f"{name}{ext}"
+    return None
+
+
 def list_genotypes() -> list[str]:
-    return sorted(GENOTYPES)
+    """Registered names and the names of the files in :func:`genotype_dirs`."""
+    names = set(GENOTYPES)
+    for d in genotype_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.iterdir() if p.suffix in (".json", ".yaml", ".yml"))
+    return sorted(names)
 
 
 def get_genotype(name: Union[str, Path, Genotype, Mapping[str, Any]]) -> Genotype:
@@ -229,10 +262,14 @@ def get_genotype(name: Union[str, Path, Genotype, Mapping[str, Any]]) -> Genotyp
     key = str(name)
     if key in GENOTYPES:
         return GENOTYPES[key]
+    named = _find_named_file(key)
+    if named is not None:
+        return Genotype.load(named)
     path = Path(key).expanduser()
     if path.suffix in (".json", ".yaml", ".yml") or path.is_dir() or path.is_file():
         if path.is_dir() and not (path / "genotype.json").is_file():
             raise GenotypeNotFoundError(f"{key!r} is a directory without a genotype.json (is it a search run directory?)")
         return Genotype.load(path)
     raise RegistryError(f"unknown genotype {key!r}; known genotypes: {', '.join(list_genotypes())} "
-                        f"(or pass a path to a .json/.yaml genotype file or a search run directory)")
+                        f"(or pass a path to a .json/.yaml genotype file or a search run directory, or save it as "
+                        f"genotypes/{key}.json in the working directory)")

@@ -18,7 +18,9 @@ def search(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from relnas.search.run import run_search
+    from relnas.utils.console import setup_console
 
+    setup_console(drop_messages=("`Trainer.fit` stopped",))  # the search's epochs are candidates, not a budget
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     result = run_search(cfg, run_dir)
     genotype = result["genotype"]

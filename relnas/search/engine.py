@@ -181,8 +181,9 @@ class SearchEngine:
         job = self._jobs[cand.pos]
         diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
         if diverged:
-            log.warning("generation %d job %d member %d diverged (train %.4g, val %.4g): it loses its pair",
-                        self.generation, job.index, cand.member, train_loss, val_loss)
+            log.warning("generation %d pair %d: individual %d diverged (train loss %.4g, val loss %.4g) and loses "
+                        "its pair", self.generation + 1, job.index + 1, job.members[cand.member], train_loss,
+                        val_loss)
             val_loss = math.inf
         tensors = self.weight_set.tensors()
         trained = None if diverged else snapshot(tensors, cand.before)
@@ -239,7 +240,7 @@ class SearchEngine:
         lr, drop = self.lr_of(self.generation), self.drop_of(self.generation)
         for i, member in enumerate(job.members):
             self._rows.append({
-                "generation": self.generation + 1, "individual": member, "pair": job.index,
+                "generation": self.generation + 1, "individual": member, "pair": job.index + 1,
                 "role": told.roles[i], "val_loss": members[i].val_loss, "train_loss": members[i].train_loss,
                 "lr": lr, "drop_path_prob": drop,
                 "vector": " ".join(f"{v:.6f}" for v in job.vectors[i]), "genotype": str(encoding.decode(job.vectors[i])),

@@ -1,10 +1,13 @@
 """Atomic search checkpoints: ``search_state.pt`` in the run directory, the previous one kept as
 ``search_state.prev.pt`` until the new one is complete. A corrupt or truncated newest file falls
-back to the previous complete one with a warning."""
+back to the previous complete one with a warning; the next save then replaces the corrupt file
+and keeps the good previous one (a file that is not a complete checkpoint is never rotated into
+``search_state.prev.pt``)."""
 from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -25,10 +28,20 @@ def save_state(run_dir: Path, state: Dict[str, Any]) -> Path:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
-    if path.exists():
+    if path.exists() and _complete(path):
         os.replace(path, prev)  # the previous complete checkpoint stays until the new one is in place
     os.replace(tmp, path)
     return path
+
+
+def _complete(path: Path) -> bool:
+    """Whether ``path`` is a whole ``torch.save`` archive (a zip whose central directory is
+    present and readable): a truncated or overwritten file is not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def _load(path: Path) -> Dict[str, Any]:

@@ -56,7 +56,7 @@ def _instantiate_group(cfg: Optional[DictConfig], what: str) -> List[Any]:
         raise TypeError(f"the {what} config must be a mapping of name -> {{_target_: ...}}, got {type(cfg).__name__}")
     for name, conf in cfg.items():
         if isinstance(conf, DictConfig) and "_target_" in conf:
-            log.info("instantiating %s %s <%s>", what, name, conf._target_)
+            log.debug("instantiating %s %s <%s>", what, name, conf._target_)
             out.append(instantiate(conf))
     return out
 

@@ -2,7 +2,9 @@
 
 ``task(fn)`` returns ``fn`` with the expected failures (:class:`relnas.errors.RelnasError`) turned
 into one line ``error: <message>`` on stderr and exit status 2, without a traceback (the
-traceback is logged at debug level: ``hydra.verbose=relnas`` shows it). Any other exception is
+traceback is logged at debug level: ``hydra.verbose=relnas`` shows it). In a Hydra multirun a
+failed job prints its line and returns, so that the other jobs still run; the sweep callback
+(:class:`relnas.utils.sweep.SweepCallback`) exits with status 1 after its summary. Any other exception is
 a bug and propagates unchanged.
 """
 from __future__ import annotations
@@ -27,6 +29,10 @@ def fail(error: BaseException) -> None:
     log.debug("stopped by %s", type(error).__name__, exc_info=error)
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"error: {message}", file=sys.stderr, flush=True)
+    from relnas.utils.sweep import in_multirun
+
+    if in_multirun():
+        return  # a job of a multirun: the other jobs still run; the sweep exits 1 after its summary
     sys.exit(EXIT_ERROR)
 
 
@@ -39,6 +45,6 @@ def task(fn: Callable[..., R]) -> Callable[..., R]:
             return fn(*args, **kwargs)
         except RelnasError as e:
             fail(e)
-            raise  # unreachable: fail() exits
+            return None  # type: ignore[return-value]  # a failed job of a multirun
 
     return wrapper

@@ -4,8 +4,9 @@ Two sources of weights:
 
 * ``checkpoint=<.ckpt | train run dir>``: a checkpoint written by ``python -m relnas.train``; the
   architecture comes from the checkpoint (``genotype``/``model`` are ignored). For a run
-  directory the best checkpoint is used (``results.json``'s ``best_checkpoint``, else
-  ``checkpoints/best*.ckpt``, else ``checkpoints/last.ckpt``).
+  directory the weights behind its headline test number are used (``results.json``'s
+  ``test_selection``: the selected checkpoint, or ``checkpoints/last.ckpt`` for the final
+  weights); without that record, ``checkpoints/best*.ckpt``, else ``checkpoints/last.ckpt``.
 * ``reference_checkpoint=<official .pt>``: weights from the official code; the architecture is
   given by ``genotype`` and ``model.*`` (defaults: the paper's CIFAR-10 network).
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 def find_eval_checkpoint(path: str) -> Path:
-    """A ``.ckpt`` file, or the best checkpoint of a train run directory."""
+    """A ``.ckpt`` file, or the checkpoint behind a train run directory's headline test number."""
     p = Path(path).expanduser()
     if p.is_file():
         return p
@@ -48,11 +49,14 @@ def find_eval_checkpoint(path: str) -> Path:
     res = p / "results.json"
     if res.is_file():
         try:
-            best = json.loads(res.read_text()).get("best_checkpoint")
+            selection = json.loads(res.read_text()).get("test_selection") or {}
         except (json.JSONDecodeError, OSError):
-            best = None
-        if best and Path(best).is_file():
-            return Path(best)
+            selection = {}
+        chosen = selection.get("checkpoint")
+        if chosen and Path(str(chosen)).is_file():
+            return Path(str(chosen))
+        if selection.get("rule") == "final" and (p / "checkpoints" / "last.ckpt").is_file():
+            return p / "checkpoints" / "last.ckpt"
     ck = p / "checkpoints"
     best = sorted(ck.glob("best*.ckpt")) if ck.is_dir() else []
     if best:

@@ -192,14 +192,13 @@ def _find_run_checkpoint(p: Path) -> Path:
 
 
 def _read_weights_file(path: Path) -> Any:
+    from relnas.errors import CheckpointError
+    from relnas.utils.io import load_checkpoint_dict
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BackboneError(f"backbone weights: cannot read {str(path)!r}: {first}") from None
+        return load_checkpoint_dict(path)
+    except CheckpointError as e:
+        raise BackboneError(f"backbone weights: {e}") from None
 
 
 def load_cell_weights(backbone: CellBackbone, weights: Union[str, os.PathLike]) -> str:

@@ -21,7 +21,7 @@ saved and restored by ``state_dict``/``load_state_dict`` (Lightning checkpoints 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -286,6 +286,34 @@ class TensorDataModule(L.LightningDataModule):
         if train and self.augment:
             return self.batch_augment(x, self._aug_gen)
         return self.batch_augment.normalize(x)
+
+    def search_batches(self, seed: int, train: bool, device: torch.device | str | None = None) -> Iterator:
+        """One candidate's epoch of preprocessed batches ``(x, y)`` with private generators: the
+        batches the Lightning loop yields after ``set_seed(seed)`` (training: shuffled and augmented;
+        else the validation split, normalised), without touching this module's own generators, so
+        that two candidates can draw their batches interleaved (``relnas.search.concurrent``).
+        Made lazily: each batch's work happens at its ``next()``."""
+        rank = self._rank_world()[0]
+        shuffle = torch.Generator()
+        shuffle.manual_seed(int(seed))
+        augment = torch.Generator()
+        augment.manual_seed(_aug_seed(int(seed), rank))
+        if train:
+            if self.train_data is None:
+                self.setup()
+            x, y = self.train_data
+            _, world = self._rank_world()
+            loader = TensorBatchLoader(x, y, self.batch_size, shuffle=True, drop_last=False, generator=shuffle,
+                                       rank=rank, world_size=world, remainder="drop")
+        else:
+            loader = self.val_dataloader()
+        for xb, yb in loader:
+            if device is not None:
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            if train and self.augment:
+                yield self.batch_augment(xb, augment), yb
+            else:
+                yield self.batch_augment.normalize(xb), yb
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch

@@ -55,6 +55,7 @@ class _Pending:
     losses: List[float] = field(default_factory=list)
     train_losses: List[float] = field(default_factory=list)
     genotypes: List[Any] = field(default_factory=list)
+    concurrent: bool = False        # both members were estimated at once (at the epoch's start)
 
 
 class SearchLoop(L.Callback):
@@ -149,6 +150,11 @@ class SearchLoop(L.Callback):
             if self.member_parallel:
                 self._pending.member = self.dist.rank
         p = self._pending
+        concurrent = self._pair_concurrently(pl_module, p)
+        pl_module.skip_epoch = concurrent
+        if concurrent:
+            self._estimate_pair_concurrently(trainer, pl_module, p)
+            return
         ws: WeightSet = pl_module.weight_set
         vector = p.job.vectors[p.member]
         genotype = encoding.decode(vector)
@@ -164,28 +170,65 @@ class SearchLoop(L.Callback):
         dm = trainer.datamodule
         if dm is not None and hasattr(dm, "set_seed"):
             dm.set_seed(seed)
-        pl_module.begin_candidate(p.arch, self.lr_of(self.generation), self.drop_of(self.generation))
+        pl_module.begin_candidate(p.arch, self.lr_of(self.generation), self.drop_of(self.generation), seed=seed)
+
+    def _pair_concurrently(self, pl_module, p: _Pending) -> bool:
+        """Both members of this job at once (one process, two streams): a fresh two-member job,
+        not split over processes, a module that asks for it and a datamodule that can serve it."""
+        ask = getattr(pl_module, "pair_concurrently", None)
+        return (ask is not None and ask() and not self.member_parallel and p.member == 0
+                and len(p.job.members) == 2)
+
+    def _estimate_pair_concurrently(self, trainer: L.Trainer, pl_module, p: _Pending) -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "search_batches"):
+            raise RuntimeError("search.concurrent_pair needs a datamodule with search_batches() "
+                               "(relnas.data.TensorDataModule); set search.concurrent_pair=false")
+        ws: WeightSet = pl_module.weight_set
+        archs, seeds = [], []
+        for m, vector in enumerate(p.job.vectors):
+            genotype = encoding.decode(vector)
+            p.genotypes.append(genotype)
+            archs.append(ws.compile(genotype))
+            seeds.append(candidate_seed(self.settings.seed, self.generation, p.job.index, m))
+        device = pl_module.device
+        result = pl_module.run_pair(archs, seeds, self.lr_of(self.generation), self.drop_of(self.generation),
+                                    [dm.search_batches(sd, train=True, device=device) for sd in seeds],
+                                    [dm.search_batches(sd, train=False, device=device) for sd in seeds],
+                                    context=trainer.precision_plugin.forward_context)
+        for m in range(2):
+            self._record(p, m, result.train_losses[m], result.val_losses[m], result.trained[m])
+        p.member = 2
+        p.concurrent = True
+
+    def _record(self, p: _Pending, member: int, train_loss: float, val_loss: float,
+                trained: Optional[Dict[str, torch.Tensor]]) -> None:
+        """Keep one member's estimate (a diverged member loses its pair; its weights never enter Omega)."""
+        diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
+        if diverged:
+            log.warning("generation %d job %d member %d diverged (train %.4g, val %.4g): it loses its pair",
+                        self.generation, p.job.index, member, train_loss, val_loss)
+            val_loss = math.inf
+        p.trained.append(None if diverged else trained)
+        p.losses.append(val_loss)
+        p.train_losses.append(train_loss)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         # Lightning 2 runs the epoch-end validation before this hook
         p = self._pending
-        train_loss, val_loss = pl_module.candidate_losses()
-        diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
-        if diverged:
-            log.warning("generation %d job %d member %d diverged (train %.4g, val %.4g): it loses its pair",
-                        self.generation, p.job.index, p.member, train_loss, val_loss)
-            val_loss = math.inf
         ws: WeightSet = pl_module.weight_set
         tensors = ws.tensors()
-        p.trained.append(None if diverged else snapshot(tensors, p.before))
-        restore(tensors, p.before)  # Omega is changed only by the merge
-        p.losses.append(val_loss)
-        p.train_losses.append(train_loss)
-        done_now = 1
-        if self.member_parallel:
-            done_now = self._gather_members(p)
+        if p.concurrent:
+            done_now = len(p.job.members)
         else:
-            p.member += 1
+            train_loss, val_loss = pl_module.candidate_losses()
+            self._record(p, p.member, train_loss, val_loss, snapshot(tensors, p.before))
+            restore(tensors, p.before)  # Omega is changed only by the merge
+            done_now = 1
+            if self.member_parallel:
+                done_now = self._gather_members(p)
+            else:
+                p.member += 1
         self._estimations += done_now
         if self._bar is not None:
             best = min([r["val_loss"] for r in self._gen_rows] + p.losses)

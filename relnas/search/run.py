@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 WEIGHT_SET_UPDATES = ("sequential", "per_generation")
 # config keys that do not change what a search computes (may differ on resume)
 NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs",
+                "search.concurrent_pair",
                 "search.graph_warmup", "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
 
 
@@ -74,13 +75,19 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"a search in {world} processes needs search.weight_set_update=per_generation (the pairs of a "
                           f"generation in parallel, any number of processes); in the paper's sequential order only "
                           f"2 processes can work at once (the two members of each pair, strategy relativenas)")
-    if s.get("cuda_graphs", False):
-        if str(cfg.trainer.get("accelerator", "auto")) == "cpu":
+    for key in ("cuda_graphs", "concurrent_pair"):
+        if s.get(key, False) not in (True, False, "auto"):
+            raise ConfigError(f"search.{key} must be true, false or auto, got {s.get(key)!r}")
+    if s.get("cuda_graphs", "auto") is not False:
+        if s.get("cuda_graphs") is True and str(cfg.trainer.get("accelerator", "auto")) == "cpu":
             raise ConfigError("search.cuda_graphs=true needs a GPU (trainer.accelerator=gpu or auto); "
-                              "set search.cuda_graphs=false on a CPU")
+                              "set search.cuda_graphs=auto or false on a CPU")
         if int(s.get("graph_warmup", 1)) < 1:
             raise ConfigError(f"search.graph_warmup must be >= 1 (SGD's momentum must exist before the capture), "
                               f"got {s.graph_warmup}")
+    if s.get("concurrent_pair", False) is True and world > 1:
+        raise ConfigError("search.concurrent_pair=true trains both members of a pair in one process; it cannot be "
+                          "combined with a search in several processes (set search.concurrent_pair=false or auto)")
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision.startswith("16"):
         raise ConfigError(f"trainer.precision={precision} is not supported by the search (per-candidate optimizers "
@@ -275,7 +282,8 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     module = SearchModule(weight_set, momentum=float(s.momentum), weight_decay=float(s.weight_decay),
                           grad_clip=float(s.grad_clip), channels_last=bool(s.channels_last),
-                          cuda_graphs=bool(s.get("cuda_graphs", False)), graph_warmup=int(s.get("graph_warmup", 1)))
+                          cuda_graphs=s.get("cuda_graphs", "auto"), graph_warmup=int(s.get("graph_warmup", 1)),
+                          concurrent_pair=s.get("concurrent_pair", False) if not dist.distributed else False)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, max_epochs=loop.remaining_estimations(), callbacks=[loop], logger=loggers or False,
         **_trainer_devices(cfg, dist),

@@ -66,7 +66,7 @@ class StepGraph:
             a new handle for the next candidate.
         stream: the side stream for warm-up and capture (default: a new one). Share one among the
             graphs of a pool: the allocator reuses a pool's blocks only on the stream they came from.
-        generators: CUDA ``torch.Generator``\ s the step draws from besides the default one (e.g. a
+        generators: CUDA generators (``torch.Generator``) the step draws from besides the default one (e.g. a
             candidate's own drop-path stream). Each is registered with the graph before capture
             (``CUDAGraph.register_generator_state``), so every replay advances it as an eager
             step would; a torch without that method makes the capture fail, i.e. eager steps.

@@ -540,6 +540,16 @@ def main(argv=None) -> int:
 
     times: Dict[str, float] = {}
     counts: Dict[str, int] = {}
+
+    def write_json() -> None:  # after every variant: a run cut short by a timeout keeps what it measured
+        if args.json:
+            per = {n: times[n] / counts[n] for n in times}
+            scale = (PAPER_TRAIN + PAPER_VAL) / per_cand_imgs
+            Path(args.json).write_text(json.dumps({
+                "command": command, "device": device.type, "s_per_candidate": per,
+                "paper_s_per_candidate": {n: v * scale for n, v in per.items()}, "candidates": dict(counts),
+                "official_h200_s_per_candidate": OFFICIAL_H200_S_PER_CANDIDATE}, indent=2) + "\n")
+
     peaks: Dict[str, int] = {}
     val_losses: Dict[str, List[float]] = {}
     extra_lines: List[str] = []
@@ -558,6 +568,7 @@ def main(argv=None) -> int:
             dt = nv.run(vectors)
         times["naive"], counts["naive"], peaks["naive"], val_losses["naive"] = dt, len(vectors), mw.peak, nv.val_losses
         print(f"  naive: {len(vectors)} candidates {dt:8.1f}s ({dt / len(vectors):.2f} s/candidate)", flush=True)
+        write_json()
         data_rates = data_pipeline_rates(dm, nv, device, n_batches=min(8, max(1, args.num_train // args.batch_size)))
         del nv
     runners = [SearchRunner(v, args, device) for v in args.variants if v != "naive"]
@@ -573,6 +584,7 @@ def main(argv=None) -> int:
         times[r.name], counts[r.name], peaks[r.name], val_losses[r.name] = dt, r.candidates, mw.peak, r.val_losses
         print(f"  {r.name:18s} {r.candidates} candidates {dt:8.1f}s ({dt / r.candidates:.2f} s/candidate; generations "
               f"{', '.join(f'{g:.1f}' for g in r.generation_seconds)} s; fit {r.fit_seconds:.1f} s)", flush=True)
+        write_json()
         if r.graph_stats["captures"] or r.graph_stats["replays"]:
             extra_lines.append(f"- {r.name}: CUDA graphs over the timed search: {r.graph_stats['captures']} captures "
                                f"({r.capture_seconds:.1f} s of host time in them), {r.graph_stats['replays']} replays, "
@@ -647,11 +659,6 @@ def main(argv=None) -> int:
             f.write("# Search speed benchmark (`experiments/bench_search.py`)\n\n")
         f.write(text + "\n")
     print(f"appended to {path}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "command": command, "device": device.type, "s_per_candidate": per, "paper_s_per_candidate":
-            {n: v * scale for n, v in per.items()}, "candidates": counts, "official_h200_s_per_candidate":
-            OFFICIAL_H200_S_PER_CANDIDATE}, indent=2) + "\n")
     return 0
 
 

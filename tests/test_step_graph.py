@@ -223,24 +223,28 @@ def _rel_weights(a, b) -> float:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_under_default_numerics_within_the_eager_algorithm_spread():
     """Under the default numerics cuDNN may pick other algorithms for a graphed step than for an
-    eager one. The tolerance is measured here: K times the spread between two eager runs that
-    differ only in the algorithm choice (cudnn.benchmark off vs on)."""
-    K, FLOOR = 20.0, 1e-6
+    eager one. The tolerance is measured here: K times the largest spread between eager runs that
+    differ only in cuDNN's algorithm choice (default heuristics, autotuned, deterministic), with a
+    floor of a few fp32 roundings; a graph bug (a stale input, another random stream) moves the
+    losses by orders of magnitude more."""
+    K, FLOOR = 50.0, 1e-5
     run = _two_candidates_on_gpu(0.2, (5, 6))
     with numerics(deterministic=False, benchmark=False):
         w_a, loss_a, _ = run(False)
         w_g, loss_g, _ = run(True)
-    with numerics(deterministic=False, benchmark=True):
-        w_b, loss_b, _ = run(False)
+    eager = []
+    for deterministic, benchmark in ((False, True), (True, False)):
+        with numerics(deterministic=deterministic, benchmark=benchmark):
+            eager.append(run(False)[:2])
     flat = lambda losses: [v for pair in losses for v in pair]  # noqa: E731
-    spread_loss = max(abs(x - y) / abs(y) for x, y in zip(flat(loss_b), flat(loss_a)))
-    spread_w = _rel_weights(w_b, w_a)
+    spread_loss = max(abs(x - y) / abs(y) for _, losses in eager for x, y in zip(flat(losses), flat(loss_a)))
+    spread_w = max(_rel_weights(w, w_a) for w, _ in eager)
     tol_loss, tol_w = K * max(spread_loss, FLOOR), K * max(spread_w, FLOOR)
+    diff_loss = max(abs(x - y) / abs(y) for x, y in zip(flat(loss_g), flat(loss_a)))
+    diff_w = _rel_weights(w_g, w_a)
     print(f"eager-vs-eager spread: losses {spread_loss:.3g} (rel), weights {spread_w:.3g} (rel L2); "
-          f"tolerances {tol_loss:.3g}, {tol_w:.3g}")
-    for x, y in zip(flat(loss_g), flat(loss_a)):
-        assert abs(x - y) / abs(y) <= tol_loss
-    assert _rel_weights(w_g, w_a) <= tol_w
+          f"graphed-vs-eager: {diff_loss:.3g}, {diff_w:.3g}; tolerances {tol_loss:.3g}, {tol_w:.3g}")
+    assert diff_loss <= tol_loss and diff_w <= tol_w
 
 
 @pytest.mark.gpu

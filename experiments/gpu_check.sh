@@ -27,8 +27,8 @@
 #   5. the summary table, printed last                                     -> $OUT/summary.md
 # plus $OUT/env.txt (versions, GPU). Each stage gets SIGTERM at its timeout and SIGKILL 5 s later
 # (Lightning turns SIGTERM into an exception only at its next check). Exit 3 when python3 lacks torch / lightning / hydra / CUDA.
-# DEVICE=cpu (with small sizes, e.g. NUM_TRAIN=256 POP=4 C=4 LAYERS=3 BENCH_CANDIDATES=2) runs the
-# same stages on a CPU: a dry run of the script itself.
+# DEVICE=cpu (with small sizes, e.g. NUM_TRAIN=64 POP=2 C=4 LAYERS=3 BENCH_CANDIDATES=2, and
+# TIMEOUT_SCALE=6 on a slow machine) runs the same stages on a CPU: a dry run of the script itself.
 set -u
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 cd "$(dirname "$0")/.."
@@ -45,6 +45,7 @@ LAYERS=${LAYERS:-8}
 BENCH_CANDIDATES=${BENCH_CANDIDATES:-4}
 NAIVE_CANDIDATES=${NAIVE_CANDIDATES:-2}
 BENCH_VARIANTS=${BENCH_VARIANTS:-relnas,relnas-pair,relnas-bf16,relnas-bench,naive}  # naive runs first
+SCALE=${TIMEOUT_SCALE:-1}            # multiplies every stage timeout (a dry run on a slow CPU)
 RUNS=${RUNS:-/tmp/relnas_gpu_check}  # search run directories (not under $OUT: only 8 files come back)
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
@@ -87,7 +88,7 @@ generation() {
     shift 2
     local log="$OUT/gen_$name.txt" t1 rc
     t1=$(date +%s)
-    timeout -k 5 "$limit" $PY -m relnas.search data=synthetic data.num_train="$NUM_TRAIN" search.population_size="$POP" \
+    timeout -k 5 $(( limit * SCALE )) $PY -m relnas.search data=synthetic data.num_train="$NUM_TRAIN" search.population_size="$POP" \
         search.generations=1 supernet.C="$C" supernet.layers="$LAYERS" trainer.accelerator="$ACCEL" logger=none \
         search.plots=false "hydra.run.dir=$RUNS/$name" "$@" > "$log" 2>&1
     rc=$?
@@ -111,7 +112,7 @@ generation pair 100 search.concurrent_pair=true
 stamp "3/4 GPU tests (timeout 80s)"
 t1=$(date +%s)
 if [ "$DEVICE" = cuda ]; then
-    timeout -k 5 80 $PY -m pytest -q -m gpu tests/test_step_graph.py -p no:cacheprovider -rs -s 2>&1 | tail -n 40 > "$OUT/gpu_tests.txt"
+    timeout -k 5 $(( 80 * SCALE )) $PY -m pytest -q -m gpu tests/test_step_graph.py -p no:cacheprovider -rs -s 2>&1 | tail -n 40 > "$OUT/gpu_tests.txt"
     rc=${PIPESTATUS[0]}
 else
     echo "DEVICE=$DEVICE: GPU tests skipped" > "$OUT/gpu_tests.txt"
@@ -123,7 +124,7 @@ stamp "GPU tests exit $rc"
 
 stamp "4/4 benchmark: $BENCH_VARIANTS (timeout 180s)"
 t1=$(date +%s)
-timeout -k 5 180 $PY experiments/bench_search.py --device "$DEVICE" --candidates "$BENCH_CANDIDATES" \
+timeout -k 5 $(( 180 * SCALE )) $PY experiments/bench_search.py --device "$DEVICE" --candidates "$BENCH_CANDIDATES" \
     --naive-candidates "$NAIVE_CANDIDATES" --warmup-pairs 1 --variants "$BENCH_VARIANTS" --ops-candidates 0 \
     --num-train $(( NUM_TRAIN / 2 )) --num-val $(( NUM_TRAIN / 2 )) --C "$C" --layers "$LAYERS" \
     --results "$OUT/bench.md" --json "$RUNS/bench.json" --note "gpu_check.sh" > "$OUT/bench.txt" 2>&1

@@ -24,7 +24,7 @@ clip 5, drop path ``--drop-path`` (default 0.15 unramped, the mean of the paper'
 Variants (``--variants``, comma list):
 
 * ``relnas``: the defaults (on a CUDA device: CUDA graphs on, fp32, channels_last);
-  ``relnas-eager`` (``search.cuda_graphs=false``); ``relnas-pair`` (``search.concurrent_pair=true``:
+  ``relnas-eager`` (``search.cuda_graphs=false``); ``relnas-pair`` (``search.executor=concurrent_pair``:
   both members of a pair at once, two CUDA streams); ``relnas-bf16`` / ``relnas-pair-bf16``
   (``trainer.precision=bf16-mixed``, i.e. bf16 inside the graphs); ``relnas-bench`` /
   ``relnas-pair-bench`` (``trainer.benchmark=true``: cuDNN autotuning); ablations of the CPU
@@ -121,11 +121,11 @@ class MemWatch:
 VARIANTS: Dict[str, List[str]] = {
     "relnas": [],
     "relnas-eager": ["search.cuda_graphs=false"],
-    "relnas-pair": ["search.concurrent_pair=true"],
+    "relnas-pair": ["search.executor=concurrent_pair"],
     "relnas-bf16": ["trainer.precision=bf16-mixed"],
-    "relnas-pair-bf16": ["search.concurrent_pair=true", "trainer.precision=bf16-mixed"],
+    "relnas-pair-bf16": ["search.executor=concurrent_pair", "trainer.precision=bf16-mixed"],
     "relnas-bench": ["trainer.benchmark=true"],
-    "relnas-pair-bench": ["search.concurrent_pair=true", "trainer.benchmark=true"],
+    "relnas-pair-bench": ["search.executor=concurrent_pair", "trainer.benchmark=true"],
     "relnas-nchw": ["search.channels_last=false"],
     "relnas-nophase": [],   # operations.PHASE_DILATED_CONV off around the run
     "relnas-sync": [],      # SearchModule with a host sync every step
@@ -186,27 +186,35 @@ class SearchRunner:
     def run(self, population: int, timed: bool = True) -> float:
         """One search of ``args.generations`` generations; returns the seconds of its generations."""
         import relnas.search.run as run_mod
-        from relnas.models.search_module import SearchModule
+        from relnas.search.search_module import SearchModule
 
         cls = {"relnas-sync": SyncEveryStep, "relnas-valgrad": ValidateWithAutograd}.get(self.name, SearchModule)
         modules = []
 
-        def factory(*a, **kw):
-            modules.append(cls(*a, **kw))
+        build = run_mod._build
+
+        def build_module(node, what, **kw):
+            """run_search builds the module from cfg.module: here as the variant's class."""
+            if what != "module":
+                return build(node, what, **kw)
+            from omegaconf import OmegaConf
+
+            kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+            modules.append(cls(**kwargs, **kw))
             return modules[-1]
 
         with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
             run_dir = Path(tmp)
             cfg = compose_search(self.args, self.overrides, population, run_dir)
             # Lightning sets cudnn.benchmark for the process when trainer.benchmark is not null: restored after
-            saved = run_mod.SearchModule, operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark
-            run_mod.SearchModule = factory
+            saved = run_mod._build, operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark
+            run_mod._build = build_module
             if self.name == "relnas-nophase":
                 operations.PHASE_DILATED_CONV = False
             try:
                 result = run_mod.run_search(cfg, run_dir)
             finally:
-                run_mod.SearchModule, operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark = saved
+                run_mod._build, operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark = saved
             with open(run_dir / "generations.csv") as f:
                 gens = [float(r["time_s"]) for r in csv.DictReader(f)]
             with open(run_dir / "history.csv") as f:
@@ -225,7 +233,7 @@ class SearchRunner:
 
 
 def _ablation_classes():
-    from relnas.models.search_module import SearchModule
+    from relnas.search.search_module import SearchModule
 
     class SyncEveryStep(SearchModule):
         """Ablation: read the loss on the host after every training step (as ``.item()`` does)."""

@@ -37,14 +37,13 @@ from relnas.search.weight_set import WeightSet, restore, snapshot  # noqa: E402
 def through_trainer(ws, dm, generations: int, population: int) -> float:
     import lightning as L
 
-    from relnas.models.search_module import SearchModule
-    from relnas.search.callback import SearchLoop, SearchSettings
+    from relnas.search.search_module import SearchModule
+    from relnas.search.callback import SearchLoop
+    from relnas.search.engine import SearchEngine
     from relnas.search.strategies import create_strategy
 
     strategy = create_strategy("relativenas", population_size=population, generations=generations)
-    rng = np.random.default_rng(0)
-    strategy.init(rng)
-    loop = SearchLoop(strategy, SearchSettings(), rng, progress=False)
+    loop = SearchLoop(SearchEngine(strategy, ws, rng=np.random.default_rng(0)), progress=False)
     module = SearchModule(ws, channels_last=False)
     trainer = L.Trainer(max_epochs=loop.remaining_estimations(), callbacks=[loop], accelerator="cpu", logger=False,
                         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False,

@@ -15,7 +15,7 @@
 #      (20 candidates x 25K+25K synthetic CIFAR-shaped images, C=16, L=8, batch 256; CUDA graphs
 #      on by default): seconds per candidate, the projected paper search (x1000) against 1.8 s
 #      (30 min) and the authors' 13.9 s                                    -> $OUT/gen_default.txt
-#   2. (100 s) the same generation with search.concurrent_pair=true       -> $OUT/gen_pair.txt
+#   2. (100 s) the same generation with search.executor=concurrent_pair       -> $OUT/gen_pair.txt
 #   3. (80 s)  the GPU tests (pytest -m gpu: graphed vs eager under pinned numerics, under default
 #      numerics with a measured tolerance, concurrent pair vs sequential, end to end)
 #                                                                          -> $OUT/gpu_tests.txt
@@ -107,7 +107,7 @@ generation() {
 stamp "1/4 one paper-size generation, GPU defaults (timeout 140s)"
 generation default 140
 stamp "2/4 the same generation, both members of each pair at once (timeout 100s)"
-generation pair 100 search.concurrent_pair=true
+generation pair 100 search.executor=concurrent_pair
 
 stamp "3/4 GPU tests (timeout 80s)"
 t1=$(date +%s)

@@ -95,11 +95,13 @@ def search_config(strategy: str, seed: int, sz: Dict[str, Any]):
     search = dict(OmegaConf.to_container(base.search), strategy=strategy, population_size=sz["population_size"],
                   generations=max(1, sz["budget"] // sz["population_size"]), budget=sz["budget"],
                   train_portion=sz["search_train_portion"], lr=sz["search_lr"], drop_path_prob=sz["search_drop_path"],
-                  progress=False, plots=False, channels_last=True,
-                  evolution={"sample_size": sz["evolution_sample_size"]})
+                  progress=False, plots=False, channels_last=True)
+    strategy_node = OmegaConf.load(str(REPO / "configs" / "strategy" / f"{strategy}.yaml"))
+    if strategy == "evolution":
+        strategy_node.sample_size = sz["evolution_sample_size"]
     return OmegaConf.create({
-        "seed": seed, "resume": None, "task_name": "search", "search": search,
-        "supernet": {"C": sz["supernet_C"], "layers": sz["supernet_layers"]},
+        "seed": seed, "resume": None, "task_name": "search", "search": search, "strategy": strategy_node,
+        "supernet": dict(base.supernet, C=sz["supernet_C"], layers=sz["supernet_layers"]), "module": base.module,
         "data": {"_target_": "relnas.data.FashionMNISTDataModule", "data_dir": "data", "subset": sz["search_subset"],
                  "image_size": sz["image_size"], "batch_size": sz["search_batch_size"], "eval_batch_size": 500,
                  "cutout": 0, "crop_padding": 2, "flip": True, "split_seed": seed, "on_device": False},
@@ -230,8 +232,9 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
     import hydra
     import lightning as L
 
-    from relnas.models.search_module import SearchModule
-    from relnas.search.callback import SearchLoop, SearchSettings
+    from relnas.search.search_module import SearchModule
+    from relnas.search.callback import SearchLoop
+    from relnas.search.engine import SearchEngine, SearchSettings
     from relnas.search.state import load_state
     from relnas.search.weight_set import WeightSet
 
@@ -244,8 +247,8 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
     ws = ws.to(memory_format=torch.channels_last)
     strat = FixedList(vectors)
     settings = SearchSettings(seed=int(cfg.seed) + 1000, lr=sz["rf_lr"], lr_min=sz["rf_lr"], drop_path_prob=0.0,
-                              drop_path_ramp=False, weight_set_update="sequential")
-    loop = SearchLoop(strat, settings, np.random.default_rng(0), progress=False)
+                              drop_path_ramp=False)
+    loop = SearchLoop(SearchEngine(strat, ws, settings, rng=np.random.default_rng(0)), progress=False)
     module = SearchModule(ws, momentum=0.9, weight_decay=float(cfg.search.weight_decay),
                           grad_clip=float(cfg.search.grad_clip), channels_last=True)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=len(vectors), callbacks=[loop], logger=False,

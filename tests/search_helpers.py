@@ -7,6 +7,8 @@ from typing import Sequence
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from relnas.search.search_module import SearchModule
+
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 TINY = [
@@ -24,3 +26,13 @@ def tiny_search_cfg(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
         cfg.paths.output_dir = str(run_dir)
         cfg.paths.data_dir = str(run_dir / "data")
     return cfg
+
+
+class RecordingSearchModule(SearchModule):
+    """The real SearchModule that keeps every instance (``module._target_=search_helpers.RecordingSearchModule``)."""
+
+    instances: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        RecordingSearchModule.instances.append(self)

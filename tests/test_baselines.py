@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from relnas.search import encoding
 from relnas.search.baselines import RandomSearch, RegularizedEvolution, mutate
@@ -170,28 +169,21 @@ def _drive_from(s, rng, loss_fn, start):
 
 # ---------------------------------------------------------------------- end to end
 
-def _cfg(run_dir, strategy, budget, **extra):
-    base = OmegaConf.load(str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "search.yaml"))
-    search = dict(OmegaConf.to_container(base.search), population_size=4, generations=3, budget=budget,
-                  strategy=strategy, progress=False, plots=False, channels_last=False)
-    search.update(extra)
-    return OmegaConf.create({
-        "seed": 0, "resume": None, "task_name": "search", "search": search,
-        "supernet": {"C": 4, "layers": 3},
-        "data": {"_target_": "relnas.data.SyntheticDataModule", "num_train": 64, "num_test": 16, "image_size": 16,
-                 "batch_size": 32, "eval_batch_size": 64, "cutout": 0, "crop_padding": 2, "split_seed": 0},
-        "trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
-                    "enable_model_summary": False, "log_every_n_steps": 1000},
-        "logger": None,
-    })
+def _cfg(run_dir, strategy, budget, *extra):
+    from search_helpers import tiny_search_cfg
+
+    return tiny_search_cfg(run_dir, [f"strategy={strategy}", "search.population_size=4", "search.generations=3",
+                                     f"search.budget={budget}", "search.channels_last=false", "seed=0",
+                                     "data.num_train=64", "data.batch_size=32", "data.eval_batch_size=64",
+                                     "data.cutout=0", *extra])
 
 
-@pytest.mark.parametrize("strategy,extra", [("random", {}), ("evolution", {"evolution": {"sample_size": 2}})])
+@pytest.mark.parametrize("strategy,extra", [("random", []), ("evolution", ["strategy.sample_size=2"])])
 def test_search_end_to_end(tmp_path, strategy, extra):
     from relnas.search.run import run_search
 
     run_dir = tmp_path / strategy
-    out = run_search(_cfg(run_dir, strategy, budget=7, **extra), run_dir)  # 7: not a multiple of 4
+    out = run_search(_cfg(run_dir, strategy, 7, *extra), run_dir)  # 7: not a multiple of 4
     assert (run_dir / "genotype.json").is_file() and (run_dir / "history.csv").is_file()
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
@@ -210,18 +202,46 @@ def test_search_end_to_end(tmp_path, strategy, extra):
 def test_search_resume_matches_uninterrupted(tmp_path):
     """Interrupt an evolution search after its first generation, resume it, compare with a
     straight run: identical history."""
-    from relnas.search.callback import SimulatedInterrupt
+    from relnas.search.engine import SimulatedInterrupt
     from relnas.search.run import run_search
 
     straight = tmp_path / "straight"
-    run_search(_cfg(straight, "evolution", budget=10, evolution={"sample_size": 2}), straight)
+    run_search(_cfg(straight, "evolution", 10, "strategy.sample_size=2"), straight)
     broken = tmp_path / "broken"
     with pytest.raises(SimulatedInterrupt):
-        run_search(_cfg(broken, "evolution", budget=10, evolution={"sample_size": 2}, interrupt_after=6), broken)
-    cfg = _cfg(broken, "evolution", budget=10, evolution={"sample_size": 2})
-    cfg.resume = str(broken)
-    run_search(cfg, broken)
+        run_search(_cfg(broken, "evolution", 10, "strategy.sample_size=2", "search.interrupt_after=6"), broken)
+    run_search(_cfg(broken, "evolution", 10, "strategy.sample_size=2", f"resume={broken}"), broken)
     a = (straight / "history.csv").read_text()
     b = (broken / "history.csv").read_text()
     assert a == b
     assert json.loads((straight / "result.json").read_text()) == json.loads((broken / "result.json").read_text())
+
+
+def test_odd_population_runs_for_the_baselines(tmp_path):
+    """The baselines do not pair: an odd population is theirs to accept (the old selector
+    ``search.strategy=random`` included); RelativeNAS refuses it in one line."""
+    from relnas.search.run import ConfigError, run_search
+    from search_helpers import tiny_search_cfg
+
+    run_dir = tmp_path / "random5"
+    run_search(tiny_search_cfg(run_dir, ["search.strategy=random", "search.population_size=5",
+                                         "search.generations=1"]), run_dir)
+    with open(run_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["individual"]) for r in rows] == [0, 1, 2, 3, 4] and {r["role"] for r in rows} == {"random"}
+    assert json.loads((run_dir / "result.json").read_text())["strategy"] == "random"
+    with pytest.raises(ConfigError, match="population_size must be an even integer"):
+        run_search(tiny_search_cfg(tmp_path / "rn5", ["search.population_size=5"]), tmp_path / "rn5")
+
+
+def test_strategy_group_and_old_selector_build_the_same_strategy(tmp_path):
+    from relnas.search.run import build_strategy, resolve_config
+    from search_helpers import tiny_search_cfg
+
+    new = build_strategy(resolve_config(tiny_search_cfg(tmp_path, ["strategy=evolution", "strategy.sample_size=3"])))
+    old = build_strategy(resolve_config(tiny_search_cfg(tmp_path, ["search.strategy=evolution"])))
+    kept = build_strategy(resolve_config(tiny_search_cfg(tmp_path, ["strategy=evolution", "strategy.sample_size=3",
+                                                                    "search.strategy=evolution"])))
+    assert isinstance(new, RegularizedEvolution) and isinstance(old, RegularizedEvolution)
+    assert (new.sample_size, old.sample_size, kept.sample_size) == (3, 5, 3)
+    assert (new.population_size, new.budget) == (4, 12)  # search.population_size x search.generations (TINY)

@@ -1,4 +1,4 @@
-"""Both members of a pair at once (relnas.search.concurrent, search.concurrent_pair).
+"""Both members of a pair at once (relnas.search.concurrent, search.executor=concurrent_pair).
 
 On a CPU the two members alternate batch by batch; the search must end exactly where the
 sequential search ends (same losses, roles, population and weight set, bit for bit), which holds
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from relnas.models.search_module import SearchModule
+from relnas.search.search_module import SearchModule
 from relnas.search import encoding
 from relnas.search.concurrent import PairTrainer
 from relnas.search.weight_set import WeightSet
@@ -22,31 +22,28 @@ from search_helpers import tiny_search_cfg
 
 def _search(tmp_path, name, monkeypatch, overrides, backend=None):
     import relnas.search.run as run_mod
+    from search_helpers import RecordingSearchModule
 
-    modules = []
-
-    def factory(*args, **kwargs):
-        modules.append(SearchModule(*args, **kwargs, graph_backend=backend))
-        return modules[-1]
-
-    monkeypatch.setattr(run_mod, "SearchModule", factory)
+    RecordingSearchModule.instances.clear()
     run_dir = tmp_path / name
     # 2 generations: the second trains with drop path (ramped from 0), so the members' random
     # streams matter; batches 20, 20, 8 exercise graph warm-up, capture, replay and the odd batch
     cfg = tiny_search_cfg(run_dir, ["search.generations=2", "data.batch_size=20", "data.eval_batch_size=20",
-                                    *overrides])
+                                    "module._target_=search_helpers.RecordingSearchModule",
+                                    f"+module.graph_backend={backend or 'null'}", *overrides])
     run_mod.run_search(cfg, run_dir)
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
     population = json.loads((run_dir / "population.json").read_text())
-    return rows, population, modules[0]
+    return rows, population, RecordingSearchModule.instances[0]
 
 
 def test_concurrent_pair_search_equals_sequential_search_bit_for_bit(tmp_path, monkeypatch):
-    seq_rows, seq_pop, seq_mod = _search(tmp_path, "seq", monkeypatch, ["search.concurrent_pair=false"])
+    seq_rows, seq_pop, seq_mod = _search(tmp_path, "seq", monkeypatch, ["search.executor=sequential"])
     # concurrent members with the CUDA-graph bookkeeping emulated (warm-up, capture, replays per member)
     con_rows, con_pop, con_mod = _search(tmp_path, "con", monkeypatch,
-                                         ["search.concurrent_pair=true", "search.cuda_graphs=auto"], backend="emulate")
+                                         ["search.executor=concurrent_pair", "search.cuda_graphs=auto"],
+                                         backend="emulate")
     assert len(con_rows) == 8 and con_mod._pair_trainer is not None
     # per member: train 1 warm-up + 1 capture/replay + 1 odd batch, validation the same
     assert con_mod.graph_stats == {"eager": 4 * 8, "captures": 2 * 8, "replays": 2 * 8}
@@ -114,7 +111,9 @@ def test_search_batches_are_the_lightning_batches_after_set_seed():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["search.concurrent_pair=maybe"], "concurrent_pair must be true, false or auto"),
+    (["search.concurrent_pair=maybe"], "concurrent_pair must be true, false or null"),
+    (["search.concurrent_pair=true", "search.executor=per_generation"], "concurrent_pair=true contradicts"),
+    (["search.executor=concurrent_pair", "strategy=random"], r"1 member\(s\) per job"),
     (["search.cuda_graphs=sometimes"], "cuda_graphs must be true, false or auto"),
 ])
 def test_concurrent_pair_and_cuda_graphs_values_are_checked(tmp_path, overrides, message):
@@ -124,13 +123,28 @@ def test_concurrent_pair_and_cuda_graphs_values_are_checked(tmp_path, overrides,
         check_config(tiny_search_cfg(tmp_path, overrides))
 
 
-def test_concurrent_pair_in_several_processes_is_a_config_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("overrides", [["search.concurrent_pair=true"], ["search.executor=concurrent_pair"]])
+def test_concurrent_pair_in_several_processes_is_a_config_error(tmp_path, monkeypatch, overrides):
     from relnas.search.run import ConfigError, check_config
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(ConfigError, match="concurrent_pair=true"):
-        check_config(tiny_search_cfg(tmp_path, ["search.concurrent_pair=true"]))
+    with pytest.raises(ConfigError, match="concurrent_pair trains both members of a pair in one process"):
+        check_config(tiny_search_cfg(tmp_path, overrides))
+
+
+def test_concurrent_pair_alias_selects_the_executor(tmp_path):
+    """The older key search.concurrent_pair=true is search.executor=concurrent_pair."""
+    from relnas.search.executors import ConcurrentPair
+    from relnas.search.run import build_executor, build_strategy, resolve_config
+    from relnas.search.distributed import DistContext
+
+    for overrides, kind in ((["search.concurrent_pair=true"], ConcurrentPair),
+                            (["search.executor=concurrent_pair"], ConcurrentPair)):
+        cfg = resolve_config(tiny_search_cfg(tmp_path, overrides))
+        assert type(build_executor(cfg, build_strategy(cfg), DistContext())) is kind
+    cfg = resolve_config(tiny_search_cfg(tmp_path))
+    assert build_executor(cfg, build_strategy(cfg), DistContext()).name == "sequential"
 
 
 def test_cuda_graphs_default_is_auto_and_eager_on_a_cpu(tmp_path):
@@ -139,11 +153,10 @@ def test_cuda_graphs_default_is_auto_and_eager_on_a_cpu(tmp_path):
     from relnas.search.run import check_config
 
     cfg = tiny_search_cfg(tmp_path)
-    assert cfg.search.cuda_graphs == "auto" and cfg.search.concurrent_pair is False
+    assert cfg.search.cuda_graphs == "auto" and cfg.search.executor == "auto"
     check_config(cfg)
     m = SearchModule(WeightSet(C=4, layers=3))
-    assert m.cuda_graphs == "auto" and m._graph_backend() is None and not m.pair_concurrently()
-    assert SearchModule(WeightSet(C=4, layers=3), concurrent_pair=True).pair_concurrently()
+    assert m.cuda_graphs == "auto" and m._graph_backend() is None
 
 
 def _members_one_after_the_other(ws, archs, seeds, data, drop_prob):

@@ -1,5 +1,5 @@
 """Several processes for one search: the pairs of a generation in parallel
-(search.weight_set_update=per_generation), or the two members of each pair (sequential, 2 processes).
+(search.executor=per_generation), or the two members of each pair (member_parallel, 2 processes).
 
 The end-to-end test launches the real command line (``torchrun ... -m relnas.search``) with two
 CPU processes (gloo) and checks that it ends with exactly the population, genotype and weight set
@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from relnas.search import distributed as search_dist
 from relnas.search.run import ConfigError, check_config
+from search_helpers import tiny_search_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,10 +68,10 @@ def _outputs(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    runs = {"multi": (["search.weight_set_update=per_generation"], 2),
-            "single": (["search.weight_set_update=per_generation"], 1),
+    runs = {"multi": (["search.executor=per_generation"], 2),
+            "single": (["search.weight_set_update=per_generation"], 1),  # the older key, mapped
             "sequential": ([], 1),
-            "members": ([], 2)}  # sequential in 2 processes: the two members of each pair at once
+            "members": ([], 2)}  # executor auto in 2 processes: member_parallel
     procs = {name: _search(tmp_path / name, ov, n) for name, (ov, n) in runs.items()}
     for name, proc in procs.items():
         _wait(proc, tmp_path / name)
@@ -112,10 +111,8 @@ def test_single_process_context():
     assert [[j for j in range(7) if c.owns(j)] for c in ranks] == [[0, 3, 6], [1, 4], [2, 5]]
 
 
-def _cfg(**search):
-    base = OmegaConf.load(REPO_ROOT / "configs" / "search.yaml")
-    return OmegaConf.create({"search": dict(base.search, **search),
-                             "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "precision": "32-true"}})
+def _cfg(*overrides):
+    return tiny_search_cfg(Path("unused"), ["trainer.accelerator=cpu", *overrides])
 
 
 def test_several_processes_need_per_generation_or_two_members(monkeypatch):
@@ -123,17 +120,20 @@ def test_several_processes_need_per_generation_or_two_members(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="per_generation"):
         check_config(_cfg())
-    check_config(_cfg(weight_set_update="per_generation"))
+    check_config(_cfg("search.weight_set_update=per_generation"))
+    check_config(_cfg("search.executor=per_generation"))
     monkeypatch.setenv("WORLD_SIZE", "2")
-    check_config(_cfg())  # sequential in 2 processes: the two members of each pair at once
+    check_config(_cfg())  # auto in 2 processes: member_parallel, the two members of each pair at once
+    check_config(_cfg("search.executor=member_parallel"))
     with pytest.raises(ConfigError, match="two members of each pair"):
-        check_config(_cfg(strategy="random"))
+        check_config(_cfg("search.strategy=random"))
+    with pytest.raises(ConfigError, match="one process"):
+        check_config(_cfg("search.executor=sequential"))
 
 
 @pytest.mark.parametrize("trainer", [{"strategy": "ddp"}, {"devices": 4}, {"num_nodes": 2}])
 def test_search_rejects_ddp_trainer(trainer):
-    cfg = _cfg()
-    cfg.trainer = OmegaConf.merge(cfg.trainer, trainer)
+    cfg = _cfg(*[f"{'+' if k == 'strategy' else ''}trainer.{k}={v}" for k, v in trainer.items()])
     with pytest.raises(ConfigError, match="torchrun"):
         check_config(cfg)
 
@@ -152,10 +152,9 @@ def test_per_generation_resume_is_bit_exact(tmp_path):
     nothing that the checkpoint of the previous generation does not restore."""
     import numpy as np
 
-    from relnas.search.callback import SimulatedInterrupt
+    from relnas.search.engine import SimulatedInterrupt
     from relnas.search.run import run_search
     from relnas.search.state import load_state
-    from search_helpers import tiny_search_cfg
 
     a, b = tmp_path / "a", tmp_path / "b"
     pergen = ["search.weight_set_update=per_generation"]
@@ -183,34 +182,27 @@ class _FakeGather(search_dist.DistContext):
         return sorted([obj] + self.others, key=lambda t: t[0])
 
 
-def _member_loop(dist):
-    import numpy as np
+def _job():
+    from relnas.search.strategies import Job
 
-    from relnas.search import encoding
-    from relnas.search.callback import SearchLoop, SearchSettings, _Pending
-    from relnas.search.strategies import Job, create_strategy
-
-    loop = SearchLoop(create_strategy("relativenas", population_size=4, generations=1),
-                      SearchSettings(), np.random.default_rng(0), progress=False, dist=dist)
-    vecs = [encoding.sample(np.random.default_rng(i)) for i in range(2)]
-    p = _Pending(Job(index=0, members=[0, 1], vectors=vecs), member=dist.rank)
-    return loop, p
+    return Job(index=0, members=[0, 1], vectors=[None, None])
 
 
-def test_member_parallel_gather_orders_members_and_keeps_own_tensors():
+def test_member_parallel_exchange_orders_members_and_keeps_own_tensors():
+    from relnas.search.engine import MemberResult
+    from relnas.search.executors import MemberParallel
+
     other = {"w": torch.ones(2)}
-    own = {"w": torch.zeros(2)}
-    loop, p = _member_loop(_FakeGather(rank=1, others=[(0, 0.5, 0.7, other)]))
-    assert loop.member_parallel
-    p.losses, p.train_losses, p.trained = [1.5], [1.7], [own]
-    assert loop._gather_members(p) == 2
-    assert p.losses == [0.5, 1.5] and p.train_losses == [0.7, 1.7]
-    assert p.trained[1] is own and torch.equal(p.trained[0]["w"], other["w"])
-    assert p.member == 2 and len(p.genotypes) == 2
+    own = MemberResult(1.5, 1.7, {"w": torch.zeros(2)})
+    out = MemberParallel(_FakeGather(rank=1, others=[(0, 0.5, 0.7, other)])).exchange_job(_job(), {1: own})
+    assert sorted(out) == [0, 1] and out[1] is own
+    assert (out[0].val_loss, out[0].train_loss) == (0.5, 0.7) and torch.equal(out[0].trained["w"], other["w"])
 
 
-def test_member_parallel_gather_fails_loudly_when_a_member_is_missing():
-    loop, p = _member_loop(_FakeGather(rank=0, others=[(0, 0.5, 0.7, None)]))  # both processes trained member 0
-    p.losses, p.train_losses, p.trained = [1.5], [1.7], [None]
+def test_member_parallel_exchange_fails_loudly_when_a_member_is_missing():
+    from relnas.search.engine import MemberResult
+    from relnas.search.executors import MemberParallel
+
+    ex = MemberParallel(_FakeGather(rank=0, others=[(0, 0.5, 0.7, None)]))  # both processes trained member 0
     with pytest.raises(RuntimeError, match="one process per member"):
-        loop._gather_members(p)
+        ex.exchange_job(_job(), {0: MemberResult(1.5, 1.7, None)})

@@ -40,7 +40,7 @@ def test_slurm_sweep_experiment():
     assert cfg.hydra.launcher.partition == "gpu"
     assert cfg.hydra.sweeper.params["search.population_size"] == "10,20,40"
     assert cfg.trainer.accelerator == "gpu"
-    assert cfg.search.weight_set_update == "sequential"  # one process per search: the paper's order
+    assert cfg.search.executor == "auto"  # one process per search: the paper's order
 
 
 def test_search_default_launcher_is_unchanged():

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from relnas.models.search_module import SearchModule
-from relnas.search import callback as callback_mod
 from relnas.search import encoding
-from relnas.search.callback import SearchLoop, SimulatedInterrupt
+from relnas.search import engine as engine_mod
+from relnas.search.engine import SearchEngine, SimulatedInterrupt
 from relnas.search.run import ConfigError, run_search
+from relnas.search.search_module import SearchModule
 from relnas.search.state import PREV_FILE, STATE_FILE, load_state
 from relnas.search.weight_set import WeightSet, eq6_sources, merge_eq6
 from search_helpers import tiny_search_cfg
@@ -132,14 +132,14 @@ def test_search_pair_leaves_exactly_the_eq6_values(tmp_path, monkeypatch):
     buffers included) holds the fast learner's trained value, the slow-only trained value, or
     its old value."""
     captured = []
-    real_merge = callback_mod.merge_eq6
+    real_merge = engine_mod.merge_eq6
 
     def spy(omega, fast, slow):
         captured.append({"before": {k: v.clone() for k, v in omega.items()}, "fast": fast, "slow": slow})
         real_merge(omega, fast, slow)
         captured[-1]["after"] = {k: v.clone() for k, v in omega.items()}
 
-    monkeypatch.setattr(callback_mod, "merge_eq6", spy)
+    monkeypatch.setattr(engine_mod, "merge_eq6", spy)
     cfg = tiny_search_cfg(tmp_path, ["search.population_size=2", "search.generations=1", "search.drop_path_prob=0"])
     run_search(cfg, tmp_path)
     assert len(captured) == 1
@@ -239,6 +239,16 @@ def test_resume_with_changed_search_config_names_the_keys(tmp_path):
     assert "search.generations" not in str(e.value)
 
 
+def test_resume_of_a_checkpoint_from_an_older_relnas_is_refused_in_one_line(tmp_path):
+    from relnas.search.state import CheckpointError, save_state
+
+    # the fields an older relnas wrote (no "format"): refused before any data is loaded
+    save_state(tmp_path, {"generation": 1, "weight_set": {}, "config": {}, "rng": {}, "strategy": {},
+                          "history": [], "summaries": []})
+    with pytest.raises(CheckpointError, match="older relnas .*start the search again"):
+        run_search(tiny_search_cfg(tmp_path, [f"resume={tmp_path}", "data.data_dir=/nonexistent"]))
+
+
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
     run_search(tiny_search_cfg(tmp_path, ["search.generations=2", "search.population_size=2"]), tmp_path)
     assert (tmp_path / PREV_FILE).is_file()
@@ -254,19 +264,18 @@ def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
 
 def test_diverging_candidate_loses_and_never_enters_the_weight_set(tmp_path, monkeypatch):
     poison = {"on": False}
-    real_start = SearchLoop.on_train_epoch_start
+    real_begin = SearchEngine.begin
     real_forward = SearchModule.forward
 
-    def start(self, trainer, pl_module):
-        real_start(self, trainer, pl_module)
-        p = self._pending
-        poison["on"] = p.job.members[p.member] == 0
+    def begin(self, unit, member):
+        poison["on"] = self.jobs[unit.pos].members[member] == 0
+        return real_begin(self, unit, member)
 
     def forward(self, x):
         out = real_forward(self, x)
         return out * float("nan") if poison["on"] and self.training else out
 
-    monkeypatch.setattr(SearchLoop, "on_train_epoch_start", start)
+    monkeypatch.setattr(SearchEngine, "begin", begin)
     monkeypatch.setattr(SearchModule, "forward", forward)
     run_search(tiny_search_cfg(tmp_path, ["search.generations=2"]), tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))
@@ -286,7 +295,12 @@ def test_diverging_candidate_loses_and_never_enters_the_weight_set(tmp_path, mon
     ("search.train_portion=0", "train_portion"),
     ("search.strategy=bogus", "unknown search.strategy"),
     ("search.weight_set_update=sometimes", "weight_set_update"),
-    ("search.strategy=evolution search.weight_set_update=per_generation", "evolution needs"),
+    ("search.executor=sometimes", "unknown search.executor"),
+    ("search.executor=member_parallel", "member_parallel needs one process per member"),
+    ("search.strategy=evolution search.weight_set_update=per_generation", "evolution needs a sequential executor"),
+    ("strategy=evolution search.executor=per_generation", "evolution needs a sequential executor"),
+    ("strategy=evolution strategy.sample_size=0", "sample_size must be a positive integer"),
+    ("strategy=random search.population_size=0", "population_size must be a positive integer"),
 ])
 def test_bad_search_config_fails_before_work(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
@@ -303,7 +317,7 @@ def _cli(args, tmp_path, timeout=300):
 def test_cli_errors_are_one_line(tmp_path):
     r = _cli(["search.population_size=5", f"hydra.run.dir={tmp_path}/r"], tmp_path)
     assert r.returncode != 0
-    assert "error: search.population_size must be an even integer" in r.stderr
+    assert "error: strategy (relnas.search.strategies.RelativeNAS): population_size must be an even integer" in r.stderr
     assert "Traceback" not in r.stderr
     r = _cli(["data=imaginary", f"hydra.run.dir={tmp_path}/r2"], tmp_path)
     assert r.returncode != 0 and "imaginary" in r.stderr and "cifar10" in r.stderr

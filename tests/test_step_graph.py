@@ -1,4 +1,4 @@
-"""CUDA-graph capture of a candidate's steps (relnas.models.step_graph, SearchModule(cuda_graphs=True)).
+"""CUDA-graph capture of a candidate's steps (relnas.search.step_graph, SearchModule(cuda_graphs=True)).
 
 On a CPU the graph bookkeeping runs with ``backend="emulate"`` (capture records the step, replay
 runs it on the static buffers): the graphed search must then compute exactly what the eager one
@@ -15,8 +15,8 @@ import csv
 import pytest
 import torch
 
-from relnas.models.search_module import SearchModule
-from relnas.models.step_graph import StepGraph
+from relnas.search.search_module import SearchModule
+from relnas.search.step_graph import StepGraph
 from search_helpers import tiny_search_cfg
 
 
@@ -75,7 +75,7 @@ def test_search_module_warns_that_cuda_graphs_do_nothing_on_a_cpu(caplog):
     from relnas.search.weight_set import WeightSet
 
     m = SearchModule(WeightSet(C=4, layers=3), cuda_graphs=True)
-    with caplog.at_level("WARNING", logger="relnas.models.search_module"):
+    with caplog.at_level("WARNING", logger="relnas.search.search_module"):
         m.on_fit_start()
     assert "no effect on cpu" in caplog.text
     assert m._graph_backend() is None  # eager steps
@@ -84,25 +84,21 @@ def test_search_module_warns_that_cuda_graphs_do_nothing_on_a_cpu(caplog):
 def _run(tmp_path, name, monkeypatch, graphs, backend=None, accelerator: str = "auto", extra=()):
     """A tiny search through run_search; returns (history rows, the SearchModule)."""
     import relnas.search.run as run_mod
+    from search_helpers import RecordingSearchModule
 
-    modules = []
-
-    def factory(*args, **kwargs):
-        modules.append(SearchModule(*args, **kwargs, graph_backend=backend))
-        return modules[-1]
-
-    monkeypatch.setattr(run_mod, "SearchModule", factory)
+    RecordingSearchModule.instances.clear()
     run_dir = tmp_path / name
     # 48 search-train images in batches 20, 20, 8 and 48 search-valid in 20, 20, 8: each candidate
     # warms up, captures, replays and runs the odd last batch eagerly, in training and validation;
     # generation 2 trains with drop path (ramped from 0)
     cfg = tiny_search_cfg(run_dir, ["data.batch_size=20", "data.eval_batch_size=20", "search.generations=2",
                                     f"trainer.accelerator={accelerator}", f"search.cuda_graphs={str(graphs).lower()}",
-                                    *extra])
+                                    "module._target_=search_helpers.RecordingSearchModule",
+                                    f"+module.graph_backend={backend or 'null'}", *extra])
     run_mod.run_search(cfg, run_dir)
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    return rows, modules[0]
+    return rows, RecordingSearchModule.instances[0]
 
 
 def test_graphed_search_equals_eager_search(tmp_path, monkeypatch):
@@ -303,7 +299,7 @@ def test_cuda_graph_search_runs_end_to_end_on_gpu(tmp_path, monkeypatch):
         eager_rows, _ = _run(tmp_path, "eager", monkeypatch, graphs=False, accelerator="gpu")
         graph_rows, mod = _run(tmp_path, "graphs", monkeypatch, graphs="auto", accelerator="gpu")
         pair_rows, pmod = _run(tmp_path, "pair", monkeypatch, graphs="auto", accelerator="gpu",
-                               extra=["search.concurrent_pair=true"])
+                               extra=["search.executor=concurrent_pair"])
     for m, rows in ((mod, graph_rows), (pmod, pair_rows)):
         assert not m._graphs_broken
         assert m.graph_stats["captures"] == 2 * len(rows)

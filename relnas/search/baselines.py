@@ -1,6 +1,7 @@
 """Baseline search strategies over the same encoding, weight set and one-epoch estimator as
 RelativeNAS: ``random`` (uniform random search) and ``evolution`` (regularized / aging evolution,
-Real et al. 2019, AmoebaNet). Select them with ``search.strategy=random|evolution``.
+Real et al. 2019, AmoebaNet). Select them with ``strategy=random|evolution`` (``configs/strategy/``;
+``search.strategy=random|evolution`` selects the same files).
 
 Both are budgeted in one-epoch estimations (``search.budget``; null = population_size x
 generations). A baseline "generation" is a chunk of ``population_size`` consecutive estimations
@@ -29,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from relnas.search import encoding
-from relnas.search.strategies import Job, JobResult, Strategy, register_strategy
+from relnas.search.strategies import Job, JobResult, Strategy, positive_int, register_strategy
 
 
 def _loss(x: float) -> float:
@@ -57,15 +58,10 @@ def mutate(rng: np.random.Generator, vector: np.ndarray, index: Optional[int] = 
 class _Budgeted(Strategy):
     """Shared bookkeeping: budget, chunked generations, fresh ids, best ever."""
 
-    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None, **_: Any):
-        self.population_size = int(population_size)
-        if self.population_size < 1:
-            raise ValueError(f"population_size must be >= 1, got {population_size!r}")
-        if budget is None:
-            budget = self.population_size * int(generations)
-        if int(budget) < 1:
-            raise ValueError(f"budget must be a positive integer, got {budget!r}")
-        self.budget = int(budget)
+    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None):
+        self.population_size = positive_int("population_size", population_size)
+        positive_int("generations", generations)
+        self.budget = self.population_size * int(generations) if budget is None else positive_int("budget", budget)
         self.next_id = 0
         self.best_id, self.best_vector, self.best_loss = -1, None, math.inf
         self.estimated = 0
@@ -116,8 +112,8 @@ class RandomSearch(_Budgeted):
 
     name = "random"
 
-    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None, **kw: Any):
-        super().__init__(population_size, generations, budget, **kw)
+    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None):
+        super().__init__(population_size, generations, budget)
         self.last: Dict[int, np.ndarray] = {}  # individuals of the latest generation
 
     def init(self, rng: np.random.Generator) -> None:
@@ -158,13 +154,12 @@ class RegularizedEvolution(_Budgeted):
     """Aging evolution (AmoebaNet): tournament of ``sample_size``, one-choice mutation, the oldest dies."""
 
     name = "evolution"
+    sequential_only = True  # a child is bred from the losses of the cycles before it
 
     def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
-                 sample_size: int = 5, **kw: Any):
-        super().__init__(population_size, generations, budget, **kw)
-        self.sample_size = int(sample_size)
-        if self.sample_size < 1:
-            raise ValueError(f"evolution sample_size must be >= 1, got {sample_size!r}")
+                 sample_size: int = 5):
+        super().__init__(population_size, generations, budget)
+        self.sample_size = positive_int("sample_size", sample_size)
         # the population, oldest first: ids, vectors, losses
         self.ids: List[int] = []
         self.vectors: List[np.ndarray] = []
@@ -225,9 +220,6 @@ class RegularizedEvolution(_Budgeted):
     # ------------------------------------------------------------------ accessors and state
     def population(self) -> Dict[int, np.ndarray]:
         return {i: v.copy() for i, v in zip(self.ids, self.vectors)}
-
-    def population_losses(self) -> Dict[int, float]:
-        return dict(zip(self.ids, self.losses))
 
     def state_dict(self) -> Dict[str, Any]:
         s = self._base_state()

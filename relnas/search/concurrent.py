@@ -17,7 +17,7 @@ their estimations can run at the same time:
   caller merges them with the usual Eq. 6 merge.
 
 The arithmetic of each member is the sequential search's (the same step functions,
-:func:`train_step` / :func:`val_step`, which :class:`relnas.models.search_module.SearchModule`
+:func:`train_step` / :func:`val_step`, which :class:`relnas.search.search_module.SearchModule`
 uses too), so on a CPU, where the two members simply alternate, the result equals the sequential
 order bit for bit; on a GPU it equals it up to floating-point order (kernel choice, atomics).
 """
@@ -31,7 +31,7 @@ from typing import Callable, ContextManager, Dict, Iterable, Iterator, List, Opt
 import torch
 import torch.nn.functional as F
 
-from relnas.models.step_graph import BACKENDS, StepGraph
+from relnas.search.step_graph import BACKENDS, StepGraph
 from relnas.search.weight_set import Arch, WeightSet, restore, snapshot
 
 _DROP_STREAM = 0xD20_9A7  # separates the drop-path stream from the data-order and augmentation streams

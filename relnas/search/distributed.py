@@ -1,12 +1,14 @@
 """A small layer over ``torch.distributed`` for running one search in several processes: the pairs
 of a generation in parallel (``per_generation``), or, in the sequential order, the two members of
-each pair (two processes; they exchange their results after every pair, see ``SearchLoop``).
+each pair (``member_parallel``: two processes that exchange their results after every pair). Who
+trains what and when results meet is :mod:`relnas.search.executors`; this module only joins the
+process group and exchanges objects.
 
 Design (see docs/scale_out.md): every process runs its OWN single-device Lightning Trainer
 (``devices=1``; on GPUs the local rank's device), so there is no data sharding and no gradient
 synchronisation -- each candidate is trained on the full search-train split exactly as in a
-single-process run. The processes only meet at the end of every generation, where
-:meth:`DistContext.all_gather_object` exchanges the validation losses and the trained tensors
+single-process run. The processes only meet where the executor says (``per_generation``: at the
+end of every generation), where :meth:`DistContext.all_gather_object` exchanges the validation losses and the trained tensors
 (CPU copies) of the candidates each process estimated; every process then applies the strategy's
 ``tell`` calls and the Eq. 6 merges in pair order, so all of them end the generation with the same
 population, random state and weight set.
@@ -75,21 +77,6 @@ class DistContext:
         out: List[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj, group=self.group)
         return out
-
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        if not self.distributed:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=src, group=self.group)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier(group=self.group)
 
     def close(self) -> None:
         """Destroy the process group if this module created it."""

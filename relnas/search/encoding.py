@@ -83,7 +83,3 @@ def sample(rng: np.random.Generator, n: int | None = None) -> np.ndarray:
     """Uniform random vector(s) within the bounds: shape (DIM,) or (n, DIM)."""
     shape = (DIM,) if n is None else (n, DIM)
     return LOWER + rng.random(shape) * (UPPER - LOWER)
-
-
-def clip(vector: np.ndarray) -> np.ndarray:
-    return np.clip(vector, LOWER, UPPER)

@@ -1,12 +1,20 @@
-"""The search driver: config checks, resume, one Trainer for the whole search, outputs.
+"""The search entry: check the config, build the pieces from it, fit.
 
 ``run_search(cfg, run_dir)`` is what ``python -m relnas.search`` calls; tests call it directly.
+In the shape of the lightning-hydra-template: every piece is instantiated from its config node
+(``strategy`` from ``configs/strategy/``, ``supernet`` = the weight set, ``module`` = the
+LightningModule, ``data``, ``logger``, ``trainer``), the executor is chosen by
+``search.executor``, the :class:`~relnas.search.engine.SearchEngine` gets them together with its
+recorders, and one Trainer fits with the :class:`~relnas.search.callback.SearchLoop` adapter.
+
+Each piece checks its own arguments; :func:`check_config` builds the cheap ones (strategy,
+executor) and checks what spans pieces (trainer, precision, CUDA graphs), so a bad setting fails
+in one line (:class:`ConfigError`) before any data is loaded.
 """
 from __future__ import annotations
 
-import json
+import copy
 import logging
-import math
 import time
 import warnings
 from pathlib import Path
@@ -16,68 +24,101 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from relnas.models.search_module import SearchModule
 from relnas.search import distributed as search_dist
-from relnas.search import encoding
-from relnas.search.callback import SearchLoop, SearchSettings
-from relnas.search.outputs import HISTORY_FIELDS, plot_generation_stats, plot_trajectories, write_csv, write_population
-from relnas.search.state import load_state, save_state
-from relnas.search.strategies import STRATEGIES, create_strategy
-from relnas.search.weight_set import WeightSet
+from relnas.search.callback import SearchLoop
+from relnas.search.engine import STATE_FORMAT, SearchEngine, SearchSettings
+from relnas.search.executors import Executor, create_executor, executor_name, merge_order
+from relnas.search.recorders import OutputRecorder, recorders_for
+from relnas.search.state import CheckpointError, load_state
+from relnas.search.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SET_UPDATES = ("sequential", "per_generation")
-# config keys that do not change what a search computes (may differ on resume)
+STRATEGY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "strategy"
+# config keys that do not change what a search computes (may differ on resume); the executor
+# keys are replaced by what they mean for the result (search.merge)
 NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs",
-                "search.concurrent_pair",
-                "search.graph_warmup", "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
+                "search.graph_warmup", "search.strategy", "search.executor", "search.weight_set_update",
+                "search.concurrent_pair", "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
 
 
 class ConfigError(ValueError):
     """A search configuration that cannot run; raised before any work starts."""
 
 
+# ---------------------------------------------------------------------- config
+def known_strategies() -> List[str]:
+    return sorted(p.stem for p in STRATEGY_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` with the older selector applied: ``search.strategy=<name>`` (when set)
+    makes ``strategy`` the node of ``configs/strategy/<name>.yaml``, unless it already is that
+    strategy (then its overrides stay)."""
+    cfg = copy.deepcopy(cfg)
+    name = cfg.search.get("strategy")
+    if name is not None:
+        path = STRATEGY_CONFIGS / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown search.strategy {name!r}; known strategies: {', '.join(known_strategies())}")
+        node = OmegaConf.load(path)
+        current = cfg.get("strategy")
+        if not isinstance(current, DictConfig) or current.get("_target_") != node._target_:
+            with open_dict(cfg):
+                cfg.strategy = node
+    if not isinstance(cfg.get("strategy"), DictConfig) or "_target_" not in cfg.strategy:
+        raise ConfigError(f"no search strategy: choose one with strategy=<{'|'.join(known_strategies())}>")
+    return cfg
+
+
+def _build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``; a constructor's ValueError/TypeError becomes a one-line ConfigError."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ if e.__cause__ is not None else e
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{what} ({node.get('_target_')}): {cause}") from None
+        raise
+
+
+def build_strategy(cfg: DictConfig) -> Strategy:
+    return _build(cfg.strategy, "strategy")
+
+
+def build_executor(cfg: DictConfig, strategy: Strategy, dist: search_dist.DistContext) -> Executor:
+    try:
+        name = executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update"),
+                             cfg.search.get("concurrent_pair"))
+        return create_executor(name, strategy, dist)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_config(cfg: DictConfig) -> None:
+    """Fail in one line, before any work, on a config that cannot run (see the module doc)."""
+    cfg = resolve_config(cfg)
     s = cfg.search
-    n = s.population_size
-    if not isinstance(n, int) or isinstance(n, bool) or n < 2 or n % 2:
-        raise ConfigError(f"search.population_size must be an even integer >= 2 (it is split into pairs), got {n!r}")
-    g = s.generations
-    if not isinstance(g, int) or isinstance(g, bool) or g < 1:
-        raise ConfigError(f"search.generations must be a positive integer, got {g!r}")
     tp = s.train_portion
     if not isinstance(tp, (int, float)) or not 0.0 < float(tp) < 1.0:
         raise ConfigError(f"search.train_portion must be in (0, 1), got {tp!r}")
-    if s.strategy not in STRATEGIES:
-        raise ConfigError(f"unknown search.strategy {s.strategy!r}; known strategies: {', '.join(STRATEGIES)}")
-    if s.weight_set_update not in WEIGHT_SET_UPDATES:
-        raise ConfigError(f"unknown search.weight_set_update {s.weight_set_update!r}; use one of {WEIGHT_SET_UPDATES}")
-    if s.strategy == "evolution" and s.weight_set_update == "per_generation":
-        raise ConfigError("search.strategy=evolution needs search.weight_set_update=sequential: each child is "
-                          "bred from the losses of the cycles before it, so its estimations cannot run in parallel")
-    if s.budget is not None and (not isinstance(s.budget, int) or s.budget < 1):
-        raise ConfigError(f"search.budget must be a positive integer or null, got {s.budget!r}")
-    strategy = str(cfg.trainer.get("strategy", "auto") or "auto")
+    strategy = build_strategy(cfg)
+    build_executor(cfg, strategy, search_dist.DistContext(rank=0, world_size=search_dist.requested_world_size()))
+    trainer_strategy = str(cfg.trainer.get("strategy", "auto") or "auto")
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
-    if strategy not in ("auto", "single_device") or (isinstance(devices, int) and devices > 1) or \
+    if trainer_strategy not in ("auto", "single_device") or (isinstance(devices, int) and devices > 1) or \
             (not isinstance(devices, (int, str)) and devices is not None and len(devices) > 1) or (nodes or 1) > 1:
         raise ConfigError(
             "the search trains each candidate on one device (trainer.strategy=auto, trainer.devices=1, "
             "trainer.num_nodes=1): a DDP strategy would shard the data and average the gradients of different "
             "candidates. To use several devices, run one process per device with "
-            "search.weight_set_update=per_generation, e.g. `torchrun --nproc_per_node=4 -m relnas.search "
-            "search.weight_set_update=per_generation` (see docs/scale_out.md)")
-    world = search_dist.requested_world_size()
-    if world > 1 and s.weight_set_update != "per_generation" and (world != 2 or s.strategy != "relativenas"):
-        raise ConfigError(f"a search in {world} processes needs search.weight_set_update=per_generation (the pairs of a "
-                          f"generation in parallel, any number of processes); in the paper's sequential order only "
-                          f"2 processes can work at once (the two members of each pair, strategy relativenas)")
-    for key in ("cuda_graphs", "concurrent_pair"):
-        if s.get(key, False) not in (True, False, "auto"):
-            raise ConfigError(f"search.{key} must be true, false or auto, got {s.get(key)!r}")
+            "search.executor=per_generation, e.g. `torchrun --nproc_per_node=4 -m relnas.search "
+            "search.executor=per_generation` (see docs/scale_out.md)")
+    if s.get("cuda_graphs", "auto") not in (True, False, "auto"):
+        raise ConfigError(f"search.cuda_graphs must be true, false or auto, got {s.get('cuda_graphs')!r}")
     if s.get("cuda_graphs", "auto") is not False:
         if s.get("cuda_graphs") is True and str(cfg.trainer.get("accelerator", "auto")) == "cpu":
             raise ConfigError("search.cuda_graphs=true needs a GPU (trainer.accelerator=gpu or auto); "
@@ -85,9 +126,6 @@ def check_config(cfg: DictConfig) -> None:
         if int(s.get("graph_warmup", 1)) < 1:
             raise ConfigError(f"search.graph_warmup must be >= 1 (SGD's momentum must exist before the capture), "
                               f"got {s.graph_warmup}")
-    if s.get("concurrent_pair", False) is True and world > 1:
-        raise ConfigError("search.concurrent_pair=true trains both members of a pair in one process; it cannot be "
-                          "combined with a search in several processes (set search.concurrent_pair=false or auto)")
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision.startswith("16"):
         raise ConfigError(f"trainer.precision={precision} is not supported by the search (per-candidate optimizers "
@@ -106,9 +144,12 @@ def semantic_config(cfg: DictConfig) -> Dict[str, Any]:
             flat[prefix] = node
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("seed", "search", "supernet", "data"):
+    for key in ("seed", "search", "strategy", "supernet", "data"):
         walk({key: container.get(key)}, "")
-    return {k: v for k, v in flat.items() if k not in NON_SEMANTIC}
+    out = {k: v for k, v in flat.items() if k not in NON_SEMANTIC}
+    out["search.merge"] = merge_order(executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update"),
+                             cfg.search.get("concurrent_pair")))
+    return out
 
 
 def diff_configs(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
@@ -117,78 +158,31 @@ def diff_configs(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
             if saved.get(k, "<unset>") != current.get(k, "<unset>")]
 
 
-def _log_generation(loop: SearchLoop, trainer: L.Trainer) -> None:
-    summary = loop.generation_summaries[-1]
-    g = summary["generation"]
-    rows = [r for r in loop.history if r["generation"] == g]
-    metrics = {f"search/{k}": float(v) for k, v in summary.items() if k not in ("generation",)}
-    for r in rows:
-        metrics[f"val_loss/ind_{int(r['individual']):03d}"] = float(r["val_loss"]) if math.isfinite(r["val_loss"]) else float("nan")
-    metrics["search/generation"] = g
-    for lg in trainer.loggers:
-        lg.log_metrics(metrics, step=g)
-        table = [[r["generation"], r["individual"], r["pair"], r["role"], r["val_loss"], r["genotype"]] for r in rows]
-        columns = ["generation", "individual", "pair", "role", "val_loss", "genotype"]
-        if hasattr(lg, "log_text") and type(lg).__name__ == "WandbLogger":
-            lg.log_text(key="search/genotypes", columns=columns, data=table)
-        elif type(lg).__name__ == "TensorBoardLogger":
-            md = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n" + \
-                 "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in table)
-            lg.experiment.add_text("search/genotypes", md, global_step=g)
-        lg.save()
+def _read_resume(cfg: DictConfig, semantic: Dict[str, Any]) -> tuple[Dict[str, Any], Path]:
+    """The checkpoint of ``cfg.resume`` and its run directory, after checking that it can continue
+    with this config."""
+    run_dir = Path(cfg.resume)
+    state, path = load_state(run_dir)
+    if state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"resume: {path} was written by an older relnas (search state format "
+                              f"{state.get('format', 1)}, this one reads {STATE_FORMAT}); start the search again")
+    changed = diff_configs(state["config"], semantic)
+    if changed:
+        raise ConfigError("resume: the configuration differs from the one the search started with in: "
+                          + "; ".join(changed))
+    log.info("resuming %s from %s (after generation %d)", run_dir, path.name, state["generation"])
+    return state, run_dir
 
 
-def _write_outputs(loop: SearchLoop, run_dir: Path, final: bool, plots: bool) -> Dict[str, Any]:
-    write_csv(run_dir / "history.csv", loop.history, HISTORY_FIELDS)
-    write_csv(run_dir / "generations.csv", loop.generation_summaries,
-              ["generation", "best_loss", "mean_loss", "diversity", "lr", "drop_path_prob", "diverged", "time_s"])
-    strat = loop.strategy
-    # each individual's most recent estimate (RelativeNAS: the last generation; baselines: its only one)
-    losses = {int(r["individual"]): float(r["val_loss"]) for r in loop.history}
-    write_population(run_dir / "population.json", strat.population(), losses)
-    out: Dict[str, Any] = {}
-    if final:
-        best_id, best_vec, best_loss = strat.best()
-        genotype = encoding.decode(best_vec)
-        genotype.save(run_dir / "genotype.json")
-        out = {"genotype": genotype, "individual": best_id, "val_loss": best_loss, "vector": best_vec}
-        (run_dir / "result.json").write_text(json.dumps({
-            "genotype": genotype.to_dict(), "genotype_str": str(genotype), "individual": best_id,
-            "val_loss": best_loss if math.isfinite(best_loss) else None, "vector": [float(v) for v in best_vec],
-            "strategy": strat.name, "generations": strat.generations, "estimations": len(loop.history),
-        }, indent=2) + "\n")
-        if plots:
-            from relnas.nas.draw import plot_genotype
-
-            plot_trajectories(run_dir / "val_loss_trajectories.png", loop.history)
-            plot_generation_stats(run_dir / "diversity.png", loop.generation_summaries)
-            plot_genotype(genotype, run_dir)
-    return out
-
-
-def _wandb_line_series(trainer: L.Trainer, history: List[Dict[str, Any]]) -> None:
-    for lg in trainer.loggers:
-        if type(lg).__name__ != "WandbLogger":
-            continue
-        import wandb
-
-        by_ind: Dict[int, Dict[int, float]] = {}
-        for r in history:
-            by_ind.setdefault(int(r["individual"]), {})[int(r["generation"])] = float(r["val_loss"])
-        gens = sorted({int(r["generation"]) for r in history})
-        ys = [[by_ind[i].get(g, float("nan")) for g in gens] for i in sorted(by_ind)]
-        lg.experiment.log({"search/val_loss_trajectories": wandb.plot.line_series(
-            xs=gens, ys=ys, keys=[f"ind_{i:03d}" for i in sorted(by_ind)], title="validation loss per individual",
-            xname="generation")})
-
-
+# ---------------------------------------------------------------------- run
 def run_search(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Run (or resume) a search as configured; returns the found genotype and its loss.
 
-    Launched in several processes (``torchrun``, ``srun``; see :mod:`relnas.search.distributed`)
-    with ``search.weight_set_update=per_generation``, the pairs of each generation are spread over
-    the processes; only rank 0 writes outputs, checkpoints and logs (every rank returns the result).
+    Launched in several processes (``torchrun``, ``srun``; see :mod:`relnas.search.distributed`
+    and :mod:`relnas.search.executors`), the executor spreads the work over them; only rank 0
+    writes outputs, checkpoints and logs (every rank returns the result).
     """
+    cfg = resolve_config(cfg)
     check_config(cfg)
     dist = search_dist.setup()
     try:
@@ -208,84 +202,52 @@ def _trainer_devices(cfg: DictConfig, dist: search_dist.DistContext) -> Dict[str
     return {"devices": 1, "num_nodes": 1}
 
 
-def _result(loop: SearchLoop) -> Dict[str, Any]:
-    best_id, best_vec, best_loss = loop.strategy.best()
-    return {"genotype": encoding.decode(best_vec), "individual": best_id, "val_loss": best_loss, "vector": best_vec}
-
-
 def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.DistContext) -> Dict[str, Any]:
     s = cfg.search
+    semantic = semantic_config(cfg)
     resume_state = None
     if cfg.get("resume"):
-        run_dir = Path(cfg.resume)
-        resume_state, path = load_state(run_dir)
-        changed = diff_configs(resume_state["config"], semantic_config(cfg))
-        if changed:
-            raise ConfigError("resume: the configuration differs from the one the search started with in: "
-                              + "; ".join(changed))
-        log.info("resuming %s from %s (after generation %d)", run_dir, path.name, resume_state["generation"])
+        resume_state, run_dir = _read_resume(cfg, semantic)
     run_dir = Path(run_dir) if run_dir is not None else Path.cwd()
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
+    # the pieces, each from its config node
+    strategy = build_strategy(cfg)
+    executor = build_executor(cfg, strategy, dist)
     data_kwargs = {"train_portion": float(s.train_portion)}
     if s.get("subset") is not None:  # search on a random subset of the training set
         data_kwargs["subset"] = int(s.subset)
     datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
     torch.manual_seed(int(cfg.seed))
-    weight_set = WeightSet(C=int(cfg.supernet.C), num_classes=datamodule.num_classes, layers=int(cfg.supernet.layers),
-                           in_channels=datamodule.in_channels, num_nodes=encoding.NUM_NODES)
-    extra = s.get(s.strategy)  # strategy-specific settings, e.g. search.evolution.sample_size
-    strategy_kwargs = OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else {}
-    strategy = create_strategy(s.strategy, population_size=int(s.population_size), generations=int(s.generations),
-                               budget=s.budget, **strategy_kwargs)
-    rng = np.random.default_rng(int(cfg.seed))
-    generation, history, summaries = 0, [], []
-    if resume_state is not None:
-        weight_set.load_state_dict(resume_state["weight_set"])
-        strategy.load_state_dict(resume_state["strategy"])
-        rng.bit_generator.state = resume_state["rng"]
-        generation, history = int(resume_state["generation"]), list(resume_state["history"])
-        summaries = list(resume_state.get("summaries", []))
-    else:
-        strategy.init(rng)
-    if s.channels_last:
-        weight_set = weight_set.to(memory_format=torch.channels_last)
-
+    weight_set = _build(cfg.supernet, "supernet", num_classes=datamodule.num_classes,
+                        in_channels=datamodule.in_channels)
     settings = SearchSettings(seed=int(cfg.seed), lr=float(s.lr), lr_min=float(s.lr_min),
                               drop_path_prob=float(s.drop_path_prob), drop_path_ramp=bool(s.drop_path_ramp),
-                              weight_set_update=str(s.weight_set_update), interrupt_after=s.get("interrupt_after"))
-    semantic = semantic_config(cfg)
+                              interrupt_after=s.get("interrupt_after"))
+    engine = SearchEngine(strategy, weight_set, settings, executor, rng=np.random.default_rng(int(cfg.seed)))
+    if resume_state is not None:
+        engine.load_state_dict(resume_state)
+    if s.channels_last:
+        weight_set.to(memory_format=torch.channels_last)
     plots = bool(s.get("plots", True))
 
-    def on_generation_end(loop: SearchLoop, trainer: L.Trainer) -> None:
-        if trainer.is_global_zero and dist.is_main:
-            _log_generation(loop, trainer)
-            state = loop.state_dict()
-            state.update({"weight_set": {k: v.detach().cpu() for k, v in weight_set.state_dict().items()},
-                          "config": semantic, "pair": 0, "strategy_name": strategy.name,
-                          "torch_rng": torch.get_rng_state(), "saved_at": time.time()})
-            save_state(run_dir, state)
-            _write_outputs(loop, run_dir, final=False, plots=False)
-
-    loop = SearchLoop(strategy, settings, rng, generation=generation, history=history,
-                      on_generation_end=on_generation_end, progress=bool(s.get("progress", True)), dist=dist)
-    loop.generation_summaries = summaries
-    if loop.done:
+    if engine.done:
         log.info("the search in %s is already complete", run_dir)
-        return _write_outputs(loop, run_dir, final=True, plots=plots) if dist.is_main else _result(loop)
+        engine.recorders = [OutputRecorder(run_dir, plots)] if dist.is_main else []
+        return dict(engine.end_search(), run_dir=run_dir)
 
     from relnas.utils import instantiate_loggers
 
     loggers = instantiate_loggers(cfg.get("logger")) if dist.is_main else []
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    module = SearchModule(weight_set, momentum=float(s.momentum), weight_decay=float(s.weight_decay),
-                          grad_clip=float(s.grad_clip), channels_last=bool(s.channels_last),
-                          cuda_graphs=s.get("cuda_graphs", "auto"), graph_warmup=int(s.get("graph_warmup", 1)),
-                          concurrent_pair=s.get("concurrent_pair", False) if not dist.distributed else False)
+    if dist.is_main:
+        engine.recorders = recorders_for(run_dir, semantic, loggers, plots)
+    module = _build(cfg.module, "module", weight_set=weight_set)
+    loop = SearchLoop(engine, progress=bool(s.get("progress", True)), announce=dist.is_main)
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, max_epochs=loop.remaining_estimations(), callbacks=[loop], logger=loggers or False,
+        cfg.trainer, max_epochs=engine.remaining_estimations(), callbacks=[loop], logger=loggers or False,
         **_trainer_devices(cfg, dist),
         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False, check_val_every_n_epoch=1,
         default_root_dir=str(run_dir), _convert_="partial")
@@ -296,18 +258,10 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         trainer.fit(module, datamodule=datamodule)
-    if not loop.done:
-        raise RuntimeError(f"the search stopped after generation {loop.generation} of {strategy.generations}; "
+    if not engine.done:
+        raise RuntimeError(f"the search stopped after generation {engine.generation} of {strategy.generations}; "
                            f"continue with resume={run_dir}")
-    if not dist.is_main:
-        result = _result(loop)
-        result.update(time_s=time.time() - start, run_dir=run_dir)
-        return result
-    result = _write_outputs(loop, run_dir, final=True, plots=plots)
-    if trainer.is_global_zero:
-        _wandb_line_series(trainer, loop.history)
-        for lg in loggers:
-            lg.finalize("success")
+    result = engine.end_search()
     result["time_s"] = time.time() - start
     result["run_dir"] = run_dir
     return result

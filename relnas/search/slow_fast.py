@@ -14,7 +14,7 @@ import numpy as np
 
 def check_population_size(n: int) -> int:
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 2 or n % 2:
-        raise ValueError(f"population size must be an even integer >= 2 (it is split into pairs), got {n!r}")
+        raise ValueError(f"population_size must be an even integer >= 2 (it is split into pairs), got {n!r}")
     return int(n)
 
 

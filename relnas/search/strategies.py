@@ -16,6 +16,13 @@ from relnas.search import encoding
 from relnas.search.slow_fast import check_population_size, fast_slow, init_population, random_pairs, slow_fast_update
 
 
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``name`` when it is not a positive integer."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 @dataclass
 class Job:
     """Individuals estimated together: ``members`` are individual ids, ``vectors`` their encodings."""
@@ -32,10 +39,18 @@ class JobResult:
 
 
 class Strategy:
-    """Base class. Subclasses implement ``init``, ``ask``, ``tell`` and the population accessors."""
+    """Base class. Subclasses implement ``init``, ``ask``, ``tell`` and the population accessors,
+    and check their own constructor arguments (``ValueError`` with a one-line message).
+
+    Class attributes the executors read: ``job_size`` (members per job: 2 for pairs, 1 for the
+    baselines) and ``sequential_only`` (True when a job is proposed from the results of the jobs
+    before it, so the jobs of a generation cannot run in parallel).
+    """
 
     name = "base"
     budget: int
+    job_size = 1
+    sequential_only = False
 
     def init(self, rng: np.random.Generator) -> None:
         raise NotImplementedError
@@ -72,13 +87,15 @@ class RelativeNAS(Strategy):
     """Slow-fast learning (SPEC 2): random pairs, the slow learner moves toward the fast one."""
 
     name = "relativenas"
+    job_size = 2
 
-    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None, **_: Any):
+    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None):
         self.population_size = check_population_size(population_size)
-        if budget:  # a budget in estimations fixes the number of generations
-            generations = int(budget) // self.population_size
-        if int(generations) < 1:
-            raise ValueError(f"generations must be a positive integer, got {generations!r}")
+        positive_int("generations", generations)
+        if budget is not None:  # a budget in estimations fixes the number of generations
+            generations = positive_int("budget", budget) // self.population_size
+            if generations < 1:
+                raise ValueError(f"budget {budget} is smaller than one generation ({self.population_size} estimations)")
         self._generations = int(generations)
         self.budget = self.population_size * self._generations
         self.alpha: Optional[np.ndarray] = None
@@ -133,6 +150,8 @@ def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
 
 
 def create_strategy(name: str, **kwargs: Any) -> Strategy:
+    """The strategy registered as ``name`` (the configs build strategies from ``configs/strategy/``
+    through their ``_target_``; this is the programmatic way)."""
     try:
         factory = STRATEGIES[name]
     except KeyError:

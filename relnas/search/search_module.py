@@ -1,13 +1,14 @@
 """LightningModule that trains and validates the current search candidate on the weight set.
 
-One instance (and one Trainer) serves the whole search: the search-loop callback
-(:class:`relnas.search.callback.SearchLoop`) switches the candidate before each Lightning epoch
-(= one candidate's one-epoch estimation) with :meth:`SearchModule.begin_candidate`. Each candidate
+One instance (and one Trainer) serves the whole search: before each Lightning epoch (= one
+candidate's one-epoch estimation) the search's executor (:mod:`relnas.search.executors`, called
+by the Lightning adapter :class:`relnas.search.callback.SearchLoop`) switches the candidate with
+:meth:`SearchModule.begin_candidate` and reads its losses with :meth:`SearchModule.candidate_losses`. Each candidate
 gets a fresh SGD optimizer over exactly the tensors it uses; the weight set is never copied.
 Losses are accumulated on the device and read once per candidate (no host sync per step).
 
 With CUDA graphs on (``cuda_graphs="auto"``, the default, on a GPU), each candidate's training step and validation step are
-captured once as CUDA graphs and replayed (:class:`relnas.models.step_graph.StepGraph`): same
+captured once as CUDA graphs and replayed (:class:`relnas.search.step_graph.StepGraph`): same
 arithmetic, without the per-kernel launch cost that dominates at the paper's network size.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Optional, Union
 import lightning as L
 import torch
 
-from relnas.models.step_graph import BACKENDS, StepGraph
+from relnas.search.step_graph import BACKENDS, StepGraph
 from relnas.search.concurrent import (PairTrainer, channels_last_input, drop_path_generator, mean_losses, train_step,
                                       val_step)
 from relnas.search.weight_set import Arch, WeightSet
@@ -29,21 +30,18 @@ log = logging.getLogger(__name__)
 class SearchModule(L.LightningModule):
     def __init__(self, weight_set: WeightSet, momentum: float = 0.9, weight_decay: float = 3e-4,
                  grad_clip: float = 5.0, channels_last: bool = True, cuda_graphs: Union[bool, str] = "auto",
-                 graph_warmup: int = 1, graph_backend: Optional[str] = None,
-                 concurrent_pair: Union[bool, str] = False):
+                 graph_warmup: int = 1, graph_backend: Optional[str] = None):
         """``cuda_graphs``: capture each candidate's train and validation steps as CUDA graphs:
         ``"auto"`` (on when the module runs on a CUDA device), ``True`` (the same, with a warning
         on other devices) or ``False`` (eager). ``graph_warmup``: eager steps before the capture.
         ``graph_backend``: ``"emulate"`` runs the graph bookkeeping on any device (tests).
-        ``concurrent_pair``: estimate the two members of a pair at the same time
-        (:class:`relnas.search.concurrent.PairTrainer`; the search loop asks
-        :meth:`pair_concurrently`): ``"auto"`` (on a CUDA device), ``True`` or ``False``."""
+        Both members of a pair at once: :meth:`run_pair`, called by the ``concurrent_pair``
+        executor (:mod:`relnas.search.executors`)."""
         super().__init__()
         if graph_backend is not None and graph_backend not in BACKENDS:
             raise ValueError(f"unknown graph_backend {graph_backend!r}; known: {', '.join(BACKENDS)}")
-        for name, value in (("cuda_graphs", cuda_graphs), ("concurrent_pair", concurrent_pair)):
-            if value not in (True, False, "auto"):
-                raise ValueError(f"{name} must be true, false or auto, got {value!r}")
+        if cuda_graphs not in (True, False, "auto"):
+            raise ValueError(f"cuda_graphs must be true, false or auto, got {cuda_graphs!r}")
         self.automatic_optimization = False
         self.weight_set = weight_set
         self.momentum, self.weight_decay, self.grad_clip = momentum, weight_decay, grad_clip
@@ -55,8 +53,7 @@ class SearchModule(L.LightningModule):
         self._params: list = []
         self._drop_gen: Optional[torch.Generator] = None  # the candidate's own drop-path stream
         self.cuda_graphs, self.graph_warmup, self.graph_backend = cuda_graphs, int(graph_warmup), graph_backend
-        self.concurrent_pair = concurrent_pair
-        self.skip_epoch = False          # the search loop trained this epoch's pair itself (concurrently)
+        self.skip_epoch = False          # the executor trained this epoch's pair itself (concurrently)
         self._pair_trainer: Optional[PairTrainer] = None
         self._graphs: dict = {}          # "train"/"val" -> StepGraph of the current candidate
         self._graphs_broken = False      # a capture failed: the rest of the run is eager
@@ -100,10 +97,6 @@ class SearchModule(L.LightningModule):
         return self.weight_set(channels_last_input(x, self.channels_last), self.arch, self.drop_prob, self._drop_gen)
 
     # ------------------------------------------------------------------ both members at once
-    def pair_concurrently(self) -> bool:
-        """Whether the search loop should estimate the two members of a pair at the same time."""
-        return self.concurrent_pair is True or (self.concurrent_pair == "auto" and self.device.type == "cuda")
-
     def pair_trainer(self) -> PairTrainer:
         if self._pair_trainer is None:
             self._pair_trainer = PairTrainer(self.weight_set, momentum=self.momentum, weight_decay=self.weight_decay,

@@ -1,0 +1,128 @@
+"""Recorders: what a search leaves behind, notified by the :class:`~relnas.search.engine.SearchEngine`
+at every generation's end (``on_generation_end``) and once at the end (``on_search_end``).
+
+* :class:`CheckpointRecorder`: ``search_state.pt`` (the engine's ``state_dict`` and the config
+  that defines the result, compared on resume), atomically (:mod:`relnas.search.state`);
+* :class:`LoggerRecorder`: the Lightning loggers (CSV, TensorBoard, W&B): per-generation metrics,
+  every individual's validation loss, the genotype table; at the end the W&B line series;
+* :class:`OutputRecorder`: the files of the run directory (:mod:`relnas.search.outputs`):
+  ``history.csv``, ``generations.csv``, ``population.json`` after every generation, and at the
+  end ``genotype.json``, ``result.json`` and the plots.
+
+In a search of several processes only the first one records (the others get no recorders).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from relnas.search import encoding
+from relnas.search.engine import SearchEngine
+from relnas.search.outputs import HISTORY_FIELDS, plot_generation_stats, plot_trajectories, write_csv, write_population
+from relnas.search.state import save_state
+
+GENERATION_FIELDS = ["generation", "best_loss", "mean_loss", "diversity", "lr", "drop_path_prob", "diverged", "time_s"]
+
+
+class CheckpointRecorder:
+    """``search_state.pt`` after every generation: ``engine.state_dict()`` plus ``config`` (the
+    flattened keys that define the result, see :func:`relnas.search.run.semantic_config`)."""
+
+    def __init__(self, run_dir: Path, config: Dict[str, Any]):
+        self.run_dir, self.config = Path(run_dir), dict(config)
+
+    def on_generation_end(self, engine: SearchEngine) -> None:
+        state = engine.state_dict()
+        state["config"] = self.config
+        save_state(self.run_dir, state)
+
+    def on_search_end(self, engine: SearchEngine) -> None:
+        pass
+
+
+class LoggerRecorder:
+    """Per-generation metrics to Lightning loggers (``step`` = generation)."""
+
+    def __init__(self, loggers: Sequence[Any]):
+        self.loggers = list(loggers)
+
+    def on_generation_end(self, engine: SearchEngine) -> None:
+        summary = engine.summaries[-1]
+        g = summary["generation"]
+        rows = [r for r in engine.history if r["generation"] == g]
+        metrics = {f"search/{k}": float(v) for k, v in summary.items() if k not in ("generation",)}
+        for r in rows:
+            metrics[f"val_loss/ind_{int(r['individual']):03d}"] = \
+                float(r["val_loss"]) if math.isfinite(r["val_loss"]) else float("nan")
+        metrics["search/generation"] = g
+        for lg in self.loggers:
+            lg.log_metrics(metrics, step=g)
+            table = [[r["generation"], r["individual"], r["pair"], r["role"], r["val_loss"], r["genotype"]]
+                     for r in rows]
+            columns = ["generation", "individual", "pair", "role", "val_loss", "genotype"]
+            if hasattr(lg, "log_text") and type(lg).__name__ == "WandbLogger":
+                lg.log_text(key="search/genotypes", columns=columns, data=table)
+            elif type(lg).__name__ == "TensorBoardLogger":
+                md = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n" + \
+                     "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in table)
+                lg.experiment.add_text("search/genotypes", md, global_step=g)
+            lg.save()
+
+    def on_search_end(self, engine: SearchEngine) -> None:
+        history = engine.history
+        for lg in self.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                import wandb
+
+                by_ind: Dict[int, Dict[int, float]] = {}
+                for r in history:
+                    by_ind.setdefault(int(r["individual"]), {})[int(r["generation"])] = float(r["val_loss"])
+                gens = sorted({int(r["generation"]) for r in history})
+                ys = [[by_ind[i].get(g, float("nan")) for g in gens] for i in sorted(by_ind)]
+                lg.experiment.log({"search/val_loss_trajectories": wandb.plot.line_series(
+                    xs=gens, ys=ys, keys=[f"ind_{i:03d}" for i in sorted(by_ind)],
+                    title="validation loss per individual", xname="generation")})
+        for lg in self.loggers:
+            lg.finalize("success")
+
+
+class OutputRecorder:
+    """The run directory's files (see the module docstring)."""
+
+    def __init__(self, run_dir: Path, plots: bool = True):
+        self.run_dir, self.plots = Path(run_dir), bool(plots)
+
+    def _tables(self, engine: SearchEngine) -> None:
+        write_csv(self.run_dir / "history.csv", engine.history, HISTORY_FIELDS)
+        write_csv(self.run_dir / "generations.csv", engine.summaries, GENERATION_FIELDS)
+        # each individual's most recent estimate (RelativeNAS: the last generation; baselines: its only one)
+        losses = {int(r["individual"]): float(r["val_loss"]) for r in engine.history}
+        write_population(self.run_dir / "population.json", engine.strategy.population(), losses)
+
+    def on_generation_end(self, engine: SearchEngine) -> None:
+        self._tables(engine)
+
+    def on_search_end(self, engine: SearchEngine) -> None:
+        self._tables(engine)
+        strat = engine.strategy
+        best_id, best_vec, best_loss = strat.best()
+        genotype = encoding.decode(best_vec)
+        genotype.save(self.run_dir / "genotype.json")
+        (self.run_dir / "result.json").write_text(json.dumps({
+            "genotype": genotype.to_dict(), "genotype_str": str(genotype), "individual": best_id,
+            "val_loss": best_loss if math.isfinite(best_loss) else None, "vector": [float(v) for v in best_vec],
+            "strategy": strat.name, "generations": strat.generations, "estimations": len(engine.history),
+        }, indent=2) + "\n")
+        if self.plots:
+            from relnas.nas.draw import plot_genotype
+
+            plot_trajectories(self.run_dir / "val_loss_trajectories.png", engine.history)
+            plot_generation_stats(self.run_dir / "diversity.png", engine.summaries)
+            plot_genotype(genotype, self.run_dir)
+
+
+def recorders_for(run_dir: Path, config: Dict[str, Any], loggers: Sequence[Any], plots: bool) -> List[Any]:
+    """The recorders of a search's first process, in notification order (log, checkpoint, files)."""
+    return [LoggerRecorder(loggers), CheckpointRecorder(run_dir, config), OutputRecorder(run_dir, plots)]

@@ -8,22 +8,25 @@ Exact command (from the repository root; about 40 minutes on a busy 2-core CPU):
 
     PYTHONPATH=. nohup python experiments/search_quality.py > /tmp/search_quality.log 2>&1 &
 
-Options: ``--work DIR`` (search run directories, default /tmp/relnas_search_quality; not
-committed), ``--threads N`` (torch threads, default 1), ``--quick`` (a tiny smoke configuration,
-writes under /tmp only), ``--report-only`` (rewrite the .md from the JSON logs).
+Options: ``--work DIR`` (search and training run directories, default /tmp/relnas_search_quality;
+not committed), ``--threads N`` (torch threads, default 1), ``--quick`` (a tiny smoke
+configuration, a few minutes; writes under /tmp only), ``--report-only`` (rewrite the .md from the
+JSON logs).
 
 Writes ``experiments/results/search_quality.md`` and one JSON log per run under
 ``experiments/results/search_quality/``. Every size is in ``SIZES`` below and in the report.
 
 Definitions:
-* search: ``relnas.search.run.run_search`` with ``search.strategy`` in relativenas / random /
-  evolution, the same budget (``search.budget``), supernet, data and schedule; the reported cell
-  is the strategy's ``best()`` (RelativeNAS: lowest loss in the last generation; baselines: lowest
-  loss ever estimated).
-* training protocol (the same for every architecture): ``relnas.build_network('cifar', ...)``
-  trained by a minimal plain-PyTorch loop in this script (SGD momentum 0.9, weight decay 3e-4,
-  cosine lr per step, gradient clip 5, crop + flip augmentation, fixed seed), then top-1 on the
-  whole 10K test set.
+* search: ``configs/search.yaml`` composed with Hydra and the overrides of
+  :func:`search_overrides` (``search.strategy`` in relativenas / random / evolution, the same
+  budget ``search.budget``, supernet, data and schedule), run by ``relnas.search.run.run_search``
+  as ``python -m relnas.search`` runs it; the reported cell is the run's ``genotype.json``
+  (RelativeNAS: lowest loss in the last generation; baselines: lowest loss ever estimated).
+* training protocol (the same for every architecture): ``configs/train.yaml`` composed with the
+  overrides of :func:`train_overrides` and run by ``relnas.train.train``, the code of
+  ``python -m relnas.train`` (NetworkCIFAR, SGD momentum 0.9, weight decay 3e-4, cosine lr per
+  epoch, gradient clip 5, crop + flip augmentation, fixed seed, no validation during training),
+  then top-1 on the whole 10K test set.
 * rank-fidelity estimate: every architecture of the sample (the 9 found + the random ones) is
   re-estimated once from the *final weight set of the RelativeNAS seed-0 search*: inherit its
   weights, train one epoch on that search's search-train split (constant lr ``RF_LR``, no drop
@@ -36,7 +39,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import platform
 import sys
 import time
@@ -50,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from relnas.search import encoding  # noqa: E402
@@ -82,7 +85,7 @@ SIZES: Dict[str, Any] = {
 }
 
 QUICK: Dict[str, Any] = dict(SIZES, search_subset=200, supernet_C=4, supernet_layers=3, budget=4, population_size=2,
-                             train_subset=256, train_epochs=1, num_random_archs=1)
+                             train_subset=256, train_epochs=1, num_random_archs=1, test_images=1000)
 
 
 def log(msg: str) -> None:
@@ -90,38 +93,41 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------- search
-def search_config(strategy: str, seed: int, sz: Dict[str, Any]):
-    base = OmegaConf.load(str(REPO / "configs" / "search.yaml"))
-    search = dict(OmegaConf.to_container(base.search), strategy=strategy, population_size=sz["population_size"],
-                  generations=max(1, sz["budget"] // sz["population_size"]), budget=sz["budget"],
-                  train_portion=sz["search_train_portion"], lr=sz["search_lr"], drop_path_prob=sz["search_drop_path"],
-                  progress=False, plots=False, channels_last=True)
-    strategy_node = OmegaConf.load(str(REPO / "configs" / "strategy" / f"{strategy}.yaml"))
+def compose_config(name: str, overrides: Sequence[str]):
+    """``configs/<name>.yaml`` composed with ``overrides``, as the command line would."""
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def search_overrides(strategy: str, seed: int, sz: Dict[str, Any], run_dir: Path) -> List[str]:
+    """``python -m relnas.search`` overrides of one search of the study."""
+    out = [
+        "data=fashion_mnist", "logger=none", "trainer.accelerator=cpu", f"paths.output_dir={run_dir}",
+        f"seed={seed}", f"strategy={strategy}", f"search.population_size={sz['population_size']}",
+        f"search.generations={max(1, sz['budget'] // sz['population_size'])}", f"search.budget={sz['budget']}",
+        f"search.train_portion={sz['search_train_portion']}", f"search.lr={sz['search_lr']}",
+        f"search.drop_path_prob={sz['search_drop_path']}", "search.progress=false", "search.plots=false",
+        f"supernet.C={sz['supernet_C']}", f"supernet.layers={sz['supernet_layers']}",
+        f"search.subset={sz['search_subset']}", f"data.image_size={sz['image_size']}",
+        f"data.batch_size={sz['search_batch_size']}", "data.eval_batch_size=500", "data.cutout=0",
+        "data.crop_padding=2", "data.flip=true", "data.on_device=false",
+    ]
     if strategy == "evolution":
-        strategy_node.sample_size = sz["evolution_sample_size"]
-    return OmegaConf.create({
-        "seed": seed, "resume": None, "task_name": "search", "search": search, "strategy": strategy_node,
-        "supernet": dict(base.supernet, C=sz["supernet_C"], layers=sz["supernet_layers"]), "module": base.module,
-        "data": {"_target_": "relnas.data.FashionMNISTDataModule", "data_dir": "data", "subset": sz["search_subset"],
-                 "image_size": sz["image_size"], "batch_size": sz["search_batch_size"], "eval_batch_size": 500,
-                 "cutout": 0, "crop_padding": 2, "flip": True, "split_seed": seed, "on_device": False},
-        "trainer": {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1,
-                    "enable_model_summary": False, "log_every_n_steps": 1000000},
-        "logger": None,
-    })
+        out.append(f"strategy.sample_size={sz['evolution_sample_size']}")
+    return out
 
 
 def run_one_search(strategy: str, seed: int, sz: Dict[str, Any], work: Path) -> Dict[str, Any]:
     import csv
+    import shutil
 
     from relnas.search.run import run_search
 
     run_dir = work / f"{strategy}_seed{seed}"
     if run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)
-    cfg = search_config(strategy, seed, sz)
+    overrides = search_overrides(strategy, seed, sz, run_dir)
+    cfg = compose_config("search", overrides)
     t0 = time.time()
     run_search(cfg, run_dir)
     search_time = time.time() - t0
@@ -131,61 +137,39 @@ def run_one_search(strategy: str, seed: int, sz: Dict[str, Any], work: Path) -> 
     return {"strategy": strategy, "seed": seed, "run_dir": str(run_dir), "search_time_s": search_time,
             "genotype": result["genotype"], "genotype_str": result["genotype_str"], "vector": result["vector"],
             "search_val_loss": result["val_loss"], "estimations": result["estimations"],
-            "generations": result["generations"], "history": history,
+            "generations": result["generations"], "history": history, "overrides": overrides,
             "config": OmegaConf.to_container(cfg, resolve=True)}
 
 
 # ---------------------------------------------------------------------- training protocol
-def train_and_test(genotype, sz: Dict[str, Any]) -> Dict[str, Any]:
-    """The fixed short protocol: a plain PyTorch loop (documented in the module docstring)."""
-    from relnas.data import FashionMNISTDataModule
-    from relnas.nas.networks import build_network
+def train_overrides(genotype: str, sz: Dict[str, Any], run_dir: Path) -> List[str]:
+    """``python -m relnas.train`` overrides of the study's short training protocol."""
+    test_batches = -(-int(sz["test_images"]) // 500)
+    return [
+        f"genotype={genotype}", "data=fashion_mnist", "logger=none", "callbacks=none",
+        "trainer.accelerator=cpu", "++trainer.enable_checkpointing=false", "++trainer.limit_val_batches=0",
+        f"++trainer.limit_test_batches={test_batches}", f"paths.output_dir={run_dir}",
+        "model.network=cifar", f"model.C={sz['train_C']}", f"model.layers={sz['train_layers']}",
+        "model.auxiliary=false", "model.drop_path_prob=0.0", f"epochs={sz['train_epochs']}",
+        f"optimizer.lr={sz['train_lr']}", f"optimizer.weight_decay={sz['train_weight_decay']}",
+        f"seed={sz['train_seed']}", f"++data.subset={sz['train_subset']}", f"data.image_size={sz['image_size']}",
+        f"data.batch_size={sz['train_batch_size']}", "data.eval_batch_size=500", "data.cutout=0",
+        "data.crop_padding=2", "data.flip=true", "data.on_device=false", "data.split_seed=0",
+        "++trainer.enable_progress_bar=false",
+    ]
 
-    seed = int(sz["train_seed"])
-    dm = FashionMNISTDataModule(data_dir="data", subset=sz["train_subset"], batch_size=sz["train_batch_size"],
-                                eval_batch_size=500, crop_padding=2, flip=True, cutout=0, on_device=False,
-                                split_seed=0, image_size=sz["image_size"])
-    dm.setup()
-    dm.set_seed(seed)
-    torch.manual_seed(seed)
-    net = build_network("cifar", genotype, C=sz["train_C"], layers=sz["train_layers"], num_classes=10, in_channels=1)
-    net = net.to(memory_format=torch.channels_last)
-    params = sum(p.numel() for p in net.parameters())
-    opt = torch.optim.SGD(net.parameters(), lr=sz["train_lr"], momentum=0.9, weight_decay=sz["train_weight_decay"])
-    steps_per_epoch = len(dm.train_dataloader())
-    total = steps_per_epoch * sz["train_epochs"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    t0 = time.time()
-    net.train()
-    losses = []
-    for epoch in range(sz["train_epochs"]):
-        for x, y in dm.train_dataloader():
-            x = dm.preprocess(x, train=True).contiguous(memory_format=torch.channels_last)
-            out = net(x)
-            logits = out[0] if isinstance(out, tuple) else out
-            loss = torch.nn.functional.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss))
-    train_time = time.time() - t0
-    t1 = time.time()
-    net.eval()
-    correct = n = 0
-    with torch.no_grad():
-        for x, y in dm.test_dataloader():
-            x = dm.preprocess(x, train=False).contiguous(memory_format=torch.channels_last)
-            out = net(x)
-            logits = out[0] if isinstance(out, tuple) else out
-            correct += int((logits.argmax(1) == y).sum())
-            n += len(y)
-            if n >= sz["test_images"]:
-                break
-    return {"test_acc": correct / n, "test_images": n, "params": params, "train_time_s": train_time,
-            "test_time_s": time.time() - t1, "final_train_loss": float(np.mean(losses[-steps_per_epoch:])),
-            "steps": total}
+
+def train_and_test(genotype, sz: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
+    """The fixed short protocol, through ``relnas.train`` (see :func:`train_overrides`)."""
+    from relnas.train import train
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    genotype_file = genotype.save(run_dir / "cell.json")
+    overrides = train_overrides(str(genotype_file), sz, run_dir)
+    res = train(compose_config("train", overrides))
+    return {"test_acc": 1.0 - res["test_top1_err"] / 100.0, "test_images": int(sz["test_images"]),
+            "params": round(res["params_m"] * 1e6), "train_time_s": res["wall_time_s"],
+            "steps": res["global_step"], "overrides": overrides, "results": res}
 
 
 # ---------------------------------------------------------------------- rank fidelity
@@ -240,7 +224,10 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
 
     cfg = OmegaConf.create(search_run["config"])
     state, _ = load_state(Path(search_run["run_dir"]))
-    dm = hydra.utils.instantiate(cfg.data, train_portion=float(cfg.search.train_portion))
+    data_kwargs = {"train_portion": float(cfg.search.train_portion)}
+    if cfg.search.get("subset") is not None:  # as run_search applies search.subset
+        data_kwargs["subset"] = int(cfg.search.subset)
+    dm = hydra.utils.instantiate(cfg.data, **data_kwargs)
     ws = WeightSet(C=int(cfg.supernet.C), num_classes=10, layers=int(cfg.supernet.layers), in_channels=1,
                    num_nodes=encoding.NUM_NODES)
     ws.load_state_dict(state["weight_set"])
@@ -260,27 +247,10 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
 
 
 def kendall(x: Sequence[float], y: Sequence[float]) -> Dict[str, float]:
-    try:
-        from scipy.stats import kendalltau
+    from scipy.stats import kendalltau  # scipy comes with scikit-learn, a dependency
 
-        r = kendalltau(x, y)
-        return {"tau": float(r.statistic if hasattr(r, "statistic") else r[0]), "p_value": float(r.pvalue)}
-    except ImportError:  # tau-b without scipy
-        n, c, d, tx, ty = len(x), 0, 0, 0, 0
-        for i in range(n):
-            for j in range(i + 1, n):
-                a, b = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-                if a == 0 and b == 0:
-                    continue
-                if a == 0:
-                    tx += 1
-                elif b == 0:
-                    ty += 1
-                elif a == b:
-                    c += 1
-                else:
-                    d += 1
-        return {"tau": (c - d) / math.sqrt((c + d + tx) * (c + d + ty)), "p_value": float("nan")}
+    r = kendalltau(x, y)
+    return {"tau": float(r.statistic), "p_value": float(r.pvalue)}
 
 
 # ---------------------------------------------------------------------- report
@@ -315,9 +285,9 @@ def write_report(path: Path, runs: List[Dict[str, Any]], randoms: List[Dict[str,
     L_.append(f"* Training protocol (every architecture): NetworkCIFAR C={sz['train_C']}, L={sz['train_layers']}, "
               f"1 input channel, no auxiliary head, from scratch, {sz['train_epochs']} epochs on a fixed seeded "
               f"subset of {sz['train_subset']} training images, batch {sz['train_batch_size']}, SGD lr "
-              f"{sz['train_lr']} (cosine per step), momentum 0.9, wd {sz['train_weight_decay']}, clip 5, crop(2)+flip, "
-              f"init/data seed {sz['train_seed']}; top-1 on the full {sz['test_images']}-image test set. Trained by "
-              f"the plain-PyTorch loop in the script (`train_and_test`), not by `relnas.train`.\n")
+              f"{sz['train_lr']} (cosine per epoch), momentum 0.9, wd {sz['train_weight_decay']}, clip 5, crop(2)+flip, "
+              f"init/data seed {sz['train_seed']}; top-1 on the first {sz['test_images']} test images. Trained by "
+              f"`relnas.train` on `configs/train.yaml` composed with the script's `train_overrides`.\n")
     L_.append("* Common random numbers: for a given seed the three strategies draw their first random vectors "
               "from the same generator state, so RelativeNAS's initial population, evolution's initial population "
               "and random search's first chunk are the same architectures (and the supernet initialisation and "
@@ -417,10 +387,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             search_time += r["search_time_s"]
             log(f"  found {r['genotype_str']} (val loss {r['search_val_loss']:.4f}, {r['search_time_s']:.0f}s)")
             t = time.time()
-            r["train"] = train_and_test(encoding.decode(r["vector"]), sz)
+            r["train"] = train_and_test(encoding.decode(r["vector"]), sz, work / f"train_{strategy}_seed{seed}")
             train_time += time.time() - t
-            log(f"  trained: test acc {r['train']['test_acc']:.4f} ({r['train']['train_time_s']:.0f}s train, "
-                f"{r['train']['test_time_s']:.0f}s test)")
+            log(f"  trained: test acc {r['train']['test_acc']:.4f} ({r['train']['train_time_s']:.0f}s train + test)")
             r["log"] = str(log_dir / f"{strategy}_seed{seed}.json")
             Path(r["log"]).write_text(json.dumps(r, indent=1) + "\n")
             runs.append(r)
@@ -431,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         g = encoding.decode(vec)
         log(f"random architecture {i}: {g}")
         t = time.time()
-        tr = train_and_test(g, sz)
+        tr = train_and_test(g, sz, work / f"train_random_arch{i}")
         train_time += time.time() - t
         log(f"  trained: test acc {tr['test_acc']:.4f}")
         r = {"kind": "random_architecture", "index": i, "vector": [float(v) for v in vec], "genotype": g.to_dict(),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -30,21 +29,13 @@ from typing import Any, Dict, Optional
 import hydra
 from omegaconf import DictConfig
 
-from relnas.train import (
-    ConfigError,
-    check_input_size,
-    datamodule_info,
-    instantiate_datamodule,
-    load_checkpoint_dict,
-    resolve_genotype,
-    write_json,
-)
+from relnas.errors import ConfigError
+from relnas.nas.arch import ArchSpec
+from relnas.utils.instantiate import instantiate, instantiate_datamodule
+from relnas.utils.io import load_checkpoint_dict, write_json
+from relnas.utils.task import task
 
 log = logging.getLogger(__name__)
-
-#: ClassifierModule constructor arguments stored in our checkpoints' hyper-parameters
-_MODULE_KEYS = ("genotype", "network", "C", "layers", "num_classes", "in_channels", "image_size", "auxiliary",
-                "auxiliary_weight", "drop_path_prob", "label_smoothing", "scheduler", "epochs", "channels_last")
 
 
 def find_eval_checkpoint(path: str) -> Path:
@@ -85,7 +76,6 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         L.seed_everything(int(cfg.seed))
 
     dm = instantiate_datamodule(cfg.data, stage="test")
-    info = datamodule_info(dm)
 
     if cfg.get("checkpoint"):
         path = find_eval_checkpoint(cfg.checkpoint)
@@ -94,36 +84,27 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         if not hp or "state_dict" not in ckpt:
             raise ConfigError(f"checkpoint {str(path)!r} is not a relnas training checkpoint; "
                               f"for the official code's files use reference_checkpoint=")
+        arch = ArchSpec.from_dict({**hp, "image_size": dm.image_size})
         for key in ("num_classes", "in_channels"):
-            if int(hp[key]) != info[key]:
-                raise ConfigError(f"checkpoint {str(path)!r} has {key}={hp[key]} but the data set gives "
-                                  f"{info[key]}: choose the data set it was trained on (data=<name>)")
-        kwargs = {k: hp[k] for k in _MODULE_KEYS if k in hp}
-        kwargs["image_size"] = info["image_size"]
-        check_input_size(kwargs["network"], resolve_genotype(dict(kwargs["genotype"])), kwargs["C"],
-                         kwargs["layers"], info["num_classes"], info["in_channels"], info["image_size"], False)
-        model = ClassifierModule(**kwargs)
+            if getattr(arch, key) != int(getattr(dm, key)):
+                raise ConfigError(f"checkpoint {str(path)!r} has {key}={getattr(arch, key)} but the data set gives "
+                                  f"{getattr(dm, key)}: choose the data set it was trained on (data=<name>)")
+        arch.replace(auxiliary=False).check_input()  # the auxiliary head does not run in evaluation
+        model = ClassifierModule.from_hparams(hp, **arch.to_dict())
         model.load_state_dict(ckpt["state_dict"], strict=True)
         source = {"checkpoint": str(path)}
     else:
         from relnas.nas.checkpoint import load_reference_checkpoint
 
-        genotype = resolve_genotype(cfg.genotype)
-        m = cfg.model
-        check_input_size(m.network, genotype, m.C, m.layers, info["num_classes"], info["in_channels"],
-                         info["image_size"], False)
-        net = load_reference_checkpoint(cfg.reference_checkpoint, kind=m.network, genotype=genotype, C=m.C,
-                                        layers=m.layers, num_classes=info["num_classes"], auxiliary=m.auxiliary,
-                                        map_location="cpu", in_channels=info["in_channels"])
-        model = ClassifierModule(genotype=genotype, network=m.network, C=m.C, layers=m.layers,
-                                 num_classes=info["num_classes"], in_channels=info["in_channels"],
-                                 image_size=info["image_size"], auxiliary=m.auxiliary,
-                                 channels_last=m.get("channels_last", True), net=net)
+        arch = ArchSpec.from_config(cfg.model, cfg.genotype, dm)
+        arch.replace(auxiliary=False).check_input()
+        net = load_reference_checkpoint(cfg.reference_checkpoint, network=arch.build(), map_location="cpu")
+        model = ClassifierModule(**arch.to_dict(), channels_last=cfg.model.get("channels_last", True), net=net)
         source = {"reference_checkpoint": str(cfg.reference_checkpoint)}
 
     print(f"genotype: {model.genotype}", flush=True)
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
     res = trainer.test(model, datamodule=dm, verbose=False)
     metrics = {k: float(v) for k, v in (res[0] if res else {}).items()}
     acc1, acc5 = metrics.get("test/acc1"), metrics.get("test/acc5")
@@ -131,8 +112,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     results = {
         **source,
         "genotype": model.genotype.to_dict(),
-        "network": {k: model.hparams[k] for k in ("network", "C", "layers", "num_classes", "in_channels",
-                                                 "image_size", "auxiliary")},
+        "network": {k: v for k, v in model.arch.to_dict().items() if k != "genotype"},
         "data": str(cfg.data.get("_target_")),
         "params_m": summary.get("params_m"),
         "mult_adds_m": summary.get("mult_adds_m"),
@@ -150,24 +130,15 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     return results
 
 
-def run(cfg: DictConfig) -> Dict[str, Any]:
-    from relnas.data import DatasetNotFoundError
-    from relnas.nas.genotypes import GenotypeError
-
-    try:
-        from relnas.nas.checkpoint import CheckpointError
-    except ImportError:  # pragma: no cover
-        CheckpointError = GenotypeError  # type: ignore[misc,assignment]
-    try:
-        return evaluate(cfg)
-    except (ConfigError, DatasetNotFoundError, GenotypeError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
-    except FileNotFoundError as e:  # e.g. a missing reference checkpoint
-        sys.exit(f"error: {e}")
+#: ``evaluate`` for the command line: a known error is one ``error: ...`` line and exit status 2
+run = task(evaluate)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 def main(cfg: DictConfig) -> Optional[float]:
+    from relnas.utils.console import setup_console
+
+    setup_console()
     results = run(cfg)
     return results.get("test_top1_err")
 

@@ -103,6 +103,21 @@ def test_search_batches_are_the_lightning_batches_after_set_seed():
         assert len(got) == len(expected) == (4 if train else 3)
         for (xg, yg), (xe, ye) in zip(got, expected):
             assert torch.equal(xg, xe) and torch.equal(yg, ye)
+    # with val_augment the validation batches continue the training's augmentation stream, as in
+    # the Lightning loop (one generator, training first)
+    dm_aug = SyntheticDataModule(num_train=40, num_test=8, image_size=8, train_portion=0.5, batch_size=6,
+                                 eval_batch_size=8, crop_padding=2, flip=True, cutout=4, val_augment=True)
+    dm_aug.setup()
+    dm_aug.set_seed(7)
+    expected = [(dm_aug.preprocess(x, train=True), y) for x, y in dm_aug.train_dataloader()]
+    expected += [(dm_aug.preprocess(x, train=True), y) for x, y in dm_aug.val_dataloader()]
+    train_it, val_it = dm_aug.search_epoch(7)
+    got = list(train_it) + list(val_it)
+    assert len(got) == len(expected) == 7
+    for (xg, yg), (xe, ye) in zip(got, expected):
+        assert torch.equal(xg, xe) and torch.equal(yg, ye)
+    clean = [dm_aug.preprocess(x, train=False) for x, _ in dm_aug.val_dataloader()]
+    assert not torch.equal(got[-1][0], clean[-1])  # the validation batches are augmented
     # interleaving two seeds' batches does not mix their streams
     a, b = dm.search_batches(1, True), dm.search_batches(2, True)
     mixed = [(next(a), next(b)) for _ in range(4)]

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from relnas.data import (
-    DATAMODULES,
     BatchAugment,
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -21,7 +20,6 @@ from relnas.data import (
     SyntheticDataModule,
     TensorBatchLoader,
     TensorDataModule,
-    create_datamodule,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -444,20 +442,28 @@ def test_imagefolder(tmp_path):
     search.setup()
     assert len(search.train_set) == 4 and len(search.val_set) == 4
     assert not set(search.train_set.indices) & set(search.val_set.indices)
+    # val_augment (the authors' search): the search-validation images get the training transform
+    assert search.val_set.dataset.transform is not search.train_set.dataset.transform
+    official = ImageFolderDataModule(data_dir=str(tmp_path), image_size=16, num_workers=0, train_portion=0.5,
+                                     val_augment=True)
+    official.setup()
+    assert official.val_set.dataset.transform is official.train_set.dataset.transform
     with pytest.raises(DatasetNotFoundError, match="not found"):
         ImageFolderDataModule(data_dir=str(tmp_path / "none")).setup()
 
 
-# ---------------------------------------------------------------------- registry, configs, Lightning
-def test_registry():
-    assert set(DATAMODULES) == {"cifar10", "cifar100", "fashion_mnist", "digits", "imagefolder", "synthetic"}
-    dm = create_datamodule("synthetic", num_train=4, num_test=4)
-    assert isinstance(dm, SyntheticDataModule)
-    with pytest.raises(KeyError, match="cifar10"):
-        create_datamodule("mnist")
+# ---------------------------------------------------------------------- configs, Lightning
+# The data modules are chosen by the Hydra config group configs/data/ (its files' _target_).
+DATA_CONFIGS = {"cifar10": CIFAR10DataModule, "cifar100": CIFAR100DataModule,
+                "fashion_mnist": FashionMNISTDataModule, "digits": DigitsDataModule,
+                "imagefolder": ImageFolderDataModule, "synthetic": SyntheticDataModule}
 
 
-@pytest.mark.parametrize("name", sorted(DATAMODULES))
+def test_every_data_config_is_listed():
+    assert {p.stem for p in (REPO / "configs" / "data").glob("*.yaml")} == set(DATA_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(DATA_CONFIGS))
 def test_hydra_configs_instantiate(name, tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -465,7 +471,7 @@ def test_hydra_configs_instantiate(name, tmp_path):
     cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)},
                             "data": OmegaConf.load(REPO / "configs" / "data" / f"{name}.yaml")})
     dm = instantiate(cfg.data)
-    assert isinstance(dm, DATAMODULES[name])
+    assert type(dm) is DATA_CONFIGS[name]
     assert dm.data_dir == str(tmp_path) or name == "imagefolder"
     if name in ("cifar10", "cifar100"):
         assert dm.batch_size == 256 and dm.batch_augment.cutout == 16 and dm.download is False

@@ -100,3 +100,41 @@ def test_encode_rejects_outside_search_space():
 
     with pytest.raises(GenotypeError):
         encode(get_genotype("NASNet"))
+
+
+def _official_index(x: float) -> int:
+    """The authors' decode of one element, as their code writes it (slow_fast_learning.genotype)."""
+    return int(x) if x % 1 != 0 else int(x - 0.1)
+
+
+def test_decode_exact_integers_inside_the_bounds_follow_the_papers_intervals():
+    """relnas decodes with the paper's half-open intervals [k, k+1): an exact integer k inside the
+    bounds selects k. The authors' int(x - 0.1) selects k - 1 there (decode(..., rule="official"))."""
+    v = np.full(32, 0.5)
+    v[0], v[1] = 1.0, 3.0      # normal node 2: input 1.0 (bound 2), op 3.0 (bound 7)
+    v[4], v[7] = 2.0, 6.0      # normal node 3: input 2.0 (bound 3), second op 6.0
+    v[16 + 13] = 5.0           # reduce node 5, first op 5.0
+    g = decode(v)
+    assert g.normal[0] == (SEARCH_OPS[3], 1)               # sep_conv_3x3 from node 1
+    assert g.normal[2] == (SEARCH_OPS[0], 2)
+    assert g.normal[3] == (SEARCH_OPS[6], 0)
+    assert g.reduce[6][0] == SEARCH_OPS[5]
+    official = decode(v, rule="official")
+    assert official.normal[0] == (SEARCH_OPS[_official_index(3.0)], _official_index(1.0)) == ("skip_connect", 0)
+    assert official.normal[2] == (SEARCH_OPS[0], _official_index(2.0)) == ("max_pool_3x3", 1)
+    assert official.normal[3][0] == SEARCH_OPS[_official_index(6.0)] == "dil_conv_3x3"
+    assert official.reduce[6][0] == SEARCH_OPS[_official_index(5.0)] == "sep_conv_5x5"
+    # away from exact integers, and at the bounds, both rules agree
+    for x in (0.0, 0.25, 2.999999, 3.000001, 7.0):
+        w = np.full(32, 0.5)
+        w[1] = x
+        if x % 1 != 0 or x in (0.0, 7.0):
+            assert decode(w) == decode(w, rule="official"), x
+    with pytest.raises(ValueError, match="decode rule"):
+        decode(v, rule="round")
+
+
+def test_all_reference_decode_cases_under_the_official_rule_too(reference_dir):
+    data = json.loads((reference_dir / "decode_cases.json").read_text())
+    for i, case in enumerate(data["cases"]):
+        assert decode(case["vector"], rule="official") == Genotype.from_dict(case["genotype"]), f"case {i}"

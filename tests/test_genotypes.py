@@ -103,7 +103,7 @@ def test_register_genotype():
         register_genotype("_test_geno", other.to_dict(), overwrite=True)
         assert get_genotype("_test_geno") == other
     finally:
-        G._REGISTRY.pop("_test_geno", None)
+        G.GENOTYPES.unregister("_test_geno")
 
 
 def test_load_from_file(tmp_path):

@@ -232,3 +232,25 @@ def test_profile_relativenas_paper_numbers():
     s = network_summary(imagenet)
     assert 4.9 < s["params_m"] < 5.2  # paper: 5.05M
     assert 450 < s["mult_adds_m"] < 600  # mobile setting
+
+
+def test_arch_spec_is_parsed_once_and_compared_by_weight_shapes(tmp_path):
+    from relnas import ArchSpec, get_genotype
+    from relnas.errors import ConfigError, RegistryError
+
+    path = get_genotype("DARTS_V2").save(tmp_path / "cell.json")
+    a = ArchSpec(network="cifar", genotype=str(path), C=8, layers=5, num_classes=10)
+    assert a.genotype == get_genotype("DARTS_V2") and a.image_size == 32  # the CIFAR network's own size
+    path.unlink()  # resolved when the spec was made: the file is not read again
+    assert ArchSpec.from_dict(a.to_dict()) == a
+    b = a.replace(genotype="RelativeNAS", C=6, image_size=28)
+    assert list(a.differences(b)) == ["genotype", "C"]  # the image size does not shape the weights
+    assert a.replace(image_size=36).differences(a) == {}
+    sd = a.build().state_dict()
+    ref = build_network("cifar", "DARTS_V2", 8, 5, 10).state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+    assert ArchSpec(network="imagenet", C=8, layers=5).image_size == 224
+    with pytest.raises(ConfigError, match="C must be a positive integer, got 0"):
+        ArchSpec(C=0)
+    with pytest.raises(RegistryError, match="unknown network 'mnist'; known networks: cifar, imagenet"):
+        ArchSpec(network="mnist")

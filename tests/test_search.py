@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from relnas.search import encoding
-from relnas.search import engine as engine_mod
+from relnas.search.callback import SearchLoop
 from relnas.search.engine import SearchEngine, SimulatedInterrupt
 from relnas.search.run import ConfigError, run_search
 from relnas.search.search_module import SearchModule
 from relnas.search.state import PREV_FILE, STATE_FILE, load_state
-from relnas.search.weight_set import WeightSet, eq6_sources, merge_eq6
+from relnas.search.weight_set import WeightSet
 from search_helpers import tiny_search_cfg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,69 +102,48 @@ def test_weight_set_module_walks_behave_as_nn_module():
         ws.train("yes")
 
 
-def test_merge_eq6_assigns_every_tensor_exhaustively():
-    torch.manual_seed(0)
-    ws = WeightSet(C=4, num_classes=10, layers=3)
-    fast_g, slow_g = _genotypes(1, 2)
-    fast_keys = ws.keys_of(ws.compile(fast_g).groups)
-    slow_keys = ws.keys_of(ws.compile(slow_g).groups)
-    omega = ws.tensors()
-    before = {k: v.clone() for k, v in omega.items()}
-    fast = {k: torch.full_like(before[k], 1) for k in fast_keys}
-    slow = {k: torch.full_like(before[k], 2) for k in slow_keys}
-    merge_eq6(omega, fast, slow)
-    sources = eq6_sources(omega, fast_keys, slow_keys)
-    assert set(sources.values()) == {"fast", "slow", "omega"}
-    for k, src in sources.items():
-        expected = {"fast": fast, "slow": slow, "omega": before}[src][k]
-        assert torch.equal(omega[k], expected), k
-    # a diverged slow learner contributes nothing
-    ws2 = WeightSet(C=4, num_classes=10, layers=3)
-    o2 = ws2.tensors()
-    b2 = {k: v.clone() for k, v in o2.items()}
-    merge_eq6(o2, {k: torch.full_like(b2[k], 1) for k in fast_keys}, None)
-    for k in o2:
-        assert torch.equal(o2[k], torch.full_like(b2[k], 1) if k in set(fast_keys) else b2[k])
-
-
 def test_search_pair_leaves_exactly_the_eq6_values(tmp_path, monkeypatch):
-    """One real pair through the Lightning search loop: afterwards every tensor of Omega (BN
-    buffers included) holds the fast learner's trained value, the slow-only trained value, or
-    its old value."""
-    captured = []
-    real_merge = engine_mod.merge_eq6
+    """One real pair through the search: the two members' starting and trained weights and their
+    validation losses are recorded around the loop's hooks (not taken from the merge's arguments);
+    afterwards every tensor of Omega (BN buffers included) holds the lower-loss member's trained
+    value if it uses it, else the other member's, else its old value -- in the saved checkpoint too."""
+    seen = []
+    real_start, real_end = SearchLoop.on_train_epoch_start, SearchLoop.on_train_epoch_end
 
-    def spy(omega, fast, slow):
-        captured.append({"before": {k: v.clone() for k, v in omega.items()}, "fast": fast, "slow": slow})
-        real_merge(omega, fast, slow)
-        captured[-1]["after"] = {k: v.clone() for k, v in omega.items()}
+    def start(self, trainer, pl_module):
+        seen.append({"start": {k: v.clone() for k, v in pl_module.weight_set.state_dict().items()}})
+        real_start(self, trainer, pl_module)
 
-    monkeypatch.setattr(engine_mod, "merge_eq6", spy)
+    def end(self, trainer, pl_module):
+        ws = pl_module.weight_set
+        seen[-1].update(trained={k: v.clone() for k, v in ws.state_dict().items()},
+                        loss=pl_module.candidate_losses()[1], keys=set(ws.keys_of(pl_module.arch.groups)))
+        real_end(self, trainer, pl_module)
+
+    monkeypatch.setattr(SearchLoop, "on_train_epoch_start", start)
+    monkeypatch.setattr(SearchLoop, "on_train_epoch_end", end)
     cfg = tiny_search_cfg(tmp_path, ["search.population_size=2", "search.generations=1", "search.drop_path_prob=0"])
     run_search(cfg, tmp_path)
-    assert len(captured) == 1
-    c = captured[0]
-    fast, slow, before, after = c["fast"], c["slow"], c["before"], c["after"]
-    assert any(k.endswith("running_mean") for k in fast) and any(k.endswith("num_batches_tracked") for k in fast)
-    changed = [k for k in fast if k.endswith("weight") and not torch.equal(fast[k], before[k])]
-    assert changed, "the fast learner was trained"
-    assert any(not torch.equal(fast[k], before[k]) for k in fast if k.endswith("running_mean"))
+    assert len(seen) == 2
+    before = seen[0]["start"]
+    fast, slow = sorted(seen, key=lambda c: c["loss"])
+    assert fast["loss"] < slow["loss"]
+    state, _ = load_state(tmp_path)
+    after = state["weight_set"]
+    assert any(k.endswith("num_batches_tracked") for k in fast["keys"])
+    assert any(not torch.equal(fast["trained"][k], before[k]) for k in fast["keys"] if k.endswith("running_mean"))
     n_slow_only = 0
     for k in after:
-        if k in fast:
-            assert torch.equal(after[k], fast[k]), k
-        elif k in slow:
+        if k in fast["keys"]:
+            assert torch.equal(after[k], fast["trained"][k].cpu()), k
+        elif k in slow["keys"]:
             n_slow_only += 1
-            assert torch.equal(after[k], slow[k]), k
+            assert torch.equal(after[k], slow["trained"][k].cpu()), k
         else:
-            assert torch.equal(after[k], before[k]), k
+            assert torch.equal(after[k], before[k].cpu()), k
     assert n_slow_only > 0
-    # shared parts are used by both; the fast learner's values win
-    assert "stem.0.weight" in fast and "stem.0.weight" in slow
-    assert not torch.equal(fast["stem.0.weight"], slow["stem.0.weight"])
-    state, _ = load_state(tmp_path)
-    for k, v in state["weight_set"].items():
-        assert torch.equal(v, after[k].cpu()), k
+    # shared parts are used by both and trained differently; the fast learner's values win
+    assert not torch.equal(fast["trained"]["stem.0.weight"], slow["trained"]["stem.0.weight"])
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -301,6 +280,7 @@ def test_diverging_candidate_loses_and_never_enters_the_weight_set(tmp_path, mon
     ("strategy=evolution search.executor=per_generation", "evolution needs a sequential executor"),
     ("strategy=evolution strategy.sample_size=0", "sample_size must be a positive integer"),
     ("strategy=random search.population_size=0", "population_size must be a positive integer"),
+    ("strategy.tie_rule=coin", "tie_rule"),
 ])
 def test_bad_search_config_fails_before_work(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):

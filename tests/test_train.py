@@ -154,19 +154,20 @@ def _synthetic_like(cfg) -> None:
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(name, tmp_path):
-    from relnas.train import build_model, check_input_size, datamodule_info, instantiate_datamodule, resolve_genotype
+    from relnas.nas.arch import ArchSpec
+    from relnas.train import build_model, instantiate_datamodule
 
     cfg = _compose(f"+experiment={name}", f"paths.output_dir={tmp_path}")
     assert cfg.trainer.max_epochs == cfg.epochs and cfg.trainer.gradient_clip_val == 5
     _synthetic_like(cfg)
     dm = instantiate_datamodule(cfg.data)
-    info = datamodule_info(dm)
-    genotype = resolve_genotype(cfg.genotype)
-    m = cfg.model
-    check_input_size(m.network, genotype, m.C, m.layers, info["num_classes"], info["in_channels"],
-                     info["image_size"], m.auxiliary)
-    model = build_model(cfg, genotype, info)
-    assert model.net.classifier.out_features == info["num_classes"]
+    arch = ArchSpec.from_config(cfg.model, cfg.genotype, dm)
+    arch.check_input()
+    model = build_model(cfg, arch)
+    assert model.net.classifier.out_features == dm.num_classes
+    assert model.hparams.C == cfg.model.C and model.hparams.epochs == cfg.epochs
+    assert model.hparams.drop_path_prob == cfg.model.drop_path_prob
+    assert model.hparams.scheduler == OmegaConf.to_container(cfg.scheduler)
     opt = model.optimizer_factory(model.parameters())
     assert isinstance(opt, torch.optim.SGD)
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr and opt.param_groups[0]["nesterov"] is False
@@ -233,19 +234,20 @@ def test_imagenet_network_needs_224(tmp_path):
         train(_cfg(tmp_path, "model.network=imagenet", "model.auxiliary=false"))
 
 
-def test_cifar100_without_data(tmp_path):
+def test_cifar100_without_data(tmp_path, capsys):
     from relnas.train import run
 
     with pytest.raises(SystemExit) as e:
         run(_compose("data=cifar100", "model.C=4", "model.layers=3", "trainer.accelerator=cpu", "logger=none",
                      f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path / 'empty'}"))
-    msg = str(e.value.code)
-    assert msg.startswith("error: ") and "\n" not in msg and "download" in msg.lower(), msg
+    assert e.value.code == 2
+    msg = capsys.readouterr().err.strip().splitlines()[-1]
+    assert msg.startswith("error: ") and "download" in msg.lower(), msg
 
 
 def test_cli_error_is_one_line(tmp_path):
     p = run_cli("relnas.train", tmp_path / "run", *TINY, "genotype=NoSuchNet")
-    assert p.returncode != 0
+    assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("error: unknown genotype 'NoSuchNet'")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -309,3 +311,50 @@ def test_evaluate_official_reference_checkpoint(tmp_path):
         logits, _ = net(dm.preprocess(x, train=False))
     expected = 100.0 * (logits.argmax(1) != y).float().mean().item()
     assert res["test_top1_err"] == pytest.approx(expected, abs=1e-3)
+
+
+# ---------------------------------------------------------------------- which weights are tested
+
+def _val_errors(run_dir: Path) -> dict:
+    """Top-1 error (%) of each epoch's validation, from the CSV log."""
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/acc1")]
+    return {int(r["epoch"]): 100.0 * (1.0 - float(r["val/acc1"])) for r in rows}
+
+
+def test_default_tests_the_final_epoch_not_a_test_selected_one(trained):
+    # data.val_size=0: validation runs on the test split, so the final epoch's validation error is
+    # the final weights' test error, and the best epoch is one chosen on the test set
+    run_dir, _ = trained
+    res = json.loads((run_dir / "results.json").read_text())
+    sel = res["test_selection"]
+    assert sel["rule"] == "final" and not sel["selected_on_test_set"] and res["test_checkpoint"] == "final weights"
+    assert "test split" in res["validation_split"]
+    errors = _val_errors(run_dir)
+    assert res["test_top1_err"] == pytest.approx(errors[max(errors)], abs=1e-3)
+
+
+def test_selection_rules_are_labelled(tmp_path):
+    from relnas.utils.selection import resolve_test_rule
+
+    assert resolve_test_rule("auto", 0) == "final" and resolve_test_rule("auto", 500) == "best_val"
+    with pytest.raises(ValueError, match="data.val_size"):
+        resolve_test_rule("best_val", 0)
+    with pytest.raises(ValueError, match="test split"):
+        resolve_test_rule("best_test_epoch", 100)
+    p = run_cli("relnas.train", tmp_path / "r", *TINY, "epochs=1", "test_checkpoint=best_val")
+    assert p.returncode != 0 and "error: test_checkpoint=best_val needs" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_authors_protocol_is_available_and_labelled(tmp_path):
+    run_dir = tmp_path / "r"
+    p = run_cli("relnas.train", run_dir, *TINY, "epochs=3", "test_checkpoint=best_test_epoch")
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    sel = res["test_selection"]
+    assert sel["rule"] == "best_test_epoch" and sel["selected_on_test_set"] and "TEST SPLIT" in sel["description"]
+    errors = _val_errors(run_dir)
+    best = min(errors, key=lambda e: (errors[e], e))
+    assert res["test_top1_err"] == pytest.approx(errors[best], abs=1e-3)
+    assert sel["checkpoint"].endswith(f"best_epoch{best:03d}.ckpt")
+    assert res["data_source"].startswith("generated in memory")

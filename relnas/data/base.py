@@ -21,6 +21,7 @@ saved and restored by ``state_dict``/``load_state_dict`` (Lightning checkpoints 
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ from relnas.data.augment import BatchAugment
 from relnas.data.loader import TensorBatchLoader
 
 __all__ = ["TensorDataModule"]
+
+log = logging.getLogger(__name__)
 
 _AUG_STREAM = 0x5EED_A06  # separates the augmentation stream from the shuffling stream
 
@@ -63,6 +66,9 @@ class TensorDataModule(L.LightningDataModule):
         download: download the dataset (in ``prepare_data``) when it is missing.
         seed: initial seed for shuffling and augmentation (see ``set_seed``).
         mean, std: override the dataset's normalisation statistics.
+        val_augment: in search mode, validate on the search-validation split WITH the training
+            augmentation (crop/flip/Cutout, as the authors' search does: its two loaders share one
+            dataset object). Default False: clean validation images.
         subset: keep only this many training images (a random subset drawn with ``split_seed``,
             before any split); None keeps the whole training set. The test set is unchanged.
     """
@@ -90,6 +96,7 @@ class TensorDataModule(L.LightningDataModule):
         mean: Sequence[float] | float | None = None,
         std: Sequence[float] | float | None = None,
         subset: int | None = None,
+        val_augment: bool = False,
     ) -> None:
         super().__init__()
         if train_portion is not None:
@@ -110,6 +117,7 @@ class TensorDataModule(L.LightningDataModule):
         self.split_seed = int(split_seed)
         self.val_size = int(val_size)
         self.augment = bool(augment)
+        self.val_augment = bool(val_augment)
         self.on_device = bool(on_device)
         self.download = bool(download)
         self._mean = _floats(self.default_mean if mean is None else mean)
@@ -124,6 +132,8 @@ class TensorDataModule(L.LightningDataModule):
         self.train_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.val_data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.test_data: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: where the data came from (set by ``_load``: a path, or how it was made); logged once
+        self.source: str | None = None
 
     # ------------------------------------------------------------------ to implement
     def _load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -224,12 +234,20 @@ class TensorDataModule(L.LightningDataModule):
         if self.download:
             self._download()
         x_tr, y_tr, x_te, y_te = self._load()
+        if self.source is None:
+            self.source = f"{self.name} ({self.data_dir})"
+        n_all = len(x_tr)
         x_tr, x_te = x_tr.contiguous(), x_te.contiguous()
         y_tr, y_te = y_tr.to(torch.int64), y_te.to(torch.int64)
+        if self.subset is not None and self.subset >= len(x_tr):
+            log.warning("data subset=%d is not smaller than the training set (%d images): using all %d",
+                        self.subset, len(x_tr), len(x_tr))
         if self.subset is not None and self.subset < len(x_tr):
             keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(self.split_seed + 7777))
             keep = keep[: self.subset].sort().values
             x_tr, y_tr = x_tr[keep], y_tr[keep]
+        log.info("data: %s from %s (%s training, %d test images)", self.name, self.source,
+                 f"a random {len(x_tr)} of {n_all}" if len(x_tr) < n_all else str(n_all), len(x_te))
         n = len(x_tr)
         g = torch.Generator().manual_seed(self.split_seed)
         if self.train_portion is not None:
@@ -292,12 +310,28 @@ class TensorDataModule(L.LightningDataModule):
         batches the Lightning loop yields after ``set_seed(seed)`` (training: shuffled and augmented;
         else the validation split, normalised), without touching this module's own generators, so
         that two candidates can draw their batches interleaved (``relnas.search.concurrent``).
-        Made lazily: each batch's work happens at its ``next()``."""
+        Made lazily: each batch's work happens at its ``next()``. With ``val_augment`` use
+        :meth:`search_epoch` (the validation batches continue the training's augmentation stream)."""
+        return self._search_batches(seed, train, device, self._search_augment_generator(seed))
+
+    def search_epoch(self, seed: int, device: torch.device | str | None = None) -> tuple[Iterator, Iterator]:
+        """One candidate's training and validation batches (see :meth:`search_batches`), drawn from
+        one augmentation stream as in the Lightning loop: with ``val_augment`` the validation
+        batches are augmented by the generator the training batches advanced (consume the
+        training batches first)."""
+        augment = self._search_augment_generator(seed)
+        return (self._search_batches(seed, True, device, augment),
+                self._search_batches(seed, False, device, augment))
+
+    def _search_augment_generator(self, seed: int) -> torch.Generator:
+        augment = torch.Generator()
+        augment.manual_seed(_aug_seed(int(seed), self._rank_world()[0]))
+        return augment
+
+    def _search_batches(self, seed: int, train: bool, device, augment: torch.Generator) -> Iterator:
         rank = self._rank_world()[0]
         shuffle = torch.Generator()
         shuffle.manual_seed(int(seed))
-        augment = torch.Generator()
-        augment.manual_seed(_aug_seed(int(seed), rank))
         if train:
             if self.train_data is None:
                 self.setup()
@@ -307,10 +341,11 @@ class TensorDataModule(L.LightningDataModule):
                                        rank=rank, world_size=world, remainder="drop")
         else:
             loader = self.val_dataloader()
+        augmented = self.augment and (train or (self.val_augment and self.search_mode))
         for xb, yb in loader:
             if device is not None:
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            if train and self.augment:
+            if augmented:
                 yield self.batch_augment(xb, augment), yb
             else:
                 yield self.batch_augment.normalize(xb), yb
@@ -321,6 +356,9 @@ class TensorDataModule(L.LightningDataModule):
             return batch
         trainer = self.trainer
         train = trainer is not None and bool(trainer.training)
+        if not train and self.val_augment and self.search_mode and trainer is not None and \
+                (trainer.validating or trainer.sanity_checking):
+            train = True  # the search-validation split with the training augmentation (val_augment)
         return self.preprocess(x, train=train), y
 
     def __repr__(self) -> str:

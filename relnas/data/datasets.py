@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from relnas.data.base import TensorDataModule
-from relnas.data.errors import DatasetNotFoundError
+from relnas.errors import DatasetNotFoundError
 
 __all__ = [
     "CIFAR10DataModule", "CIFAR100DataModule", "FashionMNISTDataModule", "DigitsDataModule",
@@ -83,6 +83,7 @@ class CIFAR10DataModule(TensorDataModule):
                 f"on a connected machine or put {self.base_folder} under {self.folder.parent}")
         x_tr, y_tr = self._read(self.train_files)
         x_te, y_te = self._read(self.test_files)
+        self.source = str(self.folder)
         return x_tr, y_tr, x_te, y_te
 
 
@@ -210,6 +211,9 @@ class FashionMNISTDataModule(TensorDataModule):
                 f"install the Debian package fashion-mnist, or put the IDX files under "
                 f"{Path(self.data_dir).expanduser() / 'FashionMNIST' / 'raw'}")
         pad = (self._image_size - 28) // 2
+        folder = files["train_images"].parent
+        system = any(str(folder).startswith(d) for d in FASHION_MNIST_SYSTEM_DIRS)
+        self.source = f"{folder} (the system copy)" if system else str(folder)
 
         def images(p: Path) -> torch.Tensor:
             x = torch.from_numpy(read_idx(p).astype(np.uint8, copy=False)).unsqueeze(1)
@@ -272,6 +276,9 @@ class DigitsDataModule(TensorDataModule):
         tr, te = train_test_split(np.arange(len(y)), test_size=self.test_size, random_state=self.dataset_seed,
                                   stratify=d.target)
         tr, te = torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(te))
+        import sklearn
+
+        self.source = f"scikit-learn {sklearn.__version__} bundled digits (load_digits)"
         return x[tr].contiguous(), y[tr], x[te].contiguous(), y[te]
 
 
@@ -331,4 +338,5 @@ class SyntheticDataModule(TensorDataModule):
 
         x_tr, y_tr = make(self.num_train)
         x_te, y_te = make(self.num_test)
+        self.source = f"generated in memory (synthetic, dataset_seed={self.dataset_seed})"
         return x_tr, y_tr, x_te, y_te

@@ -1,6 +1,8 @@
 """ImageFolder trees (e.g. ImageNet): a conventional DataLoader + torchvision transforms pipeline."""
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from relnas.data.errors import DatasetNotFoundError
+from relnas.errors import DatasetNotFoundError
 
 __all__ = ["ImageFolderDataModule", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -27,7 +29,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     normalised float32 NCHW; nothing else happens on the device.
 
     ``train_portion`` in (0, 1) splits the training tree (permutation seeded with ``split_seed``)
-    into search-train / search-validation subsets; otherwise val = the ``val_dir`` tree. The test
+    into search-train / search-validation subsets (``val_augment=True``: the search-validation
+    images get the training augmentation too, as in the authors' search); otherwise val = the ``val_dir`` tree. The test
     loader always serves the ``val_dir`` tree. Under DDP, Lightning replaces the samplers with
     ``DistributedSampler``\\ s (its ``use_distributed_sampler``).
     """
@@ -55,6 +58,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
         download: bool = False,
+        val_augment: bool = False,
     ) -> None:
         super().__init__()
         if train_portion is not None:
@@ -73,6 +77,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_portion = train_portion
         self.split_seed = int(split_seed)
         self.augment = bool(augment)
+        self.val_augment = bool(val_augment)
         self.flip = bool(flip)
         self.color_jitter = None if color_jitter is None else tuple(float(c) for c in color_jitter)
         self.crop_scale = tuple(float(c) for c in crop_scale)
@@ -82,6 +87,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._generator = torch.Generator().manual_seed(self._seed)
         self._classes: list[str] | None = None
         self.train_set: Any = None
+        self.source: str | None = None
         self.val_set: Any = None
         self.test_set: Any = None
 
@@ -171,12 +177,16 @@ class ImageFolderDataModule(L.LightningDataModule):
 
         train_root = self._tree(self.train_dir)
         train_full = ImageFolder(str(train_root), transform=self.train_transform())
+        self.source = str(train_root.parent)
+        logging.getLogger(__name__).info("data: image folders under %s (%d training images)", self.source,
+                                         len(train_full))
         if self.train_portion is not None:
             n = len(train_full)
             k = min(max(int(round(self.train_portion * n)), 1), n - 1)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
             tr, va = perm[:k].sort().values.tolist(), perm[k:].sort().values.tolist()
-            train_eval = ImageFolder(str(train_root), transform=self.eval_transform())
+            # val_augment (the official search): the search-validation images get the training augmentation
+            train_eval = train_full if self.val_augment else ImageFolder(str(train_root), transform=self.eval_transform())
             self.train_set = Subset(train_full, tr)
             self.val_set = Subset(train_eval, va)
         else:

@@ -1,4 +1,4 @@
 """Lightning modules for training evaluation networks."""
-from relnas.models.classifier import ARCHITECTURE_KEYS, ClassifierModule, architecture_mismatch
+from relnas.models.classifier import ClassifierModule
 
-__all__ = ["ClassifierModule", "architecture_mismatch", "ARCHITECTURE_KEYS"]
+__all__ = ["ClassifierModule"]

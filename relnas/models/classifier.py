@@ -1,6 +1,6 @@
 """Lightning module that trains an evaluation network (NetworkCIFAR / NetworkImageNet) from scratch.
 
-SPEC 5 protocols:
+The training protocols of docs/method.md §6.2-6.4:
 
 * loss = CE(logits) + ``auxiliary_weight`` * CE(aux_logits) (aux logits exist in training only),
   with optional label smoothing (ImageNet: 0.1);
@@ -16,6 +16,11 @@ SPEC 5 protocols:
     the end of ``epochs`` (the ImageNet protocol); a ``LambdaLR`` stepped once per optimizer
     *step*, so that the warm-up "from 0" does not waste whole epochs at tiny learning rates
     (the first step uses ``lr / warmup_steps``);
+  - ``official_imagenet``: the authors' ImageNet script (``train_imagenet.py``), set once per
+    *epoch* ``e`` (0-based) of ``epochs`` = E: warm-up ``lr * (e + 1) / warmup_epochs`` for
+    ``e < warmup_epochs`` (0.1, 0.2, ... 0.5 for lr 0.5 and 5 epochs), then
+    ``lr * (E - 5 - e) / (E - 5)``, and over the last 5 epochs a smaller slope
+    ``lr * (E - e) / ((E - 5) * 5)`` (:func:`official_imagenet_factor`);
   - ``constant``: no schedule.
 
 Metrics: ``train/loss``, ``train/acc1``, ``val/loss``, ``val/acc1``, ``val/acc5``, ``test/loss``,
@@ -24,8 +29,9 @@ k = min(5, num_classes)), plus ``model/params_m`` and ``model/mult_adds_m`` at f
 """
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import lightning as L
 import torch
@@ -34,30 +40,28 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from relnas.nas.genotypes import Genotype, get_genotype
-from relnas.nas.networks import build_network
+from relnas.errors import ConfigError
+from relnas.nas.arch import ArchSpec
+from relnas.nas.genotypes import Genotype
+from relnas.nas.profile import count_mult_adds, count_params
 
-SCHEDULERS = ("cosine", "linear_warmup", "constant")
-
-#: the hyper-parameters that fix the architecture (and so the shapes of the weights)
-ARCHITECTURE_KEYS = ("network", "genotype", "C", "layers", "num_classes", "in_channels", "auxiliary")
+SCHEDULERS = ("cosine", "linear_warmup", "official_imagenet", "constant")
 
 
-def _count_params_m(net: nn.Module) -> float:
-    try:
-        from relnas.nas.profile import count_params
-
-        return float(count_params(net, exclude_auxiliary=True)) / 1e6
-    except ImportError:  # profile.py not available: count by hand
-        n = sum(p.numel() for name, p in net.named_parameters() if "auxiliary" not in name)
-        return n / 1e6
+def official_imagenet_factor(epoch: int, epochs: int, warmup_epochs: int = 5) -> float:
+    """The authors' ImageNet learning rate of 0-based ``epoch`` as a fraction of the initial one:
+    warm-up ``(e + 1) / warmup_epochs``, then linear decay ``(E - 5 - e) / (E - 5)``; the last 5
+    epochs use ``(E - e) / ((E - 5) * 5)`` ("a smaller slope because lr / 250 is relatively large")."""
+    if epochs <= 5:
+        raise ValueError(f"scheduler official_imagenet needs more than 5 epochs, got {epochs}")
+    if epoch < warmup_epochs:
+        return (epoch + 1) / warmup_epochs
+    if epochs - epoch > 5:
+        return (epochs - 5 - epoch) / (epochs - 5)
+    return (epochs - epoch) / ((epochs - 5) * 5)
 
 
 def _mult_adds_m(net: nn.Module, image_size: int, in_channels: int) -> Optional[float]:
-    try:
-        from relnas.nas.profile import count_mult_adds
-    except ImportError:
-        return None
     try:
         return float(count_mult_adds(net, image_size, in_channels)) / 1e6
     except Exception:  # profiling must never break training
@@ -67,9 +71,15 @@ def _mult_adds_m(net: nn.Module, image_size: int, in_channels: int) -> Optional[
 class ClassifierModule(L.LightningModule):
     """Train/evaluate an evaluation network on an image classification data set.
 
+    The architecture arguments (``genotype``, ``network``, ``C``, ``layers``, ``num_classes``,
+    ``in_channels``, ``image_size``, ``auxiliary``) are the fields of an
+    :class:`~relnas.nas.arch.ArchSpec`, made once into :attr:`arch` and stored flat in the
+    hyper-parameters (genotype as a dict), so that checkpoints are self-describing; pass a spec
+    with ``ClassifierModule(**arch.to_dict(), ...)``. ``relnas.train`` instantiates this class
+    from the ``model`` config node, adding the spec it made from ``genotype`` and the data module.
+
     Args:
-        genotype: the cell architecture (a :class:`Genotype`, a dict, a zoo name or a file path);
-            stored in the hyper-parameters as a dict so that checkpoints are self-describing.
+        genotype: the cell architecture (a :class:`Genotype`, a dict, a zoo name or a file path).
         network: ``"cifar"`` or ``"imagenet"``.
         C, layers: initial channels and number of cells.
         num_classes, in_channels, image_size: from the data module.
@@ -104,21 +114,22 @@ class ClassifierModule(L.LightningModule):
         net: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
-        genotype = get_genotype(genotype)
+        #: the architecture, parsed once
+        self.arch = ArchSpec(network=network, genotype=genotype, C=C, layers=layers, num_classes=num_classes,
+                             in_channels=in_channels, image_size=image_size, auxiliary=auxiliary)
         scheduler = dict(scheduler or {"name": "cosine"})
         if scheduler.get("name", "cosine") not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler.get('name')!r}; known: {', '.join(SCHEDULERS)}")
+            raise ConfigError(f"unknown scheduler.name {scheduler.get('name')!r}; choose {', '.join(SCHEDULERS)}")
+        if not 0.0 <= float(drop_path_prob) < 1.0:
+            raise ConfigError(f"model.drop_path_prob must be in [0, 1), got {drop_path_prob}")
         self.save_hyperparameters({
-            "genotype": genotype.to_dict(), "network": network, "C": int(C), "layers": int(layers),
-            "num_classes": int(num_classes), "in_channels": int(in_channels), "image_size": int(image_size),
-            "auxiliary": bool(auxiliary), "auxiliary_weight": float(auxiliary_weight),
+            **self.arch.to_dict(), "auxiliary_weight": float(auxiliary_weight),
             "drop_path_prob": float(drop_path_prob), "label_smoothing": float(label_smoothing),
             "scheduler": scheduler, "epochs": int(epochs), "channels_last": bool(channels_last),
         })
         self.optimizer_factory = optimizer
         if net is None:
-            net = build_network(network, genotype, C, layers, num_classes, auxiliary=auxiliary,
-                                drop_path_prob=0.0, in_channels=in_channels)
+            net = self.arch.build()
         self.net = net
         self.net.drop_path_prob = 0.0
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -138,18 +149,24 @@ class ClassifierModule(L.LightningModule):
         self.profile: Dict[str, Optional[float]] = {}
 
     # ------------------------------------------------------------------ helpers
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any], **overrides: Any) -> "ClassifierModule":
+        """The module that the hyper-parameters of one of its checkpoints describe (keys the
+        constructor does not take are ignored); ``overrides`` replace or add arguments."""
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        return cls(**{k: v for k, v in {**hparams, **overrides}.items() if k in known})
+
     @property
     def genotype(self) -> Genotype:
-        return Genotype.from_dict(self.hparams.genotype)
+        return self.arch.genotype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Main logits (the auxiliary logits are dropped)."""
         return self.net(x.contiguous(memory_format=self.memory_format))[0]
 
     def network_summary(self) -> Dict[str, Optional[float]]:
-        hp = self.hparams
-        return {"params_m": _count_params_m(self.net),
-                "mult_adds_m": _mult_adds_m(self.net, hp.image_size, hp.in_channels)}
+        return {"params_m": float(count_params(self.net, exclude_auxiliary=True)) / 1e6,
+                "mult_adds_m": _mult_adds_m(self.net, self.arch.image_size, self.arch.in_channels)}
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self) -> None:
@@ -249,6 +266,12 @@ class ClassifierModule(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
                 optimizer, T_max=max(1, epochs), eta_min=float(sch.get("eta_min", 0.0)))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if name == "official_imagenet":
+            warm = int(sch.get("warmup_epochs", 5))
+            official_imagenet_factor(0, epochs, warm)  # fails early for too few epochs
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda e: official_imagenet_factor(e, epochs, warm))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         # linear_warmup, per step
         max_epochs = self.trainer.max_epochs if self.trainer is not None else None
         total_steps = self.trainer.estimated_stepping_batches if self.trainer is not None else None
@@ -259,24 +282,3 @@ class ClassifierModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_lambda_per_step(steps_per_epoch))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-
-def architecture_mismatch(stored: Mapping[str, Any], wanted: Mapping[str, Any],
-                          keys: Sequence[str] = ARCHITECTURE_KEYS) -> Dict[str, tuple]:
-    """``{key: (stored, wanted)}`` for the architecture keys that differ (genotypes compared as
-    genotypes, so a zoo name equals its dict)."""
-    out = {}
-    for key in keys:
-        if key not in stored or key not in wanted:
-            continue
-        a, b = stored[key], wanted[key]
-        if key == "genotype":
-            try:
-                same = get_genotype(dict(a) if isinstance(a, Mapping) else a) == \
-                    get_genotype(dict(b) if isinstance(b, Mapping) else b)
-            except Exception:
-                same = False
-        else:
-            same = a == b
-        if not same:
-            out[key] = (a, b)
-    return out

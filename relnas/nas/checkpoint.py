@@ -16,15 +16,12 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
+from relnas.errors import CheckpointError, CheckpointNotFoundError
+from relnas.nas.arch import build_network
 from relnas.nas.genotypes import Genotype
-from relnas.nas.networks import build_network
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
 _PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the network it is loaded into."""
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -133,7 +130,7 @@ def load_reference_checkpoint(path: Union[str, Path], kind: str = "cifar",
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint file {str(path)!r} does not exist")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling errors of all kinds

@@ -39,7 +39,7 @@ def _layout(pairs: Sequence[Pair], concat: Sequence[int]) -> dict:
     for node, d in depth.items():
         layers.setdefault(d, []).append(node)
     widest = max(len(v) for v in layers.values())
-    xstep, ystep = 2.6 + 0.5 * max(0, widest - 2), 1.6
+    xstep, ystep = 2.6 + 0.5 * max(0, widest - 2), 1.9
     pos = {}
     for d, nodes in layers.items():
         n = len(nodes)
@@ -60,7 +60,9 @@ def _bezier(p0, p2, rad, t):
 
 
 # where along an edge a label may sit, best first
-_LABEL_T = (0.5, 0.42, 0.58, 0.34, 0.66, 0.27, 0.73, 0.5)
+_LABEL_T = (0.5, 0.42, 0.58, 0.34, 0.66, 0.27, 0.73, 0.2, 0.8)
+# curvatures tried for an edge, straightest first
+_RADS = (0.0, 0.25, -0.25, 0.45, -0.45, 0.65, -0.65)
 
 
 def _overlap(b1, b2) -> float:
@@ -85,8 +87,31 @@ def _straight_blocked(pos, src, dst) -> bool:
     return False
 
 
-def plot_cell(pairs: Sequence[Pair], concat: Sequence[int], path: Union[str, Path], title: str = "") -> Path:
-    """Draw one cell (``pairs``: two (op, input node) per intermediate node) and save it as ``path``."""
+FORMATS = ("png", "pdf", "svg")
+
+
+def _curve_blocked(pos, src, dst, rad) -> bool:
+    """Whether the ``arc3`` curve src->dst with curvature ``rad`` passes close to another node."""
+    others = [p for n, p in pos.items() if n not in (src, dst)]
+    for k in range(1, 20):
+        x, y = _bezier(pos[src], pos[dst], rad, k / 20)
+        if any((x - px) ** 2 + (y - py) ** 2 < (_RADIUS * 1.5) ** 2 for px, py in others):
+            return True
+    return False
+
+
+def _choose_rad(pos, src, dst, candidates=_RADS) -> float:
+    for rad in candidates:
+        if not _curve_blocked(pos, src, dst, rad):
+            return rad
+    return candidates[0]
+
+
+def plot_cell(pairs: Sequence[Pair], concat: Sequence[int], path: Union[str, Path], title: str = "",
+              formats: Sequence[str] = ()) -> Path:
+    """Draw one cell (``pairs``: two (op, input node) per intermediate node) and save it as ``path``
+    and, for each of ``formats`` (e.g. ``("pdf", "svg")``, vector formats for papers), beside it
+    with that suffix. Labels are placed so that no two overlap and none covers a node."""
     pairs = [(str(op), int(node)) for op, node in pairs]
     concat = [int(c) for c in concat]
     pos = _layout(pairs, concat)
@@ -147,29 +172,36 @@ def plot_cell(pairs: Sequence[Pair], concat: Sequence[int], path: Union[str, Pat
         dst = j + 2
         (op1, n1), (op2, n2) = pairs[2 * j], pairs[2 * j + 1]
         color = palette(j % 10)
-        if n1 == n2:
-            rads = [0.35, -0.35]
+        if n1 == n2:  # two edges between the same nodes: bent to opposite sides
+            r = _choose_rad(pos, n1, dst, (0.35, 0.5, 0.65))
+            rads = [r, -r]
         else:
-            rads = [0.3 if _straight_blocked(pos, n, dst) else 0.0 for n in (n1, n2)]
+            rads = [_choose_rad(pos, n, dst) for n in (n1, n2)]
         arrow(n1, dst, rads[0], color, op1)
         arrow(n2, dst, rads[1], color, op2)
     for c in concat:
-        arrow(c, "out", 0.3 if _straight_blocked(pos, c, "out") else 0.0, "gray", None, lw=1.0)
+        arrow(c, "out", _choose_rad(pos, c, "out"), "gray", None, lw=1.0)
     if title:
         ax.set_title(title, fontsize=12)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    fig.savefig(path, dpi=200, bbox_inches="tight")
+    for fmt in formats:
+        if fmt.lstrip(".") != path.suffix.lstrip("."):
+            fig.savefig(path.with_suffix("." + fmt.lstrip(".")), bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def plot_genotype(genotype: Union[str, Genotype], out_dir: Union[str, Path], prefix: str = "") -> List[Path]:
-    """Draw both cells of ``genotype`` to ``<out_dir>/<prefix>normal.png`` and ``<prefix>reduce.png``."""
+def plot_genotype(genotype: Union[str, Genotype], out_dir: Union[str, Path], prefix: str = "",
+                  formats: Sequence[str] = FORMATS) -> List[Path]:
+    """Draw both cells of ``genotype`` to ``<out_dir>/<prefix>normal.png`` and ``<prefix>reduce.png``
+    (and the same names in the other ``formats``: PDF and SVG by default); returns the PNG paths."""
     g = get_genotype(genotype)
     out_dir = Path(out_dir)
     name = genotype if isinstance(genotype, str) else ""
     suffix = f" ({name})" if name and Path(name).suffix == "" else ""
-    normal = plot_cell(g.normal, g.normal_concat, out_dir / f"{prefix}normal.png", f"normal cell{suffix}")
-    reduce = plot_cell(g.reduce, g.reduce_concat, out_dir / f"{prefix}reduce.png", f"reduction cell{suffix}")
+    normal = plot_cell(g.normal, g.normal_concat, out_dir / f"{prefix}normal.png", f"normal cell{suffix}", formats)
+    reduce = plot_cell(g.reduce, g.reduce_concat, out_dir / f"{prefix}reduce.png", f"reduction cell{suffix}",
+                       formats)
     return [normal, reduce]

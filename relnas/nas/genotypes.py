@@ -1,4 +1,4 @@
-"""Genotypes: the decoded architecture of a cell pair, plus the architecture zoo (SPEC 6).
+"""Genotypes: the decoded architecture of a cell pair, plus the architecture zoo (docs/method.md §1).
 
 A :class:`Genotype` is immutable and validated on construction. ``normal``/``reduce`` are tuples
 of ``(operation, input_node)`` pairs, two per intermediate node; node 0 and 1 are the cell inputs
@@ -11,13 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple, Union
 
+from relnas.errors import GenotypeError, GenotypeNotFoundError, RegistryError
 from relnas.nas.operations import OPS
+from relnas.utils.registry import Registry
 
 Pair = Tuple[str, int]
-
-
-class GenotypeError(ValueError):
-    """A genotype that does not describe a valid cell."""
 
 
 def _check_cell(kind: str, pairs: Sequence[Pair], concat: Sequence[int]) -> None:
@@ -132,7 +130,7 @@ class Genotype:
         if path.is_dir():
             path = path / "genotype.json"
         if not path.is_file():
-            raise FileNotFoundError(f"genotype file {str(path)!r} does not exist")
+            raise GenotypeNotFoundError(f"genotype file {str(path)!r} does not exist")
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
             return cls.from_yaml(text)
@@ -150,10 +148,6 @@ class Genotype:
     def __str__(self) -> str:
         return (f"normal: {self._cell_str(self.normal, self.normal_concat)} || "
                 f"reduce: {self._cell_str(self.reduce, self.reduce_concat)}")
-
-    @property
-    def ops_used(self) -> set[str]:
-        return {op for op, _ in self.normal + self.reduce}
 
 
 # ---------------------------------------------------------------------- the zoo
@@ -197,21 +191,25 @@ AmoebaNet = _g(
      ("conv_7x1_1x7", 0), ("sep_conv_3x3", 5)], [3, 4, 6],
 )
 
-_REGISTRY: Dict[str, Genotype] = {}
+#: the architecture zoo: every name accepted where a genotype is expected
+GENOTYPES: Registry[Genotype] = Registry("genotype")
 
 
 def register_genotype(name: str, genotype: Union[Genotype, Mapping[str, Any], str, Path],
                       overwrite: bool = False) -> Genotype:
-    """Add ``genotype`` (a Genotype, a dict, or a JSON/YAML file path) to the zoo under ``name``,
-    usable wherever a genotype name is accepted."""
+    """Add ``genotype`` (a Genotype, a dict, or a JSON/YAML file path) to the zoo under ``name``.
+
+    The registry lives in this Python process: the name works for :func:`get_genotype` and for
+    the apps when they are called from the same process (``relnas.train.train(cfg)``,
+    ``run_search``), not for a later ``python -m relnas.train genotype=<name>``. To use a name
+    from the command line, save the genotype as ``genotypes/<name>.json`` (or ``.yaml``) in the
+    working directory, or in a folder listed in the ``RELNAS_GENOTYPE_PATH`` environment variable
+    (see :func:`genotype_dirs`); ``get_genotype`` looks there after the registry."""
     if isinstance(genotype, (str, Path)):
         genotype = Genotype.load(genotype)
     elif not isinstance(genotype, Genotype):
         genotype = Genotype.from_dict(genotype)
-    if name in _REGISTRY and not overwrite and _REGISTRY[name] != genotype:
-        raise KeyError(f"genotype {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = genotype
-    return genotype
+    return GENOTYPES.register(name, genotype, overwrite=overwrite)
 
 
 for _name, _geno in [("RelativeNAS", RelativeNAS), ("DARTS_V1", DARTS_V1), ("DARTS_V2", DARTS_V2),
@@ -220,27 +218,58 @@ for _name, _geno in [("RelativeNAS", RelativeNAS), ("DARTS_V1", DARTS_V1), ("DAR
 register_genotype("DARTS", DARTS_V2)  # the name the DARTS code uses for its second-order result
 
 
+GENOTYPE_PATH_ENV = "RELNAS_GENOTYPE_PATH"
+
+
+def genotype_dirs() -> list[Path]:
+    """Folders searched for ``<name>.json|.yaml|.yml`` when a genotype name is not registered:
+    those in ``$RELNAS_GENOTYPE_PATH`` (``os.pathsep``-separated), then ``./genotypes``."""
+    import os
+
+    dirs = [Path(d).expanduser() for d in os.environ.get(GENOTYPE_PATH_ENV, "").split(os.pathsep) if d]
+    return dirs + [Path("genotypes")]
+
+
+def _find_named_file(name: str) -> Path | None:
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        return None
+    for d in genotype_dirs():
+        for ext in (".json", ".yaml", ".yml"):
+            if (d / f"{name}{ext}").is_file():
+                return d / f"{name}{ext}"
+    return None
+
+
 def list_genotypes() -> list[str]:
-    return sorted(_REGISTRY)
+    """Registered names and the names of the files in :func:`genotype_dirs`."""
+    names = set(GENOTYPES)
+    for d in genotype_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.iterdir() if p.suffix in (".json", ".yaml", ".yml"))
+    return sorted(names)
 
 
 def get_genotype(name: Union[str, Path, Genotype, Mapping[str, Any]]) -> Genotype:
     """A genotype from the zoo by name, from a JSON/YAML file path or a search run directory.
 
-    A :class:`Genotype` or a dict passes through (validated). Unknown names raise ``KeyError``
-    listing the known ones.
+    A :class:`Genotype` or a dict passes through (validated). Unknown names raise
+    :class:`relnas.errors.RegistryError` (a ``KeyError``) listing the known ones.
     """
     if isinstance(name, Genotype):
         return name
     if isinstance(name, Mapping):
         return Genotype.from_dict(name)
     key = str(name)
-    if key in _REGISTRY:
-        return _REGISTRY[key]
+    if key in GENOTYPES:
+        return GENOTYPES[key]
+    named = _find_named_file(key)
+    if named is not None:
+        return Genotype.load(named)
     path = Path(key).expanduser()
     if path.suffix in (".json", ".yaml", ".yml") or path.is_dir() or path.is_file():
         if path.is_dir() and not (path / "genotype.json").is_file():
-            raise FileNotFoundError(f"{key!r} is a directory without a genotype.json (is it a search run directory?)")
+            raise GenotypeNotFoundError(f"{key!r} is a directory without a genotype.json (is it a search run directory?)")
         return Genotype.load(path)
-    raise KeyError(f"unknown genotype {key!r}; known genotypes: {', '.join(list_genotypes())} "
-                   f"(or pass a path to a .json/.yaml genotype file or a search run directory)")
+    raise RegistryError(f"unknown genotype {key!r}; known genotypes: {', '.join(list_genotypes())} "
+                        f"(or pass a path to a .json/.yaml genotype file or a search run directory, or save it as "
+                        f"genotypes/{key}.json in the working directory)")

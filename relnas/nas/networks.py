@@ -1,4 +1,4 @@
-"""Evaluation networks (SPEC 4): ``NetworkCIFAR`` and ``NetworkImageNet``.
+"""Evaluation networks (docs/method.md §5): ``NetworkCIFAR`` and ``NetworkImageNet``.
 
 Parameter/buffer names, shapes and forward arithmetic match the official code, so its state
 dicts load with ``strict=True``. ``forward`` returns ``(logits, aux_logits)``; ``aux_logits`` is
@@ -6,13 +6,15 @@ None in eval mode or without an auxiliary head. Set ``net.drop_path_prob`` to ch
 """
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn as nn
 
-from relnas.nas.genotypes import Genotype, get_genotype
+from relnas.nas.genotypes import Genotype
 from relnas.nas.operations import FactorizedReduce, Identity, ReLUConvBN, create_op, drop_path
+from relnas.utils.registry import Registry
+
+#: the evaluation networks by kind (``model.network``); build one from an :class:`relnas.nas.arch.ArchSpec`
+NETWORKS: Registry[type] = Registry("network")
 
 
 def reduction_layers(layers: int) -> tuple[int, int]:
@@ -131,6 +133,7 @@ class _Network(nn.Module):
         return s1, logits_aux
 
 
+@NETWORKS.register("cifar")
 class NetworkCIFAR(_Network):
     input_size = 32
 
@@ -161,6 +164,7 @@ class NetworkCIFAR(_Network):
         return logits, logits_aux
 
 
+@NETWORKS.register("imagenet")
 class NetworkImageNet(_Network):
     input_size = 224
 
@@ -196,25 +200,3 @@ class NetworkImageNet(_Network):
         out = self.global_pooling(s1)
         logits = self.classifier(out.view(out.size(0), -1))
         return logits, logits_aux
-
-
-NETWORKS = {"cifar": NetworkCIFAR, "imagenet": NetworkImageNet}
-
-
-def build_network(kind: str, genotype: Union[str, Genotype], C: int, layers: int, num_classes: int,
-                  auxiliary: bool = False, drop_path_prob: float = 0.0, in_channels: int = 3) -> _Network:
-    """Build an evaluation network. ``kind`` is ``"cifar"`` or ``"imagenet"``; ``genotype`` a
-    :class:`Genotype`, a zoo name, or a path to a JSON/YAML genotype file or a search run dir."""
-    try:
-        cls = NETWORKS[kind]
-    except KeyError:
-        raise KeyError(f"unknown network kind {kind!r}; known kinds: {', '.join(NETWORKS)}") from None
-    for name, value in (("C", C), ("layers", layers), ("num_classes", num_classes), ("in_channels", in_channels)):
-        if int(value) <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-    if kind == "imagenet" and C % 2:
-        raise ValueError(f"the ImageNet stem needs an even C, got {C}")
-    if not 0.0 <= drop_path_prob < 1.0:
-        raise ValueError(f"drop_path_prob must be in [0, 1), got {drop_path_prob}")
-    return cls(int(C), int(num_classes), int(layers), bool(auxiliary), get_genotype(genotype),
-               in_channels=int(in_channels), drop_path_prob=float(drop_path_prob))

@@ -1,15 +1,18 @@
-"""DARTS-style candidate operations (SPEC section 1).
+"""DARTS-style candidate operations (docs/method.md §1).
 
 Module structure and attribute names follow the official RelativeNAS/DARTS code exactly, so
 that parameter and buffer names of the evaluation networks match its checkpoints.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+
+from relnas.utils.registry import Registry
 
 # The order is part of the encoding: an operation variable in [k, k+1) selects SEARCH_OPS[k].
 SEARCH_OPS: tuple[str, ...] = (
@@ -36,27 +39,38 @@ class ReLUConvBN(nn.Module):
         return self.op(x)
 
 
-def dilated_depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a depthwise conv with dilation 2 and "same" padding, computed as undilated
-    convs on the four pixel-parity phases of ``x`` (exactly the same sums: a dilation-2 tap only
-    ever reads pixels of the output pixel's own parity). The dilated kernels are a slow path of
-    the CPU backends (several times slower than undilated ones in channels-last); the phase form
-    runs the fast kernels. Stride 2 reads only the even phase."""
-    k = conv.kernel_size[0]
-    pad = (k - 1) // 2
-    C = x.shape[1]
-    if conv.stride[0] == 2:
-        return F.conv2d(x[:, :, ::2, ::2], conv.weight, padding=pad, groups=C)
-    out = torch.empty_like(x)
-    for p in (0, 1):
-        for q in (0, 1):
-            out[:, :, p::2, q::2] = F.conv2d(x[:, :, p::2, q::2], conv.weight, padding=pad, groups=C)
-    return out
-
-
 # Compute dilation-2 depthwise convs by parity phases (same result, faster on CPU). The benchmark's
 # DARTS-style baseline switches it off to run the plain dilated kernels.
 PHASE_DILATED_CONV = True
+
+
+def dil_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int,
+                       phase: bool) -> torch.Tensor:
+    """The depthwise dilated conv of :class:`DilConv`. With ``phase`` (dilation 2, "same" padding)
+    and :data:`PHASE_DILATED_CONV`, CPU tensors take undilated convs on the four pixel-parity phases
+    of ``x`` (exactly the same sums: a dilation-2 tap only ever reads pixels of the output pixel's
+    own parity; stride 2 reads only the even phase), which run the fast CPU kernels (the dilated
+    ones are several times slower in channels-last); other devices take the plain dilated kernel.
+
+    The device test runs inside this function, which ``torch.fx.wrap`` makes a leaf of symbolic
+    tracing: traced graphs (``create_feature_extractor``) keep one call to it and so still choose
+    the path per call, by the device of the actual input.
+    """
+    if phase and PHASE_DILATED_CONV and x.device.type == "cpu":
+        k = weight.shape[-1]
+        pad = (k - 1) // 2
+        C = x.shape[1]
+        if stride == 2:
+            return F.conv2d(x[:, :, ::2, ::2], weight, padding=pad, groups=C)
+        out = torch.empty_like(x)
+        for p in (0, 1):
+            for q in (0, 1):
+                out[:, :, p::2, q::2] = F.conv2d(x[:, :, p::2, q::2], weight, padding=pad, groups=C)
+        return out
+    return F.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation, groups=x.shape[1])
+
+
+torch.fx.wrap("dil_depthwise_conv")
 
 
 class DilConv(nn.Module):
@@ -73,10 +87,9 @@ class DilConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self._phase and PHASE_DILATED_CONV and x.device.type == "cpu"):
-            return self.op(x)
         relu, dw, pw, bn = self.op
-        return bn(pw(dilated_depthwise(dw, relu(x))))
+        return bn(pw(dil_depthwise_conv(relu(x), dw.weight, dw.stride[0], dw.padding[0], dw.dilation[0],
+                                              self._phase)))
 
 
 class SepConv(nn.Module):
@@ -120,6 +133,55 @@ class FactorizedReduce(nn.Module):
         return self.bn(out)
 
 
+OpFactory = Callable[[int, int, bool], nn.Module]
+
+#: Every operation an evaluation network can be built from: the seven of the search space (in
+#: SEARCH_OPS) plus the two that published architectures outside it use. Each factory takes
+#: ``(C, stride, affine)``.
+OPS: Registry[OpFactory] = Registry("operation")
+
+
+@OPS.register("max_pool_3x3")
+def _max_pool_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return nn.MaxPool2d(3, stride=stride, padding=1)
+
+
+@OPS.register("avg_pool_3x3")
+def _avg_pool_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+
+
+@OPS.register("skip_connect")
+def _skip_connect(C: int, stride: int, affine: bool) -> nn.Module:
+    return Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
+
+
+@OPS.register("sep_conv_3x3")
+def _sep_conv_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return SepConv(C, C, 3, stride, 1, affine=affine)
+
+
+@OPS.register("sep_conv_5x5")
+def _sep_conv_5x5(C: int, stride: int, affine: bool) -> nn.Module:
+    return SepConv(C, C, 5, stride, 2, affine=affine)
+
+
+@OPS.register("dil_conv_3x3")
+def _dil_conv_3x3(C: int, stride: int, affine: bool) -> nn.Module:
+    return DilConv(C, C, 3, stride, 2, 2, affine=affine)
+
+
+@OPS.register("dil_conv_5x5")
+def _dil_conv_5x5(C: int, stride: int, affine: bool) -> nn.Module:
+    return DilConv(C, C, 5, stride, 4, 2, affine=affine)
+
+
+@OPS.register("sep_conv_7x7")
+def _sep_conv_7x7(C: int, stride: int, affine: bool) -> nn.Module:
+    return SepConv(C, C, 7, stride, 3, affine=affine)
+
+
+@OPS.register("conv_7x1_1x7")
 def _conv_7x1_1x7(C: int, stride: int, affine: bool) -> nn.Module:
     return nn.Sequential(
         nn.ReLU(inplace=False),
@@ -129,30 +191,9 @@ def _conv_7x1_1x7(C: int, stride: int, affine: bool) -> nn.Module:
     )
 
 
-OpFactory = Callable[[int, int, bool], nn.Module]
-
-# Registry of every operation an evaluation network can be built from: the seven of the search
-# space (in SEARCH_OPS) plus the two that published architectures outside it use.
-OPS: Dict[str, OpFactory] = {
-    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
-    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
-    "skip_connect": lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine),
-    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
-    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
-    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
-    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
-    "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
-    "conv_7x1_1x7": _conv_7x1_1x7,
-}
-
-
 def create_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:
     """Build operation ``name`` for ``C`` channels; unknown names fail with the known ones listed."""
-    try:
-        factory = OPS[name]
-    except KeyError:
-        raise KeyError(f"unknown operation {name!r}; known operations: {', '.join(OPS)}") from None
-    return factory(C, stride, affine)
+    return OPS[name](C, stride, affine)
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:

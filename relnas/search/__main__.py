@@ -3,35 +3,37 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from relnas.utils.task import task
+
 log = logging.getLogger("relnas.search")
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="search")
-def main(cfg: DictConfig) -> float:
+@task
+def search(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
-    from relnas.data import DatasetNotFoundError
-    from relnas.nas.genotypes import GenotypeError
-    from relnas.search.run import ConfigError, run_search
-    from relnas.search.state import CheckpointError
+    from relnas.search.run import run_search
+    from relnas.utils.console import setup_console
 
+    setup_console(drop_messages=("`Trainer.fit` stopped",))  # the search's epochs are candidates, not a budget
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        result = run_search(cfg, run_dir)
-    except (ConfigError, DatasetNotFoundError, CheckpointError, GenotypeError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    result = run_search(cfg, run_dir)
     genotype = result["genotype"]
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
         return float(result["val_loss"])  # one process reports (multi-process search)
     print(f"found genotype (individual {result['individual']}, val loss {result['val_loss']:.4f}): {genotype}")
     print(f"run directory: {result.get('run_dir', run_dir)}")
     return float(result["val_loss"])
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="search")
+def main(cfg: DictConfig) -> float:
+    return search(cfg)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,10 @@ class SearchLoop(L.Callback):
         msg = (f"generation {s['generation']}/{engine.strategy.generations}: best {s['best_loss']:.4f} "
                f"mean {s['mean_loss']:.4f} diversity {s['diversity']:.3f} lr {s['lr']:.4g} ({s['time_s']:.1f}s)")
         if self.announce:
-            (self._bar.write if self._bar is not None else print)(msg)
-            log.info(msg)
+            if log.hasHandlers():
+                log.info(msg)  # the entry points' console handler writes it above the progress bar
+            else:  # called from Python without logging set up
+                (self._bar.write if self._bar is not None else print)(msg)
 
     def on_search_end(self, engine: SearchEngine) -> None:
         pass

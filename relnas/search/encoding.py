@@ -1,8 +1,10 @@
-"""The continuous encoding of a cell pair (SPEC 1, the paper's Table 1).
+"""The continuous encoding of a cell pair (docs/method.md §2, the paper's Table 1).
 
 Each intermediate node j (0-based) is four reals ``[pre1, op1, pre2, op2]``; a node variable lives
 in ``[0, j + 2)``, an operation variable in ``[0, len(SEARCH_OPS))``. The integer part selects;
-the upper bound (produced by clipping) selects the last interval. The vector holds the normal
+the upper bound (produced by clipping) selects the last interval. At an exact integer inside the
+bounds the paper's half-open intervals apply (3.0 selects 3); the authors' code would select 2
+(``decode(v, rule="official")``), see docs/deviations.md. The vector holds the normal
 cell's nodes, then the reduction cell's.
 """
 from __future__ import annotations
@@ -40,16 +42,31 @@ def _check_vector(vector) -> np.ndarray:
     return v
 
 
-def _select(x: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    # left-closed intervals [k, k+1); the upper bound itself selects the last interval
-    k = np.floor(x).astype(np.int64)
-    return np.clip(k, 0, upper.astype(np.int64) - 1)
+DECODE_RULES = ("paper", "official")
 
 
-def decode(vector) -> Genotype:
-    """Decode a 32-dimensional vector into a :class:`Genotype` (values outside the bounds clip)."""
+def _select(x: np.ndarray, upper: np.ndarray, rule: str = "paper") -> np.ndarray:
+    if rule == "paper":
+        # left-closed intervals [k, k+1); the upper bound itself selects the last interval
+        k = np.floor(x)
+    elif rule == "official":
+        # the authors' decode: int(x) if x % 1 != 0 else int(x - 0.1), i.e. right-closed intervals
+        # (k, k+1]: an exact integer k > 0 selects k - 1 (and 0 selects 0)
+        k = np.ceil(x) - 1
+    else:
+        raise ValueError(f"unknown decode rule {rule!r}; use one of {', '.join(DECODE_RULES)}")
+    return np.clip(k.astype(np.int64), 0, upper.astype(np.int64) - 1)
+
+
+def decode(vector, rule: str = "paper") -> Genotype:
+    """Decode a 32-dimensional vector into a :class:`Genotype` (values outside the bounds clip).
+
+    ``rule`` decides only at an element exactly equal to an integer strictly inside its bounds:
+    ``"paper"`` (the default, used by the search) takes the paper's half-open intervals
+    ``[k, k+1)``, so 3.0 selects 3; ``"official"`` follows the authors' ``int(x - 0.1)`` for
+    integers, so 3.0 selects 2. Everywhere else, the bounds included, both select the same."""
     v = _check_vector(vector)
-    idx = _select(v, UPPER)
+    idx = _select(v, UPPER, rule)
     cells = []
     half = DIM // 2
     for c in range(2):

@@ -20,7 +20,7 @@ runs, and how results of several processes meet, is the executor's business
 
 Omega is changed by the training of a candidate (the optimizer, in place) and restored right after
 it, so between candidates only the merge writes it: pair ``p`` inherits Omega as the merges of
-pairs ``1..p-1`` left it (docs/method.md).
+pairs ``1..p-1`` left it (docs/method.md §4.4).
 
 :meth:`SearchEngine.state_dict` / :meth:`SearchEngine.load_state_dict` are the one place that says
 what a search checkpoint holds.
@@ -50,7 +50,7 @@ STATE_FORMAT = 2   # version of SearchEngine.state_dict (checkpoints without it 
 
 @dataclass
 class SearchSettings:
-    """Per-generation schedule and estimation settings (the paper's defaults, docs/method.md)."""
+    """Per-generation schedule and estimation settings (the paper's defaults, docs/method.md §6.1)."""
 
     seed: int = 2
     lr: float = 0.1                  # cosine over the generations, from lr ...
@@ -183,8 +183,9 @@ class SearchEngine:
         job = self._jobs[cand.pos]
         diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
         if diverged:
-            log.warning("generation %d job %d member %d diverged (train %.4g, val %.4g): it loses its pair",
-                        self.generation, job.index, cand.member, train_loss, val_loss)
+            log.warning("generation %d pair %d: individual %d diverged (train loss %.4g, val loss %.4g) and loses "
+                        "its pair", self.generation + 1, job.index + 1, job.members[cand.member], train_loss,
+                        val_loss)
             val_loss = math.inf
         tensors = self.weight_set.tensors()
         trained = None if diverged else (trained if trained is not None else snapshot(tensors, cand.before))
@@ -241,7 +242,7 @@ class SearchEngine:
         lr, drop = self.lr_of(self.generation), self.drop_of(self.generation)
         for i, member in enumerate(job.members):
             self._rows.append({
-                "generation": self.generation + 1, "individual": member, "pair": job.index,
+                "generation": self.generation + 1, "individual": member, "pair": job.index + 1,
                 "role": told.roles[i], "val_loss": members[i].val_loss, "train_loss": members[i].train_loss,
                 "lr": lr, "drop_path_prob": drop,
                 "vector": " ".join(f"{v:.6f}" for v in job.vectors[i]), "genotype": str(encoding.decode(job.vectors[i])),

@@ -27,7 +27,7 @@ Executors (``search.executor``; docs/scale_out.md):
 
 ``auto`` (the default) is ``sequential`` in one process and ``member_parallel`` in two.
 Executors check their arguments (process count, strategy) with a one-line ``ValueError``.
-A new executor subclasses :class:`Executor` and is added to :data:`EXECUTORS`.
+A new executor subclasses :class:`Executor` and registers itself with ``@EXECUTORS.register("name")``.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ import torch
 
 from relnas.search.distributed import DistContext, to_cpu
 from relnas.search.strategies import Job, Strategy
+from relnas.utils.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from relnas.search.engine import Candidate, MemberResult
@@ -51,6 +52,10 @@ class Unit:
 
     pos: int
     members: Tuple[int, ...]
+
+
+#: the executors by name (``search.executor``); each class registers itself below its base
+EXECUTORS: Registry[Callable[[DistContext], "Executor"]] = Registry("search executor")
 
 
 class Executor:
@@ -100,6 +105,7 @@ class Executor:
         return [None] * len(candidates)
 
 
+@EXECUTORS.register("sequential")
 class Sequential(Executor):
     """The paper's order in one process."""
 
@@ -111,6 +117,7 @@ class Sequential(Executor):
                              f"member_parallel (2 processes, the same search) or per_generation (any number)")
 
 
+@EXECUTORS.register("member_parallel")
 class MemberParallel(Executor):
     """Two processes in the paper's order: process ``r`` trains member ``r`` of every pair (both
     inherit the same Omega); the two exchange losses and trained tensors after each pair, and both
@@ -142,6 +149,7 @@ class MemberParallel(Executor):
         return {m: results[m] if m == own else MemberResult(*gathered[m]) for m in range(n)}
 
 
+@EXECUTORS.register("per_generation")
 class PerGeneration(Executor):
     """Every pair inherits the generation-start Omega; job ``j`` runs on process ``j % world_size``."""
 
@@ -176,11 +184,12 @@ class PerGeneration(Executor):
         return out
 
 
+@EXECUTORS.register("concurrent_pair")
 class ConcurrentPair(Sequential):
     """The paper's order in one process, both members of each pair trained at the same time
     (:class:`relnas.search.concurrent.PairTrainer`, through ``module.run_pair``) at the start of
     the unit's Lightning epoch, whose own batches are then skipped; batches come from
-    ``datamodule.search_batches``. Jobs of another size run one member per unit."""
+    ``datamodule.search_epoch``. Jobs of another size run one member per unit."""
 
     name = "concurrent_pair"
 
@@ -209,18 +218,17 @@ class ConcurrentPair(Sequential):
         if len(candidates) != 2:
             super().begin_unit(module, datamodule, candidates)
             return
-        if datamodule is None or not hasattr(datamodule, "search_batches"):
-            raise RuntimeError("search.executor=concurrent_pair needs a datamodule with search_batches() "
+        if datamodule is None or not hasattr(datamodule, "search_epoch"):
+            raise RuntimeError("search.executor=concurrent_pair needs a datamodule with search_epoch() "
                                "(relnas.data.TensorDataModule); use search.executor=sequential")
         trainer = getattr(module, "_trainer", None)
         context = trainer.precision_plugin.forward_context if trainer is not None else None
         device = module.device
         seeds = [c.seed for c in candidates]
         first = candidates[0]
-        self._result = module.run_pair(
-            [c.arch for c in candidates], seeds, first.lr, first.drop_path_prob,
-            [datamodule.search_batches(sd, train=True, device=device) for sd in seeds],
-            [datamodule.search_batches(sd, train=False, device=device) for sd in seeds], context=context)
+        epochs = [datamodule.search_epoch(sd, device=device) for sd in seeds]
+        self._result = module.run_pair([c.arch for c in candidates], seeds, first.lr, first.drop_path_prob,
+                                       [e[0] for e in epochs], [e[1] for e in epochs], context=context)
         module.skip_epoch = True  # the pair is trained: the Lightning epoch skips its batches
 
     def unit_losses(self, module: Any, candidates: Sequence["Candidate"]) -> List[Tuple[float, float]]:
@@ -234,10 +242,6 @@ class ConcurrentPair(Sequential):
         trained, self._result = self._result.trained, None
         return list(trained)
 
-
-EXECUTORS: Dict[str, Callable[[DistContext], Executor]] = {
-    "sequential": Sequential, "member_parallel": MemberParallel, "per_generation": PerGeneration,
-    "concurrent_pair": ConcurrentPair}
 
 # the older key: search.weight_set_update=sequential|per_generation (sequential = auto)
 LEGACY_WEIGHT_SET_UPDATE = {"sequential": "auto", "per_generation": "per_generation"}

@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from relnas.search import encoding
 from relnas.search.engine import SearchEngine
-from relnas.search.outputs import HISTORY_FIELDS, plot_generation_stats, plot_trajectories, write_csv, write_population
+from relnas.search.outputs import (HISTORY_FIELDS, mark_diverged, markdown_table, plot_generation_stats,
+                                   plot_trajectories, write_csv, write_population)
 from relnas.search.state import save_state
 
 GENERATION_FIELDS = ["generation", "best_loss", "mean_loss", "diversity", "lr", "drop_path_prob", "diverged", "time_s"]
@@ -30,12 +31,14 @@ class CheckpointRecorder:
     """``search_state.pt`` after every generation: ``engine.state_dict()`` plus ``config`` (the
     flattened keys that define the result, see :func:`relnas.search.run.semantic_config`)."""
 
-    def __init__(self, run_dir: Path, config: Dict[str, Any]):
+    def __init__(self, run_dir: Path, config: Dict[str, Any], logger_ids: Optional[Dict[str, str]] = None):
         self.run_dir, self.config = Path(run_dir), dict(config)
+        self.logger_ids = dict(logger_ids or {})  # e.g. the W&B run id, which a resume continues
 
     def on_generation_end(self, engine: SearchEngine) -> None:
         state = engine.state_dict()
         state["config"] = self.config
+        state["logger_ids"] = self.logger_ids
         save_state(self.run_dir, state)
 
     def on_search_end(self, engine: SearchEngine) -> None:
@@ -65,8 +68,7 @@ class LoggerRecorder:
             if hasattr(lg, "log_text") and type(lg).__name__ == "WandbLogger":
                 lg.log_text(key="search/genotypes", columns=columns, data=table)
             elif type(lg).__name__ == "TensorBoardLogger":
-                md = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n" + \
-                     "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in table)
+                md = markdown_table(columns, table)
                 lg.experiment.add_text("search/genotypes", md, global_step=g)
             lg.save()
 
@@ -84,18 +86,18 @@ class LoggerRecorder:
                 lg.experiment.log({"search/val_loss_trajectories": wandb.plot.line_series(
                     xs=gens, ys=ys, keys=[f"ind_{i:03d}" for i in sorted(by_ind)],
                     title="validation loss per individual", xname="generation")})
-        for lg in self.loggers:
-            lg.finalize("success")
+        # the loggers are finished by the search driver (relnas.utils.loggers.close_loggers)
 
 
 class OutputRecorder:
     """The run directory's files (see the module docstring)."""
 
-    def __init__(self, run_dir: Path, plots: bool = True):
+    def __init__(self, run_dir: Path, plots: bool = True, extra: Optional[Dict[str, Any]] = None):
         self.run_dir, self.plots = Path(run_dir), bool(plots)
+        self.extra = dict(extra or {})  # more keys of result.json (data_source)
 
     def _tables(self, engine: SearchEngine) -> None:
-        write_csv(self.run_dir / "history.csv", engine.history, HISTORY_FIELDS)
+        write_csv(self.run_dir / "history.csv", mark_diverged(engine.history), HISTORY_FIELDS)
         write_csv(self.run_dir / "generations.csv", engine.summaries, GENERATION_FIELDS)
         # each individual's most recent estimate (RelativeNAS: the last generation; baselines: its only one)
         losses = {int(r["individual"]): float(r["val_loss"]) for r in engine.history}
@@ -103,6 +105,19 @@ class OutputRecorder:
 
     def on_generation_end(self, engine: SearchEngine) -> None:
         self._tables(engine)
+
+    def on_search_failed(self, engine: SearchEngine, reason: str) -> None:
+        """A search whose candidates diverged: the tables, a result.json that says why, no
+        genotype.json (nothing a training could pick up)."""
+        self._tables(engine)
+        (self.run_dir / "genotype.json").unlink(missing_ok=True)
+        (self.run_dir / "result.json").write_text(json.dumps({
+            "status": "failed", "reason": reason, "strategy": engine.strategy.name,
+            "generations": engine.strategy.generations, "estimations": len(engine.history), **self.extra,
+        }, indent=2) + "\n")
+        if self.plots:
+            plot_trajectories(self.run_dir / "val_loss_trajectories.png", engine.history)
+            plot_generation_stats(self.run_dir / "diversity.png", engine.summaries)
 
     def on_search_end(self, engine: SearchEngine) -> None:
         self._tables(engine)
@@ -114,6 +129,7 @@ class OutputRecorder:
             "genotype": genotype.to_dict(), "genotype_str": str(genotype), "individual": best_id,
             "val_loss": best_loss if math.isfinite(best_loss) else None, "vector": [float(v) for v in best_vec],
             "strategy": strat.name, "generations": strat.generations, "estimations": len(engine.history),
+            "status": "ok", **self.extra,
         }, indent=2) + "\n")
         if self.plots:
             from relnas.nas.draw import plot_genotype
@@ -123,6 +139,8 @@ class OutputRecorder:
             plot_genotype(genotype, self.run_dir)
 
 
-def recorders_for(run_dir: Path, config: Dict[str, Any], loggers: Sequence[Any], plots: bool) -> List[Any]:
+def recorders_for(run_dir: Path, config: Dict[str, Any], loggers: Sequence[Any], plots: bool,
+                  logger_ids: Optional[Dict[str, str]] = None, extra: Optional[Dict[str, Any]] = None) -> List[Any]:
     """The recorders of a search's first process, in notification order (log, checkpoint, files)."""
-    return [LoggerRecorder(loggers), CheckpointRecorder(run_dir, config), OutputRecorder(run_dir, plots)]
+    return [LoggerRecorder(loggers), CheckpointRecorder(run_dir, config, logger_ids),
+            OutputRecorder(run_dir, plots, extra)]

@@ -14,6 +14,7 @@ in one line (:class:`ConfigError`) before any data is loaded.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 import warnings
@@ -27,13 +28,17 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from relnas.errors import ConfigError
 from relnas.search import distributed as search_dist
+from relnas.search import guards
 from relnas.search.callback import SearchLoop
 from relnas.search.engine import STATE_FORMAT, SearchEngine, SearchSettings
 from relnas.search.executors import Executor, create_executor, executor_name, merge_order
 from relnas.search.recorders import OutputRecorder, recorders_for
 from relnas.search.state import CheckpointError, load_state
 from relnas.search.strategies import Strategy
+from relnas.utils.console import ignore_library_warnings
+from relnas.utils.loggers import close_loggers, configure_logger_cfg, logger_ids, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +48,6 @@ STRATEGY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "strategy"
 NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs",
                 "search.graph_warmup", "search.strategy", "search.executor", "search.weight_set_update",
                 "search.concurrent_pair", "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
-
-
-class ConfigError(ValueError):
-    """A search configuration that cannot run; raised before any work starts."""
 
 
 # ---------------------------------------------------------------------- config
@@ -130,6 +131,10 @@ def check_config(cfg: DictConfig) -> None:
     if precision.startswith("16"):
         raise ConfigError(f"trainer.precision={precision} is not supported by the search (per-candidate optimizers "
                           f"bypass the fp16 grad scaler); use 32-true or bf16-mixed")
+    try:
+        guards.validate_search_numbers(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def semantic_config(cfg: DictConfig) -> Dict[str, Any]:
@@ -166,11 +171,12 @@ def _read_resume(cfg: DictConfig, semantic: Dict[str, Any]) -> tuple[Dict[str, A
     if state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"resume: {path} was written by an older relnas (search state format "
                               f"{state.get('format', 1)}, this one reads {STATE_FORMAT}); start the search again")
-    changed = diff_configs(state["config"], semantic)
+    changed, extension = guards.resume_blockers(state["config"], semantic, build_strategy(cfg).name)
     if changed:
         raise ConfigError("resume: the configuration differs from the one the search started with in: "
                           + "; ".join(changed))
-    log.info("resuming %s from %s (after generation %d)", run_dir, path.name, state["generation"])
+    log.info("resuming %s from %s (after generation %d)%s", run_dir, path.name, state["generation"],
+             f"; extending the search: {', '.join(extension)}" if extension else "")
     return state, run_dir
 
 
@@ -189,6 +195,18 @@ def run_search(cfg: DictConfig, run_dir: Optional[Path] = None) -> Dict[str, Any
         return _run_search(cfg, run_dir, dist)
     finally:
         dist.close()
+
+
+def _check_health(engine: SearchEngine, s: DictConfig) -> None:
+    """Fail (after the recorders wrote the tables and a result.json that says why) when the
+    search's candidates diverged; see :func:`relnas.search.guards.check_health`."""
+    try:
+        guards.check_health(engine.history, float(s.get("max_diverged_share", 0.5)), float(s.lr))
+    except guards.SearchFailed as e:
+        for recorder in engine.recorders:
+            if hasattr(recorder, "on_search_failed"):
+                recorder.on_search_failed(engine, str(e))
+        raise
 
 
 def _trainer_devices(cfg: DictConfig, dist: search_dist.DistContext) -> Dict[str, Any]:
@@ -218,7 +236,12 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     data_kwargs = {"train_portion": float(s.train_portion)}
     if s.get("subset") is not None:  # search on a random subset of the training set
         data_kwargs["subset"] = int(s.subset)
+    if s.get("val_augment", False):  # validate with the training augmentation (the authors' search)
+        data_kwargs["val_augment"] = True
     datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
+    datamodule.setup("fit")  # loads the data once here (the source is logged, sizes are checked)
+    extra = {"data_source": getattr(datamodule, "source", None)}  # result.json stays deterministic
+    identity = run_identity(cfg)
     torch.manual_seed(int(cfg.seed))
     weight_set = _build(cfg.supernet, "supernet", num_classes=datamodule.num_classes,
                         in_channels=datamodule.in_channels)
@@ -233,17 +256,23 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     plots = bool(s.get("plots", True))
 
     if engine.done:
-        log.info("the search in %s is already complete", run_dir)
-        engine.recorders = [OutputRecorder(run_dir, plots)] if dist.is_main else []
+        log.info("the search in %s is already complete (extend it with a larger search.generations)", run_dir)
+        engine.recorders = [OutputRecorder(run_dir, plots, extra)] if dist.is_main else []
+        _check_health(engine, s)
         return dict(engine.end_search(), run_dir=run_dir)
 
     from relnas.utils import instantiate_loggers
 
-    loggers = instantiate_loggers(cfg.get("logger")) if dist.is_main else []
+    # a resumed search continues its W&B run (id from the checkpoint) and its log folders
+    logger_cfg = configure_logger_cfg(cfg.get("logger"), identity,
+                                      resume_ids=(resume_state or {}).get("logger_ids"),
+                                      save_dir=str(run_dir) if resume_state is not None else None)
+    loggers = instantiate_loggers(logger_cfg) if dist.is_main else []
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": identity.as_dict(),
+                            "data_source": extra["data_source"]})
     if dist.is_main:
-        engine.recorders = recorders_for(run_dir, semantic, loggers, plots)
+        engine.recorders = recorders_for(run_dir, semantic, loggers, plots, logger_ids(loggers), extra)
     module = _build(cfg.module, "module", weight_set=weight_set)
     loop = SearchLoop(engine, progress=bool(s.get("progress", True)), announce=dist.is_main)
     trainer: L.Trainer = hydra.utils.instantiate(
@@ -252,16 +281,27 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False, check_val_every_n_epoch=1,
         default_root_dir=str(run_dir), _convert_="partial")
     start = time.time()
-    with warnings.catch_warnings():
-        # expected in this design: optimizers are per candidate; the search logs per generation
-        warnings.filterwarnings("ignore", message=".*configure_optimizers.*")
-        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        trainer.fit(module, datamodule=datamodule)
+    try:
+        with warnings.catch_warnings():
+            ignore_library_warnings()  # expected here: per-candidate optimizers, per-generation logging
+            trainer.fit(module, datamodule=datamodule)
+    except BaseException:
+        close_loggers(loggers, "failed")
+        raise
     if not engine.done:
+        close_loggers(loggers, "failed")
         raise RuntimeError(f"the search stopped after generation {engine.generation} of {strategy.generations}; "
                            f"continue with resume={run_dir}")
+    if dist.is_main:  # how this part of the run went (not in result.json, which a resume reproduces)
+        (run_dir / "run.json").write_text(json.dumps({"time_s": round(time.time() - start, 2),
+                                                      "run": identity.as_dict()}, indent=2) + "\n")
+    try:
+        _check_health(engine, s)
+    except guards.SearchFailed:
+        close_loggers(loggers, "failed")
+        raise
     result = engine.end_search()
+    close_loggers(loggers, "success")
     result["time_s"] = time.time() - start
     result["run_dir"] = run_dir
     return result

@@ -1,4 +1,4 @@
-"""Slow-fast learning (SPEC 2): pairing, fast/slow selection and the pseudo-gradient update.
+"""Slow-fast learning (docs/method.md §3): pairing, fast/slow selection and the pseudo-gradient update.
 
 Pure functions over numpy arrays; every random draw comes from the ``numpy.random.Generator``
 passed in, so a search is reproducible from its seed and resumable from the generator's state.

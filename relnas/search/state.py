@@ -1,23 +1,24 @@
 """Atomic search checkpoints: ``search_state.pt`` in the run directory, the previous one kept as
 ``search_state.prev.pt`` until the new one is complete. A corrupt or truncated newest file falls
-back to the previous complete one with a warning."""
+back to the previous complete one with a warning; the next save then replaces the corrupt file
+and keeps the good previous one (a file that is not a complete checkpoint is never rotated into
+``search_state.prev.pt``)."""
 from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import torch
 
+from relnas.errors import CheckpointError, CheckpointNotFoundError
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.pt"
 PREV_FILE = "search_state.prev.pt"
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def save_state(run_dir: Path, state: Dict[str, Any]) -> Path:
@@ -27,10 +28,20 @@ def save_state(run_dir: Path, state: Dict[str, Any]) -> Path:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
-    if path.exists():
+    if path.exists() and _complete(path):
         os.replace(path, prev)  # the previous complete checkpoint stays until the new one is in place
     os.replace(tmp, path)
     return path
+
+
+def _complete(path: Path) -> bool:
+    """Whether ``path`` is a whole ``torch.save`` archive (a zip whose central directory is
+    present and readable): a truncated or overwritten file is not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def _load(path: Path) -> Dict[str, Any]:
@@ -44,7 +55,7 @@ def load_state(run_dir: Path) -> Tuple[Dict[str, Any], Path]:
     """The newest complete checkpoint of ``run_dir`` and its path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"resume: {run_dir} is not a directory (pass the search run directory)")
+        raise CheckpointNotFoundError(f"resume: {run_dir} is not a directory (pass the search run directory)")
     errors = []
     for name in (STATE_FILE, PREV_FILE):
         path = run_dir / name
@@ -57,4 +68,4 @@ def load_state(run_dir: Path) -> Tuple[Dict[str, Any], Path]:
             log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, e)
     if errors:
         raise CheckpointError(f"no readable search checkpoint in {run_dir} ({'; '.join(errors)})")
-    raise FileNotFoundError(f"resume: no {STATE_FILE} in {run_dir}; a checkpoint is written after each generation")
+    raise CheckpointNotFoundError(f"resume: no {STATE_FILE} in {run_dir}; a checkpoint is written after each generation")

@@ -7,6 +7,7 @@ random number from the generator it is given, so a search is resumable bit for b
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from relnas.search import encoding
 from relnas.search.slow_fast import check_population_size, fast_slow, init_population, random_pairs, slow_fast_update
+from relnas.utils.registry import Registry
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -83,13 +85,25 @@ class Strategy:
         raise NotImplementedError
 
 
+TIE_RULES = ("first", "official")
+
+
 class RelativeNAS(Strategy):
-    """Slow-fast learning (SPEC 2): random pairs, the slow learner moves toward the fast one."""
+    """Slow-fast learning (docs/method.md §3): random pairs, the slow learner moves toward the fast one."""
 
     name = "relativenas"
     job_size = 2
 
-    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None):
+    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
+                 tie_rule: str = "first"):
+        """``tie_rule``: what equal (finite) validation losses do. ``"first"``: the pair's first
+        member is the fast learner, for the update and the merge. ``"official"``: as the authors'
+        script, the first member is the teacher of the architecture update (``mask = loss_a >
+        loss_b``) but the second member's weights win the merge (``if loss_a < loss_b`` merges
+        with ``a`` as teacher, else ``b``)."""
+        if tie_rule not in TIE_RULES:
+            raise ValueError(f"unknown tie_rule {tie_rule!r}; use one of {', '.join(TIE_RULES)}")
+        self.tie_rule = tie_rule
         self.population_size = check_population_size(population_size)
         positive_int("generations", generations)
         if budget is not None:  # a budget in estimations fixes the number of generations
@@ -122,6 +136,8 @@ class RelativeNAS(Strategy):
         self.alpha[sid], self.velocity[sid] = slow_fast_update(rng, self.alpha[sid], self.velocity[sid],
                                                                job.vectors[f], encoding.LOWER, encoding.UPPER)
         roles = ["fast", "slow"] if f == 0 else ["slow", "fast"]
+        if self.tie_rule == "official" and losses[0] == losses[1] and math.isfinite(losses[0]):
+            return JobResult(roles=roles, merge_priority=[0, 1])  # the second member's weights win the merge
         return JobResult(roles=roles, merge_priority=[s, f])
 
     def population(self) -> Dict[int, np.ndarray]:
@@ -142,21 +158,18 @@ class RelativeNAS(Strategy):
         self.losses = np.asarray(state["losses"], dtype=np.float64).copy()
 
 
-STRATEGIES: Dict[str, Callable[..., Strategy]] = {"relativenas": RelativeNAS}
+STRATEGIES: Registry[Callable[..., Strategy]] = Registry("search strategy", "strategies")
+STRATEGIES.register("relativenas", RelativeNAS)
 
 
 def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
-    STRATEGIES[name] = factory
+    STRATEGIES.register(name, factory)
 
 
 def create_strategy(name: str, **kwargs: Any) -> Strategy:
     """The strategy registered as ``name`` (the configs build strategies from ``configs/strategy/``
     through their ``_target_``; this is the programmatic way)."""
-    try:
-        factory = STRATEGIES[name]
-    except KeyError:
-        raise KeyError(f"unknown search strategy {name!r}; known strategies: {', '.join(STRATEGIES)}") from None
-    return factory(**kwargs)
+    return STRATEGIES[name](**kwargs)
 
 
 # the baselines (random search, regularized evolution) register themselves on import

@@ -1,4 +1,4 @@
-"""The weight set Omega (SPEC 3): every operation on every edge of every cell, plus shared parts.
+"""The weight set Omega (docs/method.md §4): every operation on every edge of every cell, plus shared parts.
 
 ``WeightSet`` is a single module that holds Omega once. A candidate never gets its own copy of the
 network: ``WeightSet.forward(x, arch)`` runs the sub-network that ``arch`` (a compiled genotype)
@@ -256,13 +256,6 @@ def restore(tensors: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tens
             tensors[k].copy_(v)
 
 
-def eq6_sources(all_keys: Iterable[str], fast_keys: Iterable[str], slow_keys: Iterable[str]) -> Dict[str, str]:
-    """Where each tensor of Omega takes its value from after a pair (Eq. 6):
-    ``'fast'`` if the fast learner uses it, else ``'slow'`` if the slow learner does, else ``'omega'``."""
-    fast, slow = set(fast_keys), set(slow_keys)
-    return {k: "fast" if k in fast else "slow" if k in slow else "omega" for k in all_keys}
-
-
 def merge_eq6(omega: Mapping[str, torch.Tensor], fast_trained: Optional[Mapping[str, torch.Tensor]],
               slow_trained: Optional[Mapping[str, torch.Tensor]]) -> None:
     """Eq. 6 in place: ``Omega <- w'_fast U (w'_slow minus w'_fast) U (Omega minus both)``.
@@ -277,3 +270,55 @@ def merge_eq6(omega: Mapping[str, torch.Tensor], fast_trained: Optional[Mapping[
                 omega[k].copy_(v)
         for k, v in fast_trained.items():
             omega[k].copy_(v)
+
+
+# ---------------------------------------------------------------------- the authors' key names
+
+def official_key(key: str, ops: Sequence[str] = SEARCH_OPS) -> str:
+    """The official search network's name for a :class:`WeightSet` state-dict key.
+
+    The official ``model_search.NetworkCIFAR`` keeps every operation of a cell in one flat list
+    ``cells.{k}._ops``: the operation ``op`` on edge ``i -> j`` (node ``j >= 2``, input ``i``)
+    is entry ``(offset_j + i) * len(ops) + ops.index(op)``, where ``offset_j`` counts the edges of
+    the nodes before ``j`` (2 + 3 + ...). Every other key (stem, preprocessing, classifier) is
+    the same in both networks.
+    """
+    parts = key.split(".")
+    if len(parts) > 4 and parts[0] == "cells" and parts[2] == "edges":
+        j, i = (int(n) for n in parts[3].split("_"))
+        offset = sum(n + 2 for n in range(j - 2))
+        index = (offset + i) * len(ops) + list(ops).index(parts[4])
+        return ".".join(["cells", parts[1], "_ops", str(index)] + parts[5:])
+    return key
+
+
+def from_official_state_dict(weight_set: WeightSet, state_dict: Mapping[str, torch.Tensor]
+                             ) -> Dict[str, torch.Tensor]:
+    """A state dict of the authors' search network (``model_search.NetworkCIFAR``, every
+    operation on every edge) renamed to ``weight_set``'s keys, ready for
+    ``weight_set.load_state_dict(...)``. Raises ``ValueError`` naming the keys that do not match
+    (a network of another C, number of layers, classes or operation list)."""
+    own = weight_set.state_dict()
+    names = {official_key(k, weight_set.ops): k for k in own}
+    missing = sorted(set(names) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(names))
+    shapes = sorted(t for t, o in names.items() if t in state_dict and tuple(state_dict[t].shape) != tuple(own[o].shape))
+    if missing or unexpected or shapes:
+        raise ValueError(f"the official state dict does not fit this weight set (C={weight_set.C}, "
+                         f"layers={weight_set.layers}): {len(missing)} keys missing (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(shapes)} of another shape "
+                         f"(e.g. {shapes[:3]}); build the WeightSet with the official network's C, layers and "
+                         f"number of classes")
+    return {ours: state_dict[theirs] for theirs, ours in names.items()}
+
+
+def to_official_state_dict(weight_set: WeightSet) -> Dict[str, torch.Tensor]:
+    """``weight_set.state_dict()`` under the authors' key names (the inverse of
+    :func:`from_official_state_dict`)."""
+    return {official_key(k, weight_set.ops): v for k, v in weight_set.state_dict().items()}
+
+
+def load_official_state_dict(weight_set: WeightSet, state_dict: Mapping[str, torch.Tensor]) -> WeightSet:
+    """Load an official search-network state dict into ``weight_set`` (strict); returns it."""
+    weight_set.load_state_dict(from_official_state_dict(weight_set, state_dict), strict=True)
+    return weight_set

@@ -7,12 +7,45 @@ of ``name -> {_target_: ..., ...}``; entries that are ``null`` or have no ``_tar
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, List, Optional
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from relnas.errors import ConfigError, RelnasError
+
 log = logging.getLogger(__name__)
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, except that a :class:`RelnasError` raised by the object's
+    constructor (an argument it refuses) comes out as itself, not wrapped by Hydra."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, RelnasError):
+            raise cause from None
+        raise
+
+
+def is_rank_zero() -> bool:
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def instantiate_datamodule(cfg_data: Optional[DictConfig], prepare: bool = True, stage: str = "fit"):
+    """The data module of ``cfg.data``, prepared (rank zero) and set up for ``stage``, so that a
+    missing data set fails here, with its one-line :class:`DatasetNotFoundError`."""
+    if cfg_data is None or "_target_" not in cfg_data:
+        raise ConfigError("no data set configured: choose one with data=<name> (see configs/data/)")
+    dm = instantiate(cfg_data)
+    if prepare:
+        if is_rank_zero():
+            dm.prepare_data()
+        dm.setup(stage)
+    return dm
 
 
 def _instantiate_group(cfg: Optional[DictConfig], what: str) -> List[Any]:
@@ -23,8 +56,8 @@ def _instantiate_group(cfg: Optional[DictConfig], what: str) -> List[Any]:
         raise TypeError(f"the {what} config must be a mapping of name -> {{_target_: ...}}, got {type(cfg).__name__}")
     for name, conf in cfg.items():
         if isinstance(conf, DictConfig) and "_target_" in conf:
-            log.info("instantiating %s %s <%s>", what, name, conf._target_)
-            out.append(hydra.utils.instantiate(conf))
+            log.debug("instantiating %s %s <%s>", what, name, conf._target_)
+            out.append(instantiate(conf))
     return out
 
 

@@ -38,10 +38,7 @@ def hardware_info() -> Dict[str, Any]:
         pass
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    try:
-        import lightning
+    import lightning
 
-        info["lightning"] = lightning.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    info["lightning"] = lightning.__version__
     return info

@@ -1,0 +1,259 @@
+"""Train a backbone on another vision task: ``python -m relnas.transfer [overrides]``.
+
+Examples::
+
+    python -m relnas.transfer +experiment=voc_ssdlite backbone=RelativeNAS backbone.weights=outputs/train/<run>
+    python -m relnas.transfer +experiment=voc_ssdlite backbone=mobilenet_v2 backbone.weights=DEFAULT trainer=gpu
+    python -m relnas.transfer +experiment=cityscapes_bisenet backbone=RelativeNAS backbone.weights=<.pt>
+    python -m relnas.transfer +experiment=coco_simplebaseline backbone=cell backbone.name=outputs/search/<run>
+    python -m relnas.transfer +experiment=voc_ssdlite resume=outputs/transfer/<run>
+
+Config groups ``task`` (configs/task/) and ``backbone`` (configs/backbone/); trainer, logger and
+callbacks as ``relnas.train``. At the end the best checkpoint (the task's ``monitor`` metric) is
+evaluated on the test split, and ``results.json`` (task, backbone, weights, params and FLOPs at
+the task's input size, metrics, per-class numbers, wall time, hardware) and ``predictions.png``
+(predictions next to ground truth on the first validation images) are written to the run dir.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+NO_BACKBONE = ("no backbone given: set backbone=<RelativeNAS | DARTS_V2 | NASNet | AmoebaNet | mobilenet_v2 | "
+               "shufflenet_v2_x1_0 | mnasnet1_0> or backbone=cell backbone.name=<genotype file | search run>")
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def backbone_from_config(cfg_backbone: Mapping[str, Any]):
+    """``build_backbone(**cfg.backbone)`` (the keys it does not know are refused in one line)."""
+    from relnas.errors import ConfigError
+    from relnas.transfer.backbones import build_backbone
+
+    b = dict(_container(cfg_backbone) or {})
+    known = {"name", "weights", "out_indices", "frozen_bn", "C", "layers", "in_channels"}
+    unknown = sorted(set(b) - known)
+    if unknown:
+        raise ConfigError(f"unknown backbone keys {unknown}; known: {sorted(known)}")
+    if b.get("name") in (None, "", "???"):
+        raise ConfigError(NO_BACKBONE)
+    return build_backbone(**b)
+
+
+def task_class(cfg_task: Mapping[str, Any]):
+    from relnas.errors import ConfigError
+    from relnas.transfer.tasks import get_task
+
+    name = (cfg_task or {}).get("name")
+    try:
+        return get_task(name)
+    except KeyError as e:
+        raise ConfigError(str(e.args[0]) if e.args else str(e)) from None
+
+
+def build_task(cfg: DictConfig, num_classes: int, class_names, backbone=None):
+    """The task's LightningModule for ``cfg`` (backbone built from ``cfg.backbone`` unless given)."""
+    cls = task_class(cfg.task)
+    if backbone is None:
+        backbone = backbone_from_config(cfg.backbone)
+    model_cfg = dict(_container(cfg.task.get("model")) or {})
+    model = cls.build_model(backbone, int(num_classes), **model_cfg)
+    optimizer = hydra.utils.instantiate(cfg.task.optimizer) if cfg.task.get("optimizer") else None
+    input_size = model_cfg.get("input_size", cls.paper_input_size)
+    extra = dict(_container(cfg.task.get("module")) or {})  # task-specific module arguments
+    return cls(model=model, num_classes=int(num_classes), class_names=class_names, optimizer=optimizer,
+               scheduler=_container(cfg.task.get("scheduler")), epochs=int(cfg.task.get("epochs", 1)),
+               input_size=input_size, backbone_info=backbone.describe(), **extra)
+
+
+def check_checkpoint_fits(ckpt: Mapping[str, Any], module, path: Path, what: str) -> None:
+    """One line when a transfer checkpoint was made for another task, class count or backbone."""
+    from relnas.errors import ConfigError
+
+    hp = ckpt.get("hyper_parameters") or {}
+    if not hp or "task" not in hp:
+        raise ConfigError(f"{what}: {str(path)!r} is not a relnas.transfer checkpoint (no task hyper-parameters)")
+    mine = module.hparams
+    if hp["task"] != mine["task"]:
+        raise ConfigError(f"{what}: {str(path)!r} is a {hp['task']!r} checkpoint, this run is {mine['task']!r}")
+    if int(hp.get("num_classes", -1)) != int(mine["num_classes"]):
+        raise ConfigError(f"{what}: {str(path)!r} was trained for {hp.get('num_classes')} classes but the data set has "
+                          f"{mine['num_classes']}: class-count mismatch (use a checkpoint of the same data set, or "
+                          f"start from backbone weights with backbone.weights=...)")
+    theirs_bb = (hp.get("backbone") or {}).get("name")
+    if theirs_bb is not None and theirs_bb != mine["backbone"].get("name"):
+        raise ConfigError(f"{what}: {str(path)!r} has backbone {theirs_bb!r}, this run {mine['backbone'].get('name')!r}: "
+                          f"set backbone={theirs_bb}")
+    sd = ckpt.get("state_dict") or {}
+    own = module.state_dict()
+    for k, v in own.items():
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape):
+            raise ConfigError(f"{what}: {str(path)!r}: shape of {k!r} is {tuple(sd[k].shape)}, the model needs "
+                              f"{tuple(v.shape)} (different head settings?)")
+
+
+def first_images(loader, n: int):
+    """The first ``n`` samples of an evaluation loader as one ``(images, targets)`` batch (lists
+    or stacked tensors, as the loader gives them)."""
+    images, targets = [], []
+    for x, y in loader:
+        images.extend(list(x))
+        targets.extend(list(y) if isinstance(y, (list, tuple)) else [{k: v[i] for k, v in y.items()} for i in range(len(x))]
+                       if isinstance(y, dict) else list(y))
+        if len(images) >= n:
+            break
+    images, targets = images[:n], targets[:n]
+    if images and all(isinstance(i, torch.Tensor) and i.shape == images[0].shape for i in images):
+        if all(isinstance(t, torch.Tensor) for t in targets) and all(t.shape == targets[0].shape for t in targets):
+            return torch.stack(images), torch.stack(targets)
+    return images, targets
+
+
+def transfer(cfg: DictConfig) -> Dict[str, Any]:
+    """Train and evaluate according to ``cfg``; return the results dict (also in results.json)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from relnas.errors import ConfigError
+    from relnas.train import find_checkpoint, load_checkpoint_dict
+    from relnas.utils.instantiate import is_rank_zero as _is_rank_zero
+    from relnas.transfer.tasks.base import model_cost, save_png, write_results
+    from relnas.utils import hardware_info, instantiate_callbacks, instantiate_loggers
+
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    cls = task_class(cfg.task)
+    if "data" not in cfg.task or "_target_" not in cfg.task.data:
+        raise ConfigError(f"task {cls.task_name!r} has no data config (task.data._target_)")
+    from relnas.transfer.backbones import check_backbone_name
+
+    name = OmegaConf.select(cfg, "backbone.name", default=None, throw_on_missing=False)
+    if name in (None, "", "???"):
+        raise ConfigError(NO_BACKBONE)
+    check_backbone_name(str(name))  # names first: cheap and early
+    dm = hydra.utils.instantiate(cfg.task.data)  # a missing data set fails here, before any model is built
+    if _is_rank_zero():
+        dm.prepare_data()
+    dm.setup("fit")
+    backbone = backbone_from_config(cfg.backbone)
+    module = build_task(cfg, int(dm.num_classes), list(dm.class_names), backbone=backbone)
+
+    ckpt_path: Optional[Path] = None
+    if cfg.get("resume"):
+        ckpt_path = find_checkpoint(cfg.resume)
+        check_checkpoint_fits(load_checkpoint_dict(ckpt_path), module, ckpt_path, "resume")
+        log.info("resuming from %s", ckpt_path)
+    elif cfg.get("init_weights"):
+        p = Path(str(cfg.init_weights)).expanduser()
+        if p.is_dir():
+            p = find_checkpoint(p)
+        if not p.is_file():
+            raise ConfigError(f"init_weights: {str(p)!r} does not exist")
+        ckpt = load_checkpoint_dict(p)
+        check_checkpoint_fits(ckpt, module, p, "init_weights")
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+        log.info("initialised the task network from %s", p)
+
+    cost = model_cost(module, module.hparams.input_size)
+    bb = backbone.describe()
+    print(f"task {cls.task_name}: backbone {bb['name']} ({'pretrained: ' + str(bb['weights']) if bb['pretrained'] else 'RANDOM INIT'}), "
+          f"{cost['params_m']:.3f}M params, {cost['flops_m']:.1f}M FLOPs (multiply-adds) at "
+          f"{cost['input_size'][0]}x{cost['input_size'][1]}", flush=True)
+
+    loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.is_global_zero:
+        for lg in trainer.loggers:
+            lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
+            lg.log_hyperparams({f"model/{k}": v for k, v in cost.items() if k != "input_size"})
+
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+
+    ckpt_cbs = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    best_cb = next((c for c in ckpt_cbs if c.monitor), None)
+    best_path = best_cb.best_model_path if best_cb is not None and best_cb.best_model_path else None
+    if cfg.get("test_after_training", True) and not trainer.interrupted:
+        trainer.test(module, datamodule=dm, ckpt_path=best_path, verbose=False)
+    final = module.final_metrics()
+
+    picture = None
+    n_pics = int((cfg.get("predictions") or {}).get("num_images", 4))
+    if trainer.is_global_zero and n_pics > 0:
+        module.cpu().eval()
+        batch = first_images(dm.val_dataloader(), n_pics)
+        with torch.no_grad():
+            grid = module.draw_predictions(batch, max_images=n_pics)
+        picture = str(save_png(grid, out_dir / "predictions.png"))
+
+    results = {
+        "task": cls.task_name,
+        "backbone": bb["name"],
+        "backbone_info": bb,
+        "weights": bb["weights"],
+        "pretrained": bb["pretrained"],
+        **({"weights_warning": bb["weights_warning"]} if "weights_warning" in bb else {}),
+        "data": str(cfg.task.data.get("_target_")),
+        "num_classes": int(module.num_classes),
+        "class_names": list(module.class_names),
+        "input_size": cost["input_size"],
+        "params_m": cost["params_m"],
+        "flops_m": cost["flops_m"],
+        "flops_convention": "multiply-adds (FlopCounterMode FLOPs / 2) of one image at input_size",
+        "metrics": final.get("metrics", {}),
+        "per_class": final.get("per_class", {}),
+        "test_checkpoint": best_path or "final weights",
+        "epochs": int(cfg.task.get("epochs", 0)),
+        "epochs_run": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+        "resumed_from": str(ckpt_path) if ckpt_path else None,
+        "init_weights": str(cfg.init_weights) if cfg.get("init_weights") else None,
+        "predictions_png": picture,
+        "world_size": int(trainer.world_size),
+        "seed": cfg.get("seed"),
+        "wall_time_s": round(time.time() - start, 2),
+        "hardware": hardware_info(),
+    }
+    if trainer.is_global_zero:
+        path = write_results(out_dir / "results.json", results)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in results["metrics"].items() if isinstance(v, float))
+        print(f"{cls.task_name} done: {shown or 'no test metrics'}; results: {path}", flush=True)
+    return results
+
+
+def run(cfg: DictConfig) -> Dict[str, Any]:
+    """``transfer`` with the expected failures turned into one ``error: ...`` line and exit status 1."""
+    from relnas.data import DatasetNotFoundError
+    from relnas.nas.genotypes import GenotypeError
+    from relnas.errors import ConfigError
+    from relnas.transfer.backbones import BackboneError
+
+    try:
+        return transfer(cfg)
+    except (ConfigError, DatasetNotFoundError, GenotypeError, BackboneError) as e:
+        sys.exit(f"error: {e}")
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="transfer")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""One registry idiom for everything chosen by name (operations, networks, genotypes, search
+strategies): a :class:`Registry` filled by a ``register`` decorator placed beside each definition,
+read like a mapping, and failing loudly with the known names.
+
+Example::
+
+    NETWORKS = Registry("network")
+
+    @NETWORKS.register("cifar")
+    class NetworkCIFAR(nn.Module): ...
+
+    NETWORKS["cifar"]      # -> NetworkCIFAR
+    NETWORKS["mnist"]      # RegistryError: unknown network 'mnist'; known networks: cifar, imagenet
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Callable, Dict, Generic, Iterator, Optional, TypeVar, overload
+
+from relnas.errors import RegistryError
+
+T = TypeVar("T")
+
+
+class Registry(Mapping, Generic[T]):
+    """Named entries of one kind. ``kind`` names them in error messages (``"operation"``)."""
+
+    def __init__(self, kind: str, plural: Optional[str] = None) -> None:
+        self.kind = kind
+        self.plural = plural or f"{kind}s"
+        self._entries: Dict[str, T] = {}
+
+    @overload
+    def register(self, name: str) -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, name: str, obj: T, *, overwrite: bool = False) -> T: ...
+
+    def register(self, name: str, obj=None, *, overwrite: bool = False):
+        """``@registry.register("name")`` above a definition, or ``registry.register("name", obj)``.
+
+        Registering a different object under a taken name fails unless ``overwrite=True``
+        (registering the same object again is a no-op)."""
+        def add(value: T) -> T:
+            if not isinstance(name, str) or not name:
+                raise RegistryError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+            if name in self._entries and self._entries[name] is not value and not overwrite \
+                    and self._entries[name] != value:
+                raise RegistryError(f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it")
+            self._entries[name] = value
+            return value
+
+        return add if obj is None else add(obj)
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (no error when absent)."""
+        self._entries.pop(name, None)
+
+    def names(self) -> list[str]:
+        """The registered names, in registration order."""
+        return list(self._entries)
+
+    def __getitem__(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise RegistryError(f"unknown {self.kind} {name!r}; known {self.plural}: "
+                                   f"{', '.join(self._entries)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self._entries)})"

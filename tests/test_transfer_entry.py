@@ -1,0 +1,168 @@
+"""``python -m relnas.transfer`` and ``python -m relnas.inspect task=...``: configs, errors, a run end to end."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from voc_helpers import make_fake_voc  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = str(ROOT / "configs")
+
+
+def _env():
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for k in ("RANK", "LOCAL_RANK"):
+        env.pop(k, None)
+    return env
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose(config_name="transfer", overrides=list(overrides))
+
+
+def test_voc_ssdlite_experiment_is_the_recipe():
+    cfg = _compose("+experiment=voc_ssdlite", "backbone=RelativeNAS")
+    t = cfg.task
+    assert t.name == "detection" and t.epochs == 200 and cfg.trainer.max_epochs == 200
+    assert (t.optimizer._target_, t.optimizer.lr, t.optimizer.momentum, t.optimizer.weight_decay) == \
+        ("torch.optim.SGD", 0.01, 0.9, 5e-4)
+    assert t.scheduler.name == "cosine" and t.data.batch_size == 32 and t.model.input_size == 320
+    assert list(t.model.extra_channels) == [512, 256, 256, 64] and list(t.model.aspect_ratios) == [2, 3]
+    assert list(t.data.train_sets) == ["2007-trainval", "2012-trainval"] and t.data.val_set == "2007-test"
+    assert cfg.callbacks.model_checkpoint.monitor == "val/map" and cfg.callbacks.model_checkpoint.mode == "max"
+    assert (cfg.backbone.name, cfg.backbone.C, cfg.backbone.layers) == ("RelativeNAS", 46, 14)
+    assert _compose("backbone=mobilenet_v2").backbone.name == "mobilenet_v2"
+
+
+def _run_in_process(tmp_path, *overrides):
+    from relnas.transfer.__main__ import run
+
+    cfg = _compose(f"paths.output_dir={tmp_path}", "logger=none", *overrides)
+    with pytest.raises(SystemExit) as e:
+        run(cfg)
+    return str(e.value.code)
+
+
+def test_missing_voc_fails_in_one_line(tmp_path):
+    msg = _run_in_process(tmp_path, f"task.data.root={tmp_path / 'nowhere'}", "backbone.C=8", "backbone.layers=5")
+    assert msg.startswith("error: PASCAL VOC 2007-trainval not found") and "\n" not in msg
+    assert "VOCdevkit/VOC2007" in msg and "JPEGImages" in msg
+
+
+def test_unknown_backbone_and_task(tmp_path):
+    msg = _run_in_process(tmp_path, "backbone.name=resnet_huge")
+    assert msg.startswith("error: unknown backbone 'resnet_huge'") and "mobilenet_v2" in msg
+    msg = _run_in_process(tmp_path, "task.name=captioning")
+    assert msg.startswith("error: unknown task 'captioning'") and "detection" in msg
+    msg = _run_in_process(tmp_path, "backbone=cell")
+    assert msg.startswith("error: no backbone given: set backbone=<RelativeNAS")
+
+
+def test_inspect_task_cli(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "relnas.inspect", "task=detection", "backbone=mobilenet_v2",
+                        "input_size=64", f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    last = json.loads(p.stdout.strip().splitlines()[-1])
+    # 3,301,316 parameters: MobileNetV2 features + extras + SSDLite head (tests/test_transfer_detection.py)
+    assert last["params_m"] == pytest.approx(3.3013, abs=1e-4)
+    assert last["task"] == "detection" and last["num_classes"] == 21 and last["input_size"] == [64, 64]
+    assert last["flops_m"] > 0 and "params (M)" in p.stdout
+
+
+def _detection_cmd(data, run_dir, *extra):
+    return [sys.executable, "-m", "relnas.transfer", "task=detection", "backbone=RelativeNAS", "backbone.C=8",
+            "backbone.layers=5", "task.model.input_size=64", f"task.data.root={data}",
+            "task.data.train_sets=[2007-trainval]", "task.data.batch_size=2", "task.data.eval_batch_size=2",
+            "task.data.num_workers=0", "trainer=cpu", "+trainer.limit_train_batches=1",
+            "+trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run_dir}",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def detection_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("det")
+    data = tmp_path / "data"
+    make_fake_voc(data, n_trainval=4, n_test=3)
+    run_dir = tmp_path / "run"
+    p = subprocess.run(_detection_cmd(data, run_dir, "task.epochs=1", "predictions.num_images=3"), cwd=ROOT,
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return data, run_dir, p
+
+
+@pytest.mark.slow
+def test_detection_end_to_end(detection_run):
+    data, run_dir, p = detection_run
+    assert "NO pretrained weights" in p.stdout + p.stderr
+    r = json.loads((run_dir / "results.json").read_text())
+    assert r["task"] == "detection" and r["backbone"] == "RelativeNAS" and r["weights"] is None
+    assert "random" in r["weights_warning"] and r["num_classes"] == 21 and r["input_size"] == [64, 64]
+    assert 0.0 <= r["metrics"]["map"] <= 1.0 and r["params_m"] > 0 and r["flops_m"] > 0
+    # per-class AP: the fake set has bottle, pottedplant, car, person; the other 16 classes have no objects
+    assert set(r["per_class"]) == set(r["class_names"][1:])
+    assert {k for k, v in r["per_class"].items() if v is not None} == {"bottle", "pottedplant", "car", "person"}
+    assert r["global_step"] == 1 and r["wall_time_s"] > 0 and "cpu" in r["hardware"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    from torchvision.io import read_image
+
+    img = read_image(str(run_dir / "predictions.png"))
+    # 3 images x (prediction, ground truth), 2 panels per row; the 72-96 px images are shown >= 256 px
+    assert img.shape[0] == 3 and img.shape[1] >= 3 * 256 and img.shape[2] >= 2 * 256
+
+
+# ---------------------------------------------------------------------- shared task helpers
+
+def test_schedules_by_hand():
+    from relnas.transfer.tasks.base import schedule_factor
+
+    cos = schedule_factor({"name": "cosine"}, 200)
+    assert cos(0) == pytest.approx(1.0) and cos(100) == pytest.approx(0.5) and cos(200) == pytest.approx(0.0)
+    poly = schedule_factor({"name": "poly", "power": 0.9, "warmup_steps": 10, "warmup_ratio": 0.1}, 1000)
+    assert poly(0) == pytest.approx(0.1) and poly(5) == pytest.approx(0.55)
+    assert poly(500) == pytest.approx(0.5 ** 0.9) and poly(1000) == 0.0
+    ms = schedule_factor({"name": "multistep", "milestones": [90, 120], "gamma": 0.1}, 140)
+    assert (ms(89), ms(90), ms(119), ms(120)) == (1.0, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.01))
+    with pytest.raises(ValueError, match="unknown scheduler 'step'"):
+        schedule_factor({"name": "step"}, 10)
+
+
+def test_prediction_grid_pads_mixed_sizes():
+    import torch
+
+    from relnas.transfer.tasks.base import prediction_grid
+
+    a = torch.zeros(3, 20, 30, dtype=torch.uint8)
+    b = torch.full((1, 10, 10), 7, dtype=torch.uint8)
+    g = prediction_grid([a, b, a], ncol=2, padding=2)
+    # 2 columns x 2 rows of 20x30 slots with 2-pixel borders
+    assert g.shape == (3, 2 + 2 * (20 + 2), 2 + 2 * (30 + 2)) and g.dtype == torch.uint8
+    slot_b = g[:, 2:22, 34:64]
+    assert int(slot_b[:, :10, :10].max()) == 7 and int(slot_b[:, 10:, :].min()) == 255  # white padding
+    with pytest.raises(ValueError, match="panel 0: expected a uint8"):
+        prediction_grid([torch.zeros(3, 4, 4)])
+
+
+@pytest.mark.slow
+def test_detection_resume(detection_run, tmp_path):
+    data, run_dir, _ = detection_run
+    resumed = tmp_path / "resumed"
+    p = subprocess.run(_detection_cmd(data, resumed, "task.epochs=2", f"resume={run_dir}", "predictions.num_images=0"),
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads((resumed / "results.json").read_text())
+    assert r["resumed_from"].endswith("last.ckpt") and r["epochs_run"] == 2 and r["global_step"] == 2
+    # a checkpoint of another class count is refused in one line before training
+    bad = subprocess.run(_detection_cmd(data, tmp_path / "bad", "task.epochs=2", f"resume={run_dir}",
+                                        "task.model.extra_channels=[512,256,256,32]"),
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: resume:")

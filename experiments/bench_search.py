@@ -1,46 +1,51 @@
-"""Speed benchmark of candidate estimation (inherit, train one epoch, validate, merge).
+"""Speed benchmark of the search: seconds per candidate of the real search path, and of the
+authors' per-candidate loop on the same workload.
 
-    python experiments/bench_search.py --device cpu --quick          # < 2 min on a 2-core CPU
-    python experiments/bench_search.py --device cuda --candidates 4 --variants relnas-graphs,relnas,naive
-    python experiments/bench_search.py --device cuda                 # full: 25K/25K per candidate
+    python experiments/bench_search.py --device cpu --quick          # a few minutes on a 2-core CPU
+    python experiments/bench_search.py --device cuda --candidates 4 --variants relnas,relnas-pair,naive
+    python experiments/bench_search.py --device cuda                 # 25K + 25K images per candidate
 
-Workload (identical for every implementation): a seeded set of candidate genotypes (decoded from
-seeded random vectors, taken in pairs), CIFAR-shaped synthetic images (3x32x32, 10 classes; full
-mode 25K search-train + 25K search-valid per candidate as the paper's split), C=16, L=8, batch 256,
-eval batch 1024 (relnas) / 256 (naive), crop pad 4 + flip + Cutout 16, SGD(0.9, 3e-4), clip 5,
-drop path ``--drop-path`` (default 0.15, the mean of the paper's ramp 0 -> 0.3).
+What is timed (``relnas*`` variants): the search itself, ``relnas.search.run.run_search`` on a
+configuration composed with Hydra from ``configs/search.yaml`` (``compose`` + overrides: synthetic
+CIFAR-shaped data, the workload below, the variant's overrides), i.e. exactly what
+``python -m relnas.search`` runs. Seconds per candidate = the search's own generation times
+(``generations.csv``, from the first candidate's start to the last merge of the generation)
+summed over whole generations and divided by the candidates: every CUDA-graph warm-up step and
+capture, Lightning's per-candidate hooks, snapshots and merges are inside. Before the timed search
+each variant runs an untimed one of ``--warmup-pairs`` pairs (process-level set-up: CUDA context,
+cuDNN/cuBLAS handles, autotuning of the shapes it meets).
 
-Implementations, timed interleaved (round r: variant A on pair r, variant B on pair r, ...) so
-machine noise hits all of them:
+Workload (identical for every variant): the initial population of a RelativeNAS search with
+``--seed`` (its first generation's pairs), CIFAR-shaped synthetic images (3x32x32, 10 classes;
+default 25K search-train + 25K search-valid per candidate as the paper's split), C=16, L=8, batch
+256, eval batch 1024 (relnas) / 256 (naive), crop pad 4 + flip + Cutout 16, SGD(0.9, 3e-4),
+clip 5, drop path ``--drop-path`` (default 0.15 unramped, the mean of the paper's ramp 0 -> 0.3).
 
-* ``relnas``: the project's own search step through the same code ``python -m relnas.search``
-  runs: one Lightning Trainer (fresh per round) with :class:`SearchModule` + :class:`SearchLoop`
-  over a :class:`SyntheticDataModule` (uint8 tensors on the device, batched augmentation);
-  the candidates come from a fixed strategy. Everything inside ``Trainer(...)`` + ``fit`` is
-  timed (framework overhead counts). Variants: ``relnas`` (fp32, channels_last),
-  ``relnas-bf16`` (``precision=bf16-mixed``), ``relnas-nchw`` (channels_last off),
-  ``relnas-graphs`` (cuda: ``search.cuda_graphs=true``, each candidate's steps replayed as CUDA
-  graphs; ``relnas-graphs-bf16`` the same in bf16-mixed), and ablations of the real path with one
-  speed-up switched off: ``relnas-sync`` (a host sync every step), ``relnas-valgrad`` (validation
-  with autograd on, batch 256, no ``inference_mode``), ``relnas-nophase`` (plain dilated convs).
-  ``relnas-nobench`` (cuda: ``benchmark=False``).
-* ``naive``: the common DARTS-codebase style, written below: a torchvision Dataset augmenting
-  image by image with PIL through a DataLoader with 2 workers, the candidate built as the full
-  supernet (a fresh WeightSet per candidate + ``load_state_dict`` of Omega), fp32 NCHW,
-  ``.item()`` on loss and accuracy every step, validation in eval mode with autograd on and the
-  training augmentation, Eq. 6 by walking the state dict with python dict loops.
+Variants (``--variants``, comma list):
 
-Images/s = (train + val images) x candidates / wall time. Also printed: peak memory (RSS sampled
-per variant on CPU, ``torch.cuda.max_memory_allocated`` on GPU), per-candidate framework
-overhead of ``relnas`` (1-batch epochs through the Trainer minus the same batches run bare), the
-cost of snapshot/restore/merge, and on cuda a projection of the paper's search (1000 candidates x
-(25K + 25K)). Results are appended to ``experiments/results/bench.md``.
+* ``relnas``: the defaults (on a CUDA device: CUDA graphs on, fp32, channels_last);
+  ``relnas-eager`` (``search.cuda_graphs=false``); ``relnas-pair`` (``search.executor=concurrent_pair``:
+  both members of a pair at once, two CUDA streams); ``relnas-bf16`` / ``relnas-pair-bf16``
+  (``trainer.precision=bf16-mixed``, i.e. bf16 inside the graphs); ``relnas-bench`` /
+  ``relnas-pair-bench`` (``trainer.benchmark=true``: cuDNN autotuning); ablations of the CPU
+  speed-ups: ``relnas-nchw`` (``search.channels_last=false``), ``relnas-nophase`` (plain dilated
+  convolutions), ``relnas-sync`` (a host sync every step), ``relnas-valgrad`` (validation with
+  autograd on at batch 256).
+* ``naive``: the authors' per-candidate loop (:class:`NaiveRunner`), run first, in the same
+  process, on the same images and candidates.
+
+Reported: seconds per candidate and images/s ((train + val) x candidates / time), peak memory,
+relnas / naive, and on CUDA the projection to the paper's search (1000 candidates x 25K+25K) and
+the ratio to the authors' code measured on an H200 (``OFFICIAL_H200_S_PER_CANDIDATE``). Results are
+appended to ``experiments/results/bench.md`` (``--results``).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as _dt
 import gc
+import json
 import os
 import resource
 import sys
@@ -48,7 +53,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -60,30 +65,15 @@ if str(ROOT) not in sys.path:
 
 from relnas.nas import operations  # noqa: E402
 from relnas.search import encoding  # noqa: E402
-from relnas.search.weight_set import WeightSet, merge_eq6, restore, snapshot  # noqa: E402
+from relnas.search.weight_set import WeightSet, restore, snapshot  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 PAPER_CANDIDATES, PAPER_TRAIN, PAPER_VAL = 1000, 25_000, 25_000
-
-
-# ====================================================================== workload
-def make_candidates(n: int, seed: int) -> List[Any]:
-    rng = np.random.default_rng(seed)
-    return [rng.uniform(encoding.LOWER, encoding.UPPER) for _ in range(n)]
-
-
-def make_datamodule(args):
-    from relnas.data import SyntheticDataModule
-
-    n = args.num_train + args.num_val
-    dm = SyntheticDataModule(num_train=n, num_test=16, image_size=32, in_channels=3, num_classes=10,
-                             train_portion=args.num_train / n, split_seed=0, batch_size=args.batch_size,
-                             eval_batch_size=args.eval_batch_size, crop_padding=4, flip=True, cutout=16,
-                             mean=CIFAR_MEAN, std=CIFAR_STD, dataset_seed=args.seed)
-    dm.setup()
-    assert len(dm.train_data[0]) == args.num_train and len(dm.val_data[0]) == args.num_val
-    return dm
+# the authors' official search code on an H200, 25K + 25K images per candidate, C=16, L=8, batch 256
+# (2 candidates after a warm-up pair; recorded in issue 14 and experiments/results/bench.md)
+OFFICIAL_H200_S_PER_CANDIDATE = 13.9
+TARGET_S_PER_CANDIDATE = 1.8  # the paper's 1000 candidates in 30 minutes
 
 
 def sync(device: torch.device) -> None:
@@ -127,115 +117,119 @@ class MemWatch:
             self.peak = max(self.peak, self.rss())
 
 
-# ====================================================================== relnas
-class FixedPairs:
-    """A strategy (the :class:`relnas.search.strategies.Strategy` protocol) that estimates given
-    pairs in one generation; the fast learner is the lower loss, as RelativeNAS."""
-
-    name = "fixed"
-
-    def __init__(self, vectors: Sequence[np.ndarray]):
-        from relnas.search.strategies import Job
-
-        self.vectors = [np.asarray(v, dtype=np.float64) for v in vectors]
-        self.jobs = [Job(p, [2 * p, 2 * p + 1], [self.vectors[2 * p], self.vectors[2 * p + 1]])
-                     for p in range(len(self.vectors) // 2)]
-        self.budget = len(self.jobs) * 2
-        self.losses = np.full(len(self.vectors), np.inf)
-
-    generations = 1
-
-    def init(self, rng): pass
-
-    def ask(self, rng, generation):
-        return list(self.jobs)
-
-    def tell(self, rng, job, losses):
-        from relnas.search.slow_fast import fast_slow
-        from relnas.search.strategies import JobResult
-
-        f, s = fast_slow(losses[0], losses[1])
-        for m, loss in zip(job.members, losses):
-            self.losses[m] = loss
-        return JobResult(roles=["fast", "slow"] if f == 0 else ["slow", "fast"], merge_priority=[s, f])
-
-    def end_generation(self, rng, generation): pass
-
-    def population(self):
-        return {i: v.copy() for i, v in enumerate(self.vectors)}
-
-    def best(self):
-        i = int(np.argmin(self.losses))
-        return i, self.vectors[i].copy(), float(self.losses[i])
-
-    def state_dict(self):
-        return {}
+# ====================================================================== relnas (the real search path)
+VARIANTS: Dict[str, List[str]] = {
+    "relnas": [],
+    "relnas-eager": ["search.cuda_graphs=false"],
+    "relnas-pair": ["search.executor=concurrent_pair"],
+    "relnas-bf16": ["trainer.precision=bf16-mixed"],
+    "relnas-pair-bf16": ["search.executor=concurrent_pair", "trainer.precision=bf16-mixed"],
+    "relnas-bench": ["trainer.benchmark=true"],
+    "relnas-pair-bench": ["search.executor=concurrent_pair", "trainer.benchmark=true"],
+    "relnas-nchw": ["search.channels_last=false"],
+    "relnas-nophase": [],   # operations.PHASE_DILATED_CONV off around the run
+    "relnas-sync": [],      # SearchModule with a host sync every step
+    "relnas-valgrad": ["+trainer.inference_mode=false"],  # + validation with autograd on at batch 256
+}
 
 
-class RelnasRunner:
-    """One Omega (kept across rounds) estimated through Trainer + SearchModule + SearchLoop."""
+def compose_search(args, overrides: Sequence[str], population: int, run_dir: Path):
+    """configs/search.yaml composed with Hydra, shrunk/set to the benchmark's workload."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
 
-    def __init__(self, name: str, omega0: Dict[str, torch.Tensor], dm, args, device: torch.device,
-                 precision: str = "32-true", channels_last: bool = True, benchmark: Optional[bool] = None,
-                 cuda_graphs: bool = False, ablate: Optional[str] = None):
-        self.name, self.dm, self.args, self.device = name, dm, args, device
-        self.cuda_graphs, self.ablate = cuda_graphs, ablate
-        self.graph_stats = {"eager": 0, "captures": 0, "replays": 0}
-        self.precision, self.channels_last, self.benchmark = precision, channels_last, benchmark
-        self.ws = WeightSet(C=args.C, num_classes=10, layers=args.layers)
-        self.ws.load_state_dict(omega0)
-        if channels_last:
-            self.ws = self.ws.to(memory_format=torch.channels_last)
+    n = args.num_train + args.num_val
+    base = [
+        "data=synthetic", f"data.num_train={n}", "data.num_test=16", f"search.train_portion={args.num_train / n}",
+        f"data.batch_size={args.batch_size}", f"data.eval_batch_size={args.eval_batch_size}",
+        f"supernet.C={args.C}", f"supernet.layers={args.layers}", f"search.population_size={population}",
+        f"search.generations={args.generations}", f"search.drop_path_prob={args.drop_path}",
+        "search.drop_path_ramp=false", f"search.lr={args.lr}", f"seed={args.seed}",
+        f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}", "logger=none",
+        "search.plots=false", "search.progress=false",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="search", overrides=base + list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        cfg.paths.data_dir = str(run_dir / "data")
+    return cfg
+
+
+def first_generation_jobs(population: int, seed: int) -> List[List[np.ndarray]]:
+    """The pairs a RelativeNAS search with ``seed`` estimates first (what run_search asks)."""
+    from relnas.search.strategies import create_strategy
+
+    strategy = create_strategy("relativenas", population_size=population, generations=1)
+    rng = np.random.default_rng(seed)
+    strategy.init(rng)
+    return [list(job.vectors) for job in strategy.ask(rng, 0)]
+
+
+class SearchRunner:
+    """A relnas variant: ``run_search`` on the composed configuration."""
+
+    def __init__(self, name: str, args, device: torch.device):
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; known: naive, {', '.join(VARIANTS)}")
+        self.name, self.args, self.device = name, args, device
+        self.overrides = list(VARIANTS[name]) + list(args.override)
+        if name == "relnas-valgrad":
+            self.overrides.append(f"data.eval_batch_size={args.batch_size}")
         self.val_losses: List[float] = []
+        self.graph_stats = {"eager": 0, "captures": 0, "replays": 0}
+        self.capture_seconds = 0.0
+        self.generation_seconds: List[float] = []
+        self.fit_seconds = 0.0
+        self.candidates = 0
 
-    def trainer_kwargs(self) -> Dict[str, Any]:
-        return dict(accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1, precision=self.precision,
-                    benchmark=self.benchmark, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                    enable_progress_bar=False, enable_model_summary=False, check_val_every_n_epoch=1,
-                    log_every_n_steps=1_000_000, default_root_dir=tempfile.gettempdir(),
-                    inference_mode=self.ablate != "valgrad")
-
-    def module(self):
-        """The real SearchModule, or (ablations) a subclass with one speed-up switched off."""
+    def run(self, population: int, timed: bool = True) -> float:
+        """One search of ``args.generations`` generations; returns the seconds of its generations."""
+        import relnas.search.run as run_mod
         from relnas.search.search_module import SearchModule
 
-        cls = {None: SearchModule, "sync": SyncEveryStep, "valgrad": ValidateWithAutograd}[
-            self.ablate if self.ablate in ("sync", "valgrad") else None]
-        return cls(self.ws, channels_last=self.channels_last, cuda_graphs=self.cuda_graphs)
+        cls = {"relnas-sync": SyncEveryStep, "relnas-valgrad": ValidateWithAutograd}.get(self.name, SearchModule)
+        modules = []
 
-    def run(self, vectors: Sequence[np.ndarray], **limits: Any) -> float:
-        """Estimate ``vectors`` (pairs); returns the wall time of Trainer construction + fit."""
-        import lightning as L
+        build = run_mod._build
 
-        from relnas.search.callback import SearchLoop
-        from relnas.search.engine import SearchEngine, SearchSettings
+        def build_module(node, what, **kw):
+            """run_search builds the module from cfg.module: here as the variant's class."""
+            if what != "module":
+                return build(node, what, **kw)
+            from omegaconf import OmegaConf
 
-        sync(self.device)
-        t0 = time.perf_counter()
-        strategy = FixedPairs(vectors)
-        settings = SearchSettings(seed=self.args.seed, lr=self.args.lr, drop_path_prob=self.args.drop_path,
-                                  drop_path_ramp=False)
-        loop = SearchLoop(SearchEngine(strategy, self.ws, settings, rng=np.random.default_rng(0)), progress=False)
-        module = self.module()
-        trainer = L.Trainer(max_epochs=loop.remaining_estimations(), callbacks=[loop], **limits,
-                            **self.trainer_kwargs())
-        phase, eval_bs = operations.PHASE_DILATED_CONV, self.dm.eval_batch_size
-        if self.ablate == "nophase":
-            operations.PHASE_DILATED_CONV = False
-        if self.ablate == "valgrad":
-            self.dm.eval_batch_size = self.args.batch_size
-        try:
-            trainer.fit(module, datamodule=self.dm)
-        finally:
-            operations.PHASE_DILATED_CONV, self.dm.eval_batch_size = phase, eval_bs
-        sync(self.device)
-        dt = time.perf_counter() - t0
-        assert loop.done, "the search loop did not finish"
-        if not limits:
-            self.val_losses += [r["val_loss"] for r in loop.history]
-            for k, v in module.graph_stats.items():
+            kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+            modules.append(cls(**kwargs, **kw))
+            return modules[-1]
+
+        with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
+            run_dir = Path(tmp)
+            cfg = compose_search(self.args, self.overrides, population, run_dir)
+            # Lightning sets cudnn.benchmark for the process when trainer.benchmark is not null: restored after
+            saved = run_mod._build, operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark
+            run_mod._build = build_module
+            if self.name == "relnas-nophase":
+                operations.PHASE_DILATED_CONV = False
+            try:
+                result = run_mod.run_search(cfg, run_dir)
+            finally:
+                run_mod._build, operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark = saved
+            with open(run_dir / "generations.csv") as f:
+                gens = [float(r["time_s"]) for r in csv.DictReader(f)]
+            with open(run_dir / "history.csv") as f:
+                losses = [float(r["val_loss"]) for r in csv.DictReader(f)]
+        if timed:
+            m = modules[0]
+            pair = getattr(m, "_pair_trainer", None)
+            for k, v in m.graph_stats.items():
                 self.graph_stats[k] += v
-        return dt
+            self.capture_seconds += m.capture_seconds + (pair.capture_seconds if pair is not None else 0.0)
+            self.generation_seconds += gens
+            self.fit_seconds += float(result.get("time_s", 0.0))
+            self.val_losses += losses
+            self.candidates += len(losses)
+        return sum(gens)
 
 
 def _ablation_classes():
@@ -295,11 +289,11 @@ class ImageArrayDataset(torch.utils.data.Dataset):
         return self.transform(img), int(self.labels[i])
 
 
-def darts_train_transform():
+def darts_train_transform(mean=CIFAR_MEAN, std=CIFAR_STD):
     import torchvision.transforms as T
 
     return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                      T.Normalize(CIFAR_MEAN, CIFAR_STD), Cutout(16)])
+                      T.Normalize(mean, std), Cutout(16)])
 
 
 def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -307,6 +301,13 @@ def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class NaiveRunner:
+    """The authors' per-candidate loop: for each candidate the full search network (every operation
+    on every edge) is built and loaded from Omega's state dict (``strict=True``); SGD over all its
+    parameters; batches from a torchvision-style dataset with PIL transforms in 2 DataLoader
+    workers (pinned memory); ``.item()`` on loss and accuracy every step; validation on the
+    search-validation split with the training transform, in eval mode with autograd on; the Eq. 6
+    merge by walking the state dicts; ``cudnn.benchmark=True``; plain dilated convolutions."""
+
     def __init__(self, name: str, omega0: Dict[str, torch.Tensor], dm, args, device: torch.device):
         self.name, self.args, self.device = name, args, device
         self.omega = {k: v.clone().to(device) for k, v in omega0.items()}
@@ -328,7 +329,7 @@ class NaiveRunner:
     def _estimate(self, vector: np.ndarray):
         a = self.args
         model = WeightSet(C=a.C, num_classes=10, layers=a.layers).to(self.device)  # every operation allocated
-        model.load_state_dict(self.omega)
+        model.load_state_dict(self.omega, strict=True)
         arch = model.compile(encoding.decode(vector))
         optimizer = torch.optim.SGD(model.parameters(), a.lr, momentum=0.9, weight_decay=3e-4)
         model.train()
@@ -359,12 +360,13 @@ class NaiveRunner:
         return model, used, vobjs / vn
 
     def run(self, vectors: Sequence[np.ndarray]) -> float:
-        phase = operations.PHASE_DILATED_CONV
+        phase, bench = operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark
         operations.PHASE_DILATED_CONV = False  # the DARTS codebase runs the plain dilated kernels
+        torch.backends.cudnn.benchmark = True   # as the authors' search script sets it
         try:
             return self._run(vectors)
         finally:
-            operations.PHASE_DILATED_CONV = phase
+            operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark = phase, bench
 
     def _run(self, vectors: Sequence[np.ndarray]) -> float:
         sync(self.device)
@@ -389,59 +391,6 @@ class NaiveRunner:
         return time.perf_counter() - t0
 
 
-# ====================================================================== overhead
-def bare_batches(runner: RelnasRunner, vectors: Sequence[np.ndarray]) -> float:
-    """Seconds per candidate of one training batch + one validation batch of the relnas code run
-    without Lightning (same module, same augmentation, same precision, fresh SGD per candidate)."""
-    dm, ws, dev = runner.dm, runner.ws, runner.device
-    dm.to(dev)
-    ws.to(dev)  # Lightning's teardown moved the module back to the CPU after fit
-    cl = (lambda x: x.contiguous(memory_format=torch.channels_last)) if runner.channels_last else (lambda x: x)
-    auto = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=runner.precision.startswith("bf16"))
-    x_tr, y_tr = dm.train_data[0][: runner.args.batch_size], dm.train_data[1][: runner.args.batch_size]
-    x_va, y_va = dm.val_data[0][: runner.args.eval_batch_size], dm.val_data[1][: runner.args.eval_batch_size]
-    sync(dev)
-    t0 = time.perf_counter()
-    for v in vectors:
-        arch = ws.compile(encoding.decode(v))
-        params = ws.parameters_of(arch)
-        before = snapshot(ws.tensors(), ws.keys_of(arch.groups))
-        opt = torch.optim.SGD(params, lr=runner.args.lr, momentum=0.9, weight_decay=3e-4)
-        ws.train()
-        x = dm.preprocess(x_tr, train=True)
-        with auto:
-            loss = F.cross_entropy(ws(cl(x), arch, runner.args.drop_path), y_tr)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0, foreach=True)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ws.eval()
-        with torch.inference_mode(), auto:
-            F.cross_entropy(ws(cl(dm.preprocess(x_va, train=False)), arch).float(), y_va, reduction="sum")
-        ws.train()
-        restore(ws.tensors(), before)
-    sync(dev)
-    return (time.perf_counter() - t0) / len(vectors)
-
-
-def bookkeeping_cost(runner: RelnasRunner, vectors: Sequence[np.ndarray]) -> float:
-    """Seconds per candidate of compile + snapshot + snapshot-of-trained + restore + merge (per pair /2)."""
-    ws = runner.ws
-    tensors = ws.tensors()
-    sync(runner.device)
-    t0 = time.perf_counter()
-    for p in range(len(vectors) // 2):
-        trained = []
-        for v in vectors[2 * p: 2 * p + 2]:
-            arch = ws.compile(encoding.decode(v))
-            before = snapshot(tensors, ws.keys_of(arch.groups))
-            trained.append(snapshot(tensors, before))
-            restore(tensors, before)
-        merge_eq6(tensors, trained[0], trained[1])  # values equal to Omega's: a no-op merge, same cost
-    sync(runner.device)
-    return (time.perf_counter() - t0) / len(vectors)
-
-
 # ====================================================================== data pipelines alone
 _VIEW_OPS = {"aten::empty", "aten::empty_strided", "aten::view", "aten::as_strided", "aten::resize_", "aten::detach",
              "aten::alias", "aten::unsqueeze", "aten::expand", "aten::permute", "aten::select", "aten::slice", "aten::t",
@@ -449,12 +398,14 @@ _VIEW_OPS = {"aten::empty", "aten::empty_strided", "aten::view", "aten::as_strid
              "aten::result_type"}
 
 
-def ops_per_step(runner: RelnasRunner, vectors: Sequence[np.ndarray], batch: int = 32) -> List[int]:
+def ops_per_step(omega0, args, device: torch.device, vectors: Sequence[np.ndarray], batch: int = 32) -> List[int]:
     """Leaf ATen operations (views and allocations left out) of one eager training step (forward,
     backward, clipping, SGD) per candidate: roughly the kernels a GPU launches one by one."""
     from torch.profiler import ProfilerActivity, profile
 
-    ws, dev = runner.ws.to(runner.device), runner.device
+    ws = WeightSet(C=args.C, num_classes=10, layers=args.layers)
+    ws.load_state_dict(omega0)
+    ws, dev = ws.to(device, memory_format=torch.channels_last), device
     x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=dev)
     counts = []
@@ -462,10 +413,10 @@ def ops_per_step(runner: RelnasRunner, vectors: Sequence[np.ndarray], batch: int
         arch = ws.compile(encoding.decode(v))
         params = ws.parameters_of(arch)
         before = snapshot(ws.tensors(), ws.keys_of(arch.groups))
-        opt = torch.optim.SGD(params, lr=runner.args.lr, momentum=0.9, weight_decay=3e-4)
+        opt = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=3e-4)
 
         def step():
-            F.cross_entropy(ws(x, arch, runner.args.drop_path), y).backward()
+            F.cross_entropy(ws(x, arch, args.drop_path), y).backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0, foreach=True)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -510,17 +461,22 @@ def data_pipeline_rates(dm, naive: NaiveRunner, device: torch.device, n_batches:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--quick", action="store_true", help="a few thousand images, 2 candidates per variant")
-    p.add_argument("--candidates", type=int, default=None, help="candidates per variant (even; default 8, quick 2)")
+    p.add_argument("--quick", action="store_true", help="384 + 384 images, 2 candidates per variant")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="candidates per generation = the timed search's population (even; default 8, quick 2)")
+    p.add_argument("--generations", type=int, default=1, help="generations of the timed search (default 1)")
     p.add_argument("--num-train", type=int, default=None, help="search-train images (default 25000, quick 384)")
     p.add_argument("--num-val", type=int, default=None, help="search-valid images (default 25000, quick 384)")
     p.add_argument("--variants", default=None,
-                   help="comma list of relnas, relnas-bf16, relnas-nchw, relnas-nobench, relnas-graphs, "
-                        "relnas-graphs-bf16, relnas-sync, relnas-valgrad, relnas-nophase, naive "
-                        "(default cpu: relnas,naive; cuda: relnas-graphs,relnas,naive)")
-    p.add_argument("--pairs-per-round", type=int, default=1, help="pairs per interleaving round")
-    p.add_argument("--warmup-pairs", type=int, default=None, help="untimed pairs per relnas variant first (cpu 0, cuda 1)")
-    p.add_argument("--overhead-candidates", type=int, default=None, help="1-batch-epoch candidates for the overhead (0: skip)")
+                   help=f"comma list of naive, {', '.join(VARIANTS)} (default cpu: relnas,naive; cuda: "
+                        "relnas,relnas-eager,relnas-pair,naive)")
+    p.add_argument("--naive-candidates", type=int, default=None,
+                   help="candidates the naive loop estimates (even; default: --candidates)")
+    p.add_argument("--warmup-pairs", type=int, default=None, help="pairs of the untimed search run first per relnas "
+                                                                  "variant (cpu 0, cuda 1)")
+    p.add_argument("--ops-candidates", type=int, default=None, help="candidates whose ATen operations per eager step "
+                                                                    "are counted (0: skip; quick 0, else 2)")
+    p.add_argument("--override", action="append", default=[], help="a Hydra override added to every relnas variant")
     p.add_argument("--C", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=256)
@@ -530,152 +486,145 @@ def parse_args(argv=None):
     p.add_argument("--naive-workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default=str(ROOT / "experiments" / "results" / "bench.md"))
+    p.add_argument("--json", default=None, help="also write the figures as JSON here")
     p.add_argument("--note", default="", help="free text recorded with the results")
     a = p.parse_args(argv)
     a.candidates = a.candidates or (2 if a.quick else 8)
-    a.overhead_candidates = a.overhead_candidates if a.overhead_candidates is not None else (0 if a.quick else 4)
+    a.naive_candidates = a.naive_candidates if a.naive_candidates is not None else a.candidates
+    a.ops_candidates = a.ops_candidates if a.ops_candidates is not None else (0 if a.quick else 2)
     a.num_train = a.num_train or (384 if a.quick else PAPER_TRAIN)
     a.num_val = a.num_val or (384 if a.quick else PAPER_VAL)
-    if a.candidates % 2 or a.candidates < 2:
-        p.error("--candidates must be even and >= 2")
+    if a.candidates % 2 or a.candidates < 2 or a.naive_candidates % 2 or a.naive_candidates > a.candidates:
+        p.error("--candidates must be even and >= 2; --naive-candidates even and at most --candidates")
     if a.variants is None:
-        a.variants = "relnas,naive" if a.device == "cpu" else "relnas-graphs,relnas,naive"
+        a.variants = "relnas,naive" if a.device == "cpu" else "relnas,relnas-eager,relnas-pair,naive"
     a.variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    for v in a.variants:
+        if v != "naive" and v not in VARIANTS:
+            p.error(f"unknown variant {v!r}; known: naive, {', '.join(VARIANTS)}")
     if a.warmup_pairs is None:
         a.warmup_pairs = 0 if a.device == "cpu" else 1
     return a
-
-
-def build_runner(name: str, omega0, dm, args, device):
-    cuda = device.type == "cuda"
-    if name == "naive":
-        return NaiveRunner(name, omega0, dm, args, device)
-    specs = {"relnas": dict(), "relnas-bf16": dict(precision="bf16-mixed"), "relnas-nchw": dict(channels_last=False),
-             "relnas-nobench": dict(benchmark=False), "relnas-graphs": dict(cuda_graphs=True),
-             "relnas-graphs-bf16": dict(cuda_graphs=True, precision="bf16-mixed"),
-             # ablations: the real path with one speed-up switched off
-             "relnas-sync": dict(ablate="sync"), "relnas-valgrad": dict(ablate="valgrad"),
-             "relnas-nophase": dict(ablate="nophase")}
-    if name not in specs:
-        raise SystemExit(f"unknown variant {name!r}; known: naive, {', '.join(specs)}")
-    if specs[name].get("cuda_graphs") and not cuda:
-        raise SystemExit(f"variant {name!r} replays CUDA graphs: it needs --device cuda")
-    kw = dict(benchmark=True if cuda else None)
-    kw.update(specs[name])
-    return RelnasRunner(name, omega0, dm, args, device, **kw)
 
 
 def fmt_bytes(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def make_datamodule(args):
+    """The images every variant sees: the composed search config's synthetic data module."""
+    import hydra
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_search(args, [], args.candidates, Path(tmp))
+    dm = hydra.utils.instantiate(cfg.data, train_portion=float(cfg.search.train_portion))
+    dm.setup()
+    assert len(dm.train_data[0]) == args.num_train and len(dm.val_data[0]) == args.num_val
+    return dm
+
+
 def main(argv=None) -> int:
     import faulthandler
+    import logging
     import signal
+    import warnings
 
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid> prints every thread's stack
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    import logging
-
-    for lg in ("lightning", "lightning.pytorch", "lightning.fabric"):
+    for lg in ("lightning", "lightning.pytorch", "lightning.fabric", "relnas"):
         logging.getLogger(lg).setLevel(logging.ERROR)
-    import warnings
-
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
     command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:]))
     print(f"# {command}", flush=True)
     t_start = time.time()
+    per_cand_imgs = args.num_train + args.num_val
+    print(f"workload: generations of {args.candidates} candidates x {args.generations} x ({args.num_train} train + "
+          f"{args.num_val} val) images, C={args.C} L={args.layers} batch {args.batch_size}, device {device}, "
+          f"variants {args.variants}", flush=True)
 
-    dm = make_datamodule(args)
+    times: Dict[str, float] = {}
+    counts: Dict[str, int] = {}
+
+    def write_json() -> None:  # after every variant: a run cut short by a timeout keeps what it measured
+        if args.json:
+            per = {n: times[n] / counts[n] for n in times}
+            scale = (PAPER_TRAIN + PAPER_VAL) / per_cand_imgs
+            Path(args.json).write_text(json.dumps({
+                "command": command, "device": device.type, "s_per_candidate": per,
+                "paper_s_per_candidate": {n: v * scale for n, v in per.items()}, "candidates": dict(counts),
+                "official_h200_s_per_candidate": OFFICIAL_H200_S_PER_CANDIDATE}, indent=2) + "\n")
+
+    peaks: Dict[str, int] = {}
+    val_losses: Dict[str, List[float]] = {}
+    extra_lines: List[str] = []
+    data_rates: Dict[str, float] = {}
+    jobs = first_generation_jobs(args.candidates, args.seed)
+    dm = None
+    if "naive" in args.variants or args.ops_candidates:
+        dm = make_datamodule(args)
     torch.manual_seed(args.seed)
     omega0 = {k: v.clone() for k, v in WeightSet(C=args.C, num_classes=10, layers=args.layers).state_dict().items()}
-    vectors = make_candidates(args.candidates + 2 * args.warmup_pairs + args.overhead_candidates + 2, args.seed + 1)
-    warm, timed = vectors[: 2 * args.warmup_pairs], vectors[2 * args.warmup_pairs: 2 * args.warmup_pairs + args.candidates]
-    extra = vectors[2 * args.warmup_pairs + args.candidates:]
-    runners = [build_runner(v, omega0, dm, args, device) for v in args.variants]
-    per_cand_imgs = args.num_train + args.num_val
-    print(f"workload: {args.candidates} candidates x ({args.num_train} train + {args.num_val} val) images, "
-          f"C={args.C} L={args.layers} batch {args.batch_size}, device {device}, variants {args.variants}", flush=True)
-
-    for r in runners:
-        if warm and not isinstance(r, NaiveRunner):  # naive: no autotuning to warm, save the time
-            dt = r.run(warm)
-            print(f"  warm-up {r.name}: {len(warm)} candidates {dt:.1f}s", flush=True)
-            r.graph_stats = dict.fromkeys(r.graph_stats, 0)
-    times = {r.name: 0.0 for r in runners}
-    peaks = {r.name: 0 for r in runners}
-    step = 2 * args.pairs_per_round
-    for i in range(0, len(timed), step):
-        chunk = timed[i: i + step]
-        for r in runners:
-            gc.collect()
-            with MemWatch(device) as mw:
-                dt = r.run(chunk)
-            times[r.name] += dt
-            peaks[r.name] = max(peaks[r.name], mw.peak)
-            print(f"  round {i // step + 1}: {r.name:14s} {len(chunk)} candidates {dt:8.1f}s "
-                  f"({len(chunk) * per_cand_imgs / dt:8.1f} img/s)", flush=True)
-
-    rates = {n: args.candidates * per_cand_imgs / t for n, t in times.items()}
-    graph_lines = [f"- {r.name}: CUDA graph steps over the timed candidates: {r.graph_stats['captures']} captures, "
-                   f"{r.graph_stats['replays']} replays, {r.graph_stats['eager']} eager steps"
-                   for r in runners if getattr(r, "cuda_graphs", False)]
-    lines = ["| variant | img/s | s/candidate | peak mem | mean val loss |", "|---|---|---|---|---|"]
-    for r in runners:
-        vl = np.mean([v for v in r.val_losses if np.isfinite(v)]) if r.val_losses else float("nan")
-        lines.append(f"| {r.name} | {rates[r.name]:.1f} | {times[r.name] / args.candidates:.2f} | "
-                     f"{fmt_bytes(peaks[r.name])} | {vl:.4f} |")
-    summary = []
-    if "naive" in rates:
-        for n in rates:
-            if n != "naive":
-                summary.append(f"- {n} / naive: **{rates[n] / rates['naive']:.2f}x** images/s")
-    if "relnas" in rates:
-        for n in rates:
-            if n.startswith("relnas-"):
-                summary.append(f"- {n} / relnas: {rates[n] / rates['relnas']:.2f}x")
-
-    # ---------------------------------------------------------------- overhead (relnas path)
-    over = []
-    rel = next((r for r in runners if r.name.startswith("relnas")), None)
-    if rel is not None and args.overhead_candidates >= 2:
-        oc = extra[: args.overhead_candidates - args.overhead_candidates % 2]
-        rel.run(oc, limit_train_batches=1, limit_val_batches=1)  # warm every kernel these candidates use
-        t1s, bares = [], []
-        for _ in range(2):  # interleaved, best of 2
-            t1s.append(rel.run(oc, limit_train_batches=1, limit_val_batches=1) / len(oc))
-            bares.append(bare_batches(rel, oc))
-        t1, bare = min(t1s), min(bares)
-        book = bookkeeping_cost(rel, oc)
-        n_ops = ops_per_step(rel, oc)
-        per_cand = times[rel.name] / args.candidates
-        oh = max(t1 - bare, 0.0)
-        over.append(f"- per-candidate framework overhead of `{rel.name}` (Trainer epoch switch, loop hooks, "
-                    f"snapshot/restore/merge; a 1-batch epoch through the Trainer {t1 * 1e3:.1f} ms minus the same "
-                    f"2 batches run bare {bare * 1e3:.1f} ms): **{oh * 1e3:.1f} ms = {100 * oh / per_cand:.2f}%** "
-                    f"of a measured candidate ({per_cand:.2f} s)")
-        over.append(f"  - of which compile + snapshot + restore + merge: {book * 1e3:.1f} ms")
-        if device.type == "cuda":
-            full = per_cand * (PAPER_TRAIN + PAPER_VAL) / per_cand_imgs
-            over.append(f"  - projected on the paper's 25K+25K: {100 * oh / full:.2f}%")
-        over.append(f"- ATen operations (views and allocations left out) per eager training step of these candidates: "
-                    f"{', '.join(map(str, n_ops))} (on a GPU roughly one kernel launch each, unless the step is a CUDA graph)")
-    nv = next((r for r in runners if isinstance(r, NaiveRunner)), None)
-    data_rates = {}
-    if nv is not None:
+    if "naive" in args.variants:  # first: a lean process, as the authors' script runs alone
+        nv = NaiveRunner("naive", omega0, dm, args, device)
+        vectors = [v for job in jobs for v in job][: args.naive_candidates]
+        gc.collect()
+        with MemWatch(device) as mw:
+            dt = nv.run(vectors)
+        times["naive"], counts["naive"], peaks["naive"], val_losses["naive"] = dt, len(vectors), mw.peak, nv.val_losses
+        print(f"  naive: {len(vectors)} candidates {dt:8.1f}s ({dt / len(vectors):.2f} s/candidate)", flush=True)
+        write_json()
         data_rates = data_pipeline_rates(dm, nv, device, n_batches=min(8, max(1, args.num_train // args.batch_size)))
-        over.append("- augmentation pipelines alone: " + "; ".join(f"{k} {v:.0f} img/s" for k, v in data_rates.items()))
+        del nv
+    runners = [SearchRunner(v, args, device) for v in args.variants if v != "naive"]
+    for r in runners:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if args.warmup_pairs:
+            dt = r.run(2 * args.warmup_pairs, timed=False)
+            print(f"  warm-up {r.name}: {2 * args.warmup_pairs} candidates {dt:.1f}s", flush=True)
+        with MemWatch(device) as mw:
+            dt = r.run(args.candidates)
+        times[r.name], counts[r.name], peaks[r.name], val_losses[r.name] = dt, r.candidates, mw.peak, r.val_losses
+        print(f"  {r.name:18s} {r.candidates} candidates {dt:8.1f}s ({dt / r.candidates:.2f} s/candidate; generations "
+              f"{', '.join(f'{g:.1f}' for g in r.generation_seconds)} s; fit {r.fit_seconds:.1f} s)", flush=True)
+        write_json()
+        if r.graph_stats["captures"] or r.graph_stats["replays"]:
+            extra_lines.append(f"- {r.name}: CUDA graphs over the timed search: {r.graph_stats['captures']} captures "
+                               f"({r.capture_seconds:.1f} s of host time in them), {r.graph_stats['replays']} replays, "
+                               f"{r.graph_stats['eager']} eager steps")
 
+    per = {n: times[n] / counts[n] for n in times}
+    rates = {n: per_cand_imgs / per[n] for n in per}
+    lines = ["| variant | s/candidate | img/s | peak mem | mean val loss |", "|---|---|---|---|---|"]
+    for n in times:
+        vl = [v for v in val_losses[n] if np.isfinite(v)]
+        lines.append(f"| {n} | {per[n]:.2f} | {rates[n]:.1f} | {fmt_bytes(peaks[n])} | "
+                     f"{np.mean(vl) if vl else float('nan'):.4f} |")
+    summary = []
+    if "naive" in per:
+        summary += [f"- {n} / naive: **{per['naive'] / per[n]:.2f}x** (seconds per candidate)" for n in per if n != "naive"]
+    if "relnas" in per:
+        summary += [f"- {n} / relnas: {per['relnas'] / per[n]:.2f}x" for n in per if n.startswith("relnas-")]
     proj = []
-    if device.type == "cuda":
-        for n, t in times.items():
-            per = t / args.candidates * (PAPER_TRAIN + PAPER_VAL) / per_cand_imgs
-            proj.append(f"- {n}: {per:.2f} s/candidate -> paper protocol ({PAPER_CANDIDATES} candidates x "
-                        f"25K+25K) **{per * PAPER_CANDIDATES / 3600:.2f} h**")
+    scale = (PAPER_TRAIN + PAPER_VAL) / per_cand_imgs
+    for n in (per if device.type == "cuda" else ()):  # a CPU is far from the paper's search
+        paper = per[n] * scale
+        line = (f"- {n}: {paper:.2f} s per paper-size candidate -> the paper's search ({PAPER_CANDIDATES} candidates) "
+                f"**{paper * PAPER_CANDIDATES / 60:.1f} min** (target {TARGET_S_PER_CANDIDATE} s = 30 min)")
+        line += f"; the authors' code on an H200 ({OFFICIAL_H200_S_PER_CANDIDATE} s) / {n}: " \
+                f"**{OFFICIAL_H200_S_PER_CANDIDATE / paper:.2f}x**"
+        proj.append(line)
+    if args.ops_candidates and dm is not None:
+        n_ops = ops_per_step(omega0, args, device, [v for job in jobs for v in job][: args.ops_candidates])
+        extra_lines.append(f"- ATen operations (views and allocations left out) per eager training step: "
+                           f"{', '.join(map(str, n_ops))} (on a GPU one kernel launch each, unless replayed as a graph)")
+    if data_rates:
+        extra_lines.append("- augmentation pipelines alone: " + "; ".join(f"{k} {v:.0f} img/s" for k, v in data_rates.items()))
 
     try:
         from relnas.utils.run_info import hardware_info
@@ -697,15 +646,17 @@ def main(argv=None) -> int:
           + (f", CUDA {torch.version.cuda}" if device.type == "cuda" else "")
           + (f", lightning {hw['lightning']}" if "lightning" in hw else ""),
           f"- command: `{command}`",
-          f"- workload: {args.candidates} candidates (seeded genotypes, in pairs, interleaved by {step}) x "
-          f"({args.num_train} train + {args.num_val} val) synthetic 3x32x32 images, C={args.C}, L={args.layers}, "
-          f"batch {args.batch_size} (relnas eval batch {args.eval_batch_size}), drop path {args.drop_path}, "
-          f"warm-up pairs {args.warmup_pairs}",
-          f"- process peak RSS (all variants): {fmt_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}; "
+          f"- workload: the first generation of a search with seed {args.seed}: {args.candidates} candidates x "
+          f"{args.generations} generation(s) (naive: {args.naive_candidates} of them) x ({args.num_train} train + "
+          f"{args.num_val} val) synthetic 3x32x32 images, C={args.C}, L={args.layers}, batch {args.batch_size} "
+          f"(relnas eval batch {args.eval_batch_size}), drop path {args.drop_path}; relnas timed over whole "
+          f"generations of `run_search` (composed from configs/search.yaml) after an untimed search of "
+          f"{args.warmup_pairs} pair(s)",
+          f"- process peak RSS: {fmt_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}; "
           f"wall {time.time() - t_start:.0f}s"]
     if args.note:
         md.append(f"- note: {args.note}")
-    md += ["", *lines, "", *summary, *graph_lines, *over, *proj, ""]
+    md += ["", *lines, "", *summary, *extra_lines, *proj, ""]
     text = "\n".join(md)
     print("\n" + text, flush=True)
     path = Path(args.results)
@@ -713,9 +664,7 @@ def main(argv=None) -> int:
     new = not path.exists()
     with open(path, "a") as f:
         if new:
-            f.write("# Search speed benchmark (`experiments/bench_search.py`)\n\n"
-                    "Candidate estimation (inherit, train one epoch, validate, merge); images/s = (train + val) x "
-                    "candidates / wall time, framework overhead included. Appended by each run.\n\n")
+            f.write("# Search speed benchmark (`experiments/bench_search.py`)\n\n")
         f.write(text + "\n")
     print(f"appended to {path}", flush=True)
     return 0

@@ -1,41 +1,64 @@
 #!/usr/bin/env bash
-# GPU check (one script; its timeouts add up to 570 s, under one 600 s device call): run from the repository root as
-#     OUT=/some/dir bash experiments/gpu_check.sh
-# (on the device machine $OUT is set already). Writes $OUT/gpu_tests.txt, $OUT/bench_gpu.txt,
-# $OUT/bench_gpu.md, $OUT/paper_generation.txt and $OUT/search (+ $OUT/search.txt).
-# Exit 3 when python3 lacks torch / lightning / hydra / CUDA.
-#   1. the GPU tests (pytest -m gpu: a real CUDA-graph capture against eager training);
-#   2. experiments/bench_search.py --device cuda: relnas with CUDA graphs, relnas eager (fp32) and
-#      naive, full 25K+25K images per candidate, $CANDIDATES timed candidates each after a 1-pair
-#      warm-up, projection of the paper's search time;
-#   3. the real entry point on one paper-size generation (10 candidates x 25K+25K, C=16, L=8,
-#      batch 256) with search.cuda_graphs=true: seconds per candidate -> the paper's 1000;
-#   3b. (MEMBERS=1, the default) the same generation in 2 processes sharing the GPU, the two
-#      members of each pair at once (the paper's order kept);
-#   4. a short real search end to end (synthetic data, bf16-mixed, CUDA graphs).
+# GPU check: one script for one device call (its stage timeouts add up to 500 s; with the package check
+# and the summary the whole run stays under 8.5 minutes on one H200). Run from the repository root:
+#     OUT=/some/dir bash experiments/gpu_check.sh          ($OUT is set already on the device machine)
 #
-# On the workplace's device tool (its image has torch and lightning but not hydra-core/omegaconf),
-# make the wheels here first, in an ignored folder:
+# On the workplace's device tool (its image has torch, lightning, torchmetrics, pytest, matplotlib
+# but not hydra-core/omegaconf), make the wheels here first, in an ignored folder:
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl hydra-core==1.3.2 omegaconf==2.3.0
 #     pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
-# then run (carry [".whl"], timeout_s 600):
-#     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl;
-#     export PYTHONPATH=/tmp/site:$(pwd); bash experiments/gpu_check.sh
+# then the device command is (carry [".whl"], timeout_s 600):
+#     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site:$(pwd); bash experiments/gpu_check.sh
+#
+# Stages, in order of what they decide (each under its own timeout, so a hang costs only its stage):
+#   1. (140 s) one paper-size generation through `python -m relnas.search` on the GPU defaults
+#      (20 candidates x 25K+25K synthetic CIFAR-shaped images, C=16, L=8, batch 256; CUDA graphs
+#      on by default): seconds per candidate, the projected paper search (x1000) against 1.8 s
+#      (30 min) and the authors' 13.9 s                                    -> $OUT/gen_default.txt
+#   2. (100 s) the same generation with search.executor=concurrent_pair       -> $OUT/gen_pair.txt
+#   3. (80 s)  the GPU tests (pytest -m gpu: graphed vs eager under pinned numerics, under default
+#      numerics with a measured tolerance, concurrent pair vs sequential, end to end)
+#                                                                          -> $OUT/gpu_tests.txt
+#   4. (180 s) experiments/bench_search.py --device cuda: the real search path (run_search composed
+#      from configs/search.yaml) for relnas (defaults), relnas-pair, relnas-bf16, relnas-bench, each
+#      timed over a whole generation of $BENCH_CANDIDATES candidates after an untimed pair, and the
+#      authors' loop (naive, run first) on $NAIVE_CANDIDATES of them -> $OUT/bench.txt, $OUT/bench.md
+#      (a timeout keeps the variants finished so far: bench.txt lines, the summary's JSON)
+#   5. the summary table, printed last                                     -> $OUT/summary.md
+# plus $OUT/env.txt (versions, GPU). Each stage gets SIGTERM at its timeout and SIGKILL 5 s later
+# (Lightning turns SIGTERM into an exception only at its next check). Exit 3 when python3 lacks torch / lightning / hydra / CUDA.
+# DEVICE=cpu (with small sizes, e.g. NUM_TRAIN=64 POP=2 C=4 LAYERS=3 BENCH_CANDIDATES=2, and
+# TIMEOUT_SCALE=6 on a slow machine) runs the same stages on a CPU: a dry run of the script itself.
 set -u
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+cd "$(dirname "$0")/.."
 OUT="${OUT:-$(pwd)/gpu_check_out}"
 mkdir -p "$OUT"
-cd "$(dirname "$0")/.."
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+ACCEL=$([ "$DEVICE" = cuda ] && echo gpu || echo cpu)
+NUM_TRAIN=${NUM_TRAIN:-50000}        # search-train + search-valid (train_portion 0.5: 25K + 25K)
+POP=${POP:-20}                       # candidates of the paper-size generation
+C=${C:-16}
+LAYERS=${LAYERS:-8}
+BENCH_CANDIDATES=${BENCH_CANDIDATES:-4}
+NAIVE_CANDIDATES=${NAIVE_CANDIDATES:-2}
+BENCH_VARIANTS=${BENCH_VARIANTS:-relnas,relnas-pair,relnas-bf16,relnas-bench,naive}  # naive runs first
+SCALE=${TIMEOUT_SCALE:-1}            # multiplies every stage timeout (a dry run on a slow CPU)
+RUNS=${RUNS:-/tmp/relnas_gpu_check}  # search run directories (not under $OUT: only 8 files come back)
+rm -rf "$RUNS"
+mkdir -p "$RUNS"
 T0=$(date +%s)
 stamp() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*"; }
+STATUS="$RUNS/status.txt"
+: > "$STATUS"
 
-stamp "checking python packages"
-if ! $PY - <<'EOF'
-import importlib, sys
+stamp "checking python packages" | tee "$OUT/env.txt"
+if ! DEVICE=$DEVICE $PY - <<'EOF' 2>&1 | tee -a "$OUT/env.txt"
+import importlib, os, sys
 missing = []
-for m in ("torch", "lightning", "hydra", "omegaconf", "torchvision", "PIL", "numpy", "matplotlib"):
+for m in ("torch", "lightning", "hydra", "omegaconf", "torchvision", "PIL", "numpy"):
     try:
         importlib.import_module(m)
     except Exception as e:  # noqa: BLE001
@@ -43,59 +66,111 @@ for m in ("torch", "lightning", "hydra", "omegaconf", "torchvision", "PIL", "num
 if missing:
     print("MISSING: " + "; ".join(missing))
     sys.exit(3)
-import torch
-print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
-if not torch.cuda.is_available():
-    print("MISSING: a CUDA device visible to torch")
-    sys.exit(3)
-print("gpu", torch.cuda.get_device_name(0))
+import lightning, torch
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
+      "lightning", lightning.__version__, "available", torch.cuda.is_available())
+print("register_generator_state:", hasattr(torch.cuda.CUDAGraph, "register_generator_state"))
+if os.environ.get("DEVICE") == "cuda":
+    if not torch.cuda.is_available():
+        print("MISSING: a CUDA device visible to torch")
+        sys.exit(3)
+    print("gpu", torch.cuda.get_device_name(0))
 EOF
 then
     stamp "missing packages (see above): exit 3"
     exit 3
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee -a "$OUT/env.txt" || true
 
-stamp "1/4 GPU tests (timeout 90s)"
-if $PY -c "import pytest" 2>/dev/null; then
-    timeout 90 $PY -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tail -n 30 | tee "$OUT/gpu_tests.txt"
-else  # no pytest on the machine: call the GPU test functions directly
-    (cd tests && timeout 90 $PY -c "import test_step_graph as t; [t.test_cuda_graph_candidates_match_eager_on_gpu(p) for p in (0.0, 0.2)]; print('gpu tests passed')") 2>&1 | tail -n 30 | tee "$OUT/gpu_tests.txt"
-fi
-stamp "GPU tests exit ${PIPESTATUS[0]}"
-
-stamp "2/4 benchmark (timeout 240s)"
-timeout 240 $PY experiments/bench_search.py --device cuda --candidates ${CANDIDATES:-2} --warmup-pairs 1 \
-    --variants ${VARIANTS:-relnas-graphs,relnas,naive} --overhead-candidates ${OVERHEAD:-2} --results "$OUT/bench_gpu.md" \
-    --note "gpu_check.sh" 2>&1 | grep -v -E "^(GPU available|TPU available|HPU available|LOCAL_RANK|.*litlogger|.*Tip:)" \
-    | tee "$OUT/bench_gpu.txt"
-stamp "benchmark exit ${PIPESTATUS[0]}"
-
-stamp "3/4 one paper-size generation through python -m relnas.search (timeout 100s)"
-timeout 100 $PY -m relnas.search data=synthetic data.num_train=50000 search.population_size=10 search.generations=1 \
-    trainer.accelerator=gpu search.cuda_graphs=true search.plots=false logger=none "hydra.run.dir=$OUT/paper_generation" \
-    > "$OUT/paper_generation.txt" 2>&1
-rc=$?
-grep -E "generation 1/1|Error|error|CUDA graph" "$OUT/paper_generation.txt" | tail -n 10
-stamp "paper generation exit $rc"
-
-if [ "${MEMBERS:-1}" = "1" ]; then
-    stamp "3b/4 the same generation in 2 processes sharing the GPU (member-parallel, sequential order; timeout 90s)"
-    timeout 90 $PY -m torch.distributed.run --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=29561 \
-        -m relnas.search data=synthetic data.num_train=50000 search.population_size=10 search.generations=1 \
-        trainer.accelerator=gpu search.cuda_graphs=true search.plots=false logger=none \
-        "hydra.run.dir=$OUT/paper_generation_members" > "$OUT/paper_generation_members.txt" 2>&1
+# one generation through the entry point; $1 = name, $2 = timeout, rest = extra overrides
+generation() {
+    local name=$1 limit=$2
+    shift 2
+    local log="$OUT/gen_$name.txt" t1 rc
+    t1=$(date +%s)
+    timeout -k 5 $(( limit * SCALE )) $PY -m relnas.search data=synthetic data.num_train="$NUM_TRAIN" search.population_size="$POP" \
+        search.generations=1 supernet.C="$C" supernet.layers="$LAYERS" trainer.accelerator="$ACCEL" logger=none \
+        search.plots=false "hydra.run.dir=$RUNS/$name" "$@" > "$log" 2>&1
     rc=$?
-    grep -E "generation 1/1|Error|error|CUDA graph" "$OUT/paper_generation_members.txt" | tail -n 10
-    stamp "member-parallel generation exit $rc"
-fi
+    echo "exit $rc, process wall $(( $(date +%s) - t1 )) s, overrides: $*" >> "$log"
+    if [ -f "$RUNS/$name/generations.csv" ]; then
+        echo "--- generations.csv" >> "$log"
+        cat "$RUNS/$name/generations.csv" >> "$log"
+        echo "--- history.csv (first 6 rows)" >> "$log"
+        head -n 7 "$RUNS/$name/history.csv" >> "$log"
+    fi
+    grep -E "generation 1/1|Error|error|CUDA graph|Traceback" "$log" | tail -n 8
+    echo "gen_$name $rc $(( $(date +%s) - t1 ))" >> "$STATUS"
+    stamp "generation $name exit $rc"
+}
 
-stamp "4/4 short real search (timeout 60s)"
-timeout 60 $PY -m relnas.search data=synthetic search.population_size=4 search.generations=2 \
-    supernet.C=8 supernet.layers=5 trainer.accelerator=gpu trainer.precision=bf16-mixed trainer.benchmark=true \
-    search.cuda_graphs=true "hydra.run.dir=$OUT/search" logger=csv > "$OUT/search.txt" 2>&1
+stamp "1/4 one paper-size generation, GPU defaults (timeout 140s)"
+generation default 140
+stamp "2/4 the same generation, both members of each pair at once (timeout 100s)"
+generation pair 100 search.executor=concurrent_pair
+
+stamp "3/4 GPU tests (timeout 80s)"
+t1=$(date +%s)
+if [ "$DEVICE" = cuda ] && $PY -c "import pytest" 2>/dev/null; then
+    timeout -k 5 $(( 80 * SCALE )) $PY -m pytest -q -m gpu tests/test_step_graph.py -p no:cacheprovider -rs -s 2>&1 | tail -n 40 > "$OUT/gpu_tests.txt"
+    rc=${PIPESTATUS[0]}
+else
+    echo "GPU tests skipped (DEVICE=$DEVICE or no pytest)" > "$OUT/gpu_tests.txt"
+    rc=0
+fi
+tail -n 3 "$OUT/gpu_tests.txt"
+echo "gpu_tests $rc $(( $(date +%s) - t1 ))" >> "$STATUS"
+stamp "GPU tests exit $rc"
+
+stamp "4/4 benchmark: $BENCH_VARIANTS (timeout 180s)"
+t1=$(date +%s)
+timeout -k 5 $(( 180 * SCALE )) $PY experiments/bench_search.py --device "$DEVICE" --candidates "$BENCH_CANDIDATES" \
+    --naive-candidates "$NAIVE_CANDIDATES" --warmup-pairs 1 --variants "$BENCH_VARIANTS" --ops-candidates 0 \
+    --num-train $(( NUM_TRAIN / 2 )) --num-val $(( NUM_TRAIN / 2 )) --C "$C" --layers "$LAYERS" \
+    --results "$OUT/bench.md" --json "$RUNS/bench.json" --note "gpu_check.sh" > "$OUT/bench.txt" 2>&1
 rc=$?
-tail -n 25 "$OUT/search.txt"
-ls "$OUT/search" 2>/dev/null | head -30
-stamp "search exit $rc"
+tail -n 25 "$OUT/bench.txt"
+echo "bench $rc $(( $(date +%s) - t1 ))" >> "$STATUS"
+stamp "benchmark exit $rc"
+
+stamp "summary"
+OUT=$OUT RUNS=$RUNS POP=$POP STATUS=$STATUS $PY - <<'EOF' 2>&1 | tee "$OUT/summary.md"
+import csv, json, os, re
+runs, pop = os.environ["RUNS"], int(os.environ["POP"])
+out = os.environ["OUT"]
+TARGET, OFFICIAL = 1.8, 13.9
+print("| stage | exit | wall s | s/candidate | paper search (x1000) | vs 1.8 s target | authors' 13.9 s / this |")
+print("|---|---|---|---|---|---|---|")
+status = {}
+for line in open(os.environ["STATUS"]):
+    name, rc, wall = line.split()
+    status[name] = (rc, wall)
+for name in ("default", "pair"):
+    rc, wall = status.get(f"gen_{name}", ("-", "-"))
+    path = os.path.join(runs, name, "generations.csv")
+    if os.path.exists(path):
+        t = sum(float(r["time_s"]) for r in csv.DictReader(open(path)))
+        per = t / pop
+        print(f"| generation {name} ({pop} candidates) | {rc} | {wall} | **{per:.2f}** | {per * 1000 / 60:.1f} min | "
+              f"{'met' if per <= TARGET else 'not met'} ({per / TARGET:.2f}x) | {OFFICIAL / per:.2f}x |")
+    else:  # cut short: the progress bar's last count and elapsed time
+        log = open(os.path.join(out, f"gen_{name}.txt"), errors="replace").read()
+        bars = re.findall(r"(\d+)/(\d+) \[(\d+):(\d+)", log)
+        done = f"{bars[-1][0]}/{bars[-1][1]} candidates in {int(bars[-1][2]) * 60 + int(bars[-1][3])} s" if bars else "-"
+        print(f"| generation {name} (no generations.csv: {done}) | {rc} | {wall} | - | - | - | - |")
+rc, wall = status.get("gpu_tests", ("-", "-"))
+print(f"| GPU tests | {rc} | {wall} | | | | |")
+rc, wall = status.get("bench", ("-", "-"))
+path = os.path.join(runs, "bench.json")
+if os.path.exists(path):
+    b = json.load(open(path))
+    naive = b["paper_s_per_candidate"].get("naive")
+    for n, per in b["paper_s_per_candidate"].items():
+        extra = f"; naive / this {naive / per:.2f}x" if naive and n != "naive" else ""
+        print(f"| bench {n} ({b['candidates'][n]} cand.) | {rc} | {wall} | {per:.2f}{extra} | {per * 1000 / 60:.1f} min | "
+              f"{per / TARGET:.2f}x | {OFFICIAL / per:.2f}x |")
+else:
+    print(f"| bench | {rc} | {wall} | - | | | |")
+EOF
+
 stamp "done"

@@ -22,7 +22,7 @@ saved and restored by ``state_dict``/``load_state_dict`` (Lightning checkpoints 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -304,6 +304,51 @@ class TensorDataModule(L.LightningDataModule):
         if train and self.augment:
             return self.batch_augment(x, self._aug_gen)
         return self.batch_augment.normalize(x)
+
+    def search_batches(self, seed: int, train: bool, device: torch.device | str | None = None) -> Iterator:
+        """One candidate's epoch of preprocessed batches ``(x, y)`` with private generators: the
+        batches the Lightning loop yields after ``set_seed(seed)`` (training: shuffled and augmented;
+        else the validation split, normalised), without touching this module's own generators, so
+        that two candidates can draw their batches interleaved (``relnas.search.concurrent``).
+        Made lazily: each batch's work happens at its ``next()``. With ``val_augment`` use
+        :meth:`search_epoch` (the validation batches continue the training's augmentation stream)."""
+        return self._search_batches(seed, train, device, self._search_augment_generator(seed))
+
+    def search_epoch(self, seed: int, device: torch.device | str | None = None) -> tuple[Iterator, Iterator]:
+        """One candidate's training and validation batches (see :meth:`search_batches`), drawn from
+        one augmentation stream as in the Lightning loop: with ``val_augment`` the validation
+        batches are augmented by the generator the training batches advanced (consume the
+        training batches first)."""
+        augment = self._search_augment_generator(seed)
+        return (self._search_batches(seed, True, device, augment),
+                self._search_batches(seed, False, device, augment))
+
+    def _search_augment_generator(self, seed: int) -> torch.Generator:
+        augment = torch.Generator()
+        augment.manual_seed(_aug_seed(int(seed), self._rank_world()[0]))
+        return augment
+
+    def _search_batches(self, seed: int, train: bool, device, augment: torch.Generator) -> Iterator:
+        rank = self._rank_world()[0]
+        shuffle = torch.Generator()
+        shuffle.manual_seed(int(seed))
+        if train:
+            if self.train_data is None:
+                self.setup()
+            x, y = self.train_data
+            _, world = self._rank_world()
+            loader = TensorBatchLoader(x, y, self.batch_size, shuffle=True, drop_last=False, generator=shuffle,
+                                       rank=rank, world_size=world, remainder="drop")
+        else:
+            loader = self.val_dataloader()
+        augmented = self.augment and (train or (self.val_augment and self.search_mode))
+        for xb, yb in loader:
+            if device is not None:
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            if augmented:
+                yield self.batch_augment(xb, augment), yb
+            else:
+                yield self.batch_augment.normalize(xb), yb
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch

@@ -196,13 +196,14 @@ def create_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:
     return OPS[name](C, stride, affine)
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+def drop_path(x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Zero each sample's output with probability ``drop_prob`` and rescale the kept ones.
 
     Same arithmetic as the official code (a Bernoulli mask per sample, divide then multiply).
+    ``generator``: draw the mask from this generator (on ``x``'s device) instead of the global one.
     """
     if drop_prob <= 0.0:
         return x
     keep_prob = 1.0 - drop_prob
-    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep_prob)
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep_prob, generator=generator)
     return x.div(keep_prob) * mask

@@ -61,10 +61,11 @@ class SearchLoop(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         # Lightning 2 runs the epoch-end validation before this hook
         losses = self.engine.executor.unit_losses(pl_module, self._cands)
+        trained = self.engine.executor.unit_trained(pl_module, self._cands)
         cands, self._cands = self._cands, []
         try:
-            for cand, (train_loss, val_loss) in zip(cands, losses):
-                self.engine.finish(cand, train_loss, val_loss)
+            for cand, (train_loss, val_loss), tensors in zip(cands, losses, trained):
+                self.engine.finish(cand, train_loss, val_loss, trained=tensors)
         finally:
             self._tick(trainer)
 

@@ -174,8 +174,10 @@ class SearchEngine:
         seed = candidate_seed(self.settings.seed, self.generation, job.index, member)
         return Candidate(unit.pos, member, arch, before, seed, self.lr_of(self.generation), self.drop_of(self.generation))
 
-    def finish(self, cand: Candidate, train_loss: float, val_loss: float) -> None:
-        """Record a trained candidate: keep its trained tensors (unless it diverged), restore
+    def finish(self, cand: Candidate, train_loss: float, val_loss: float,
+               trained: Optional[Dict[str, torch.Tensor]] = None) -> None:
+        """Record a trained candidate: keep its trained tensors (unless it diverged; ``trained``:
+        given by an executor that trained it off Omega, else read from Omega), restore
         Omega; after the job's last member, ``tell`` and merge (or keep them for the generation's
         end), and after the generation's last job, end the generation."""
         job = self._jobs[cand.pos]
@@ -186,7 +188,7 @@ class SearchEngine:
                         val_loss)
             val_loss = math.inf
         tensors = self.weight_set.tensors()
-        trained = None if diverged else snapshot(tensors, cand.before)
+        trained = None if diverged else (trained if trained is not None else snapshot(tensors, cand.before))
         restore(tensors, cand.before)  # Omega is changed only by the merge
         results = self._results.setdefault(cand.pos, {})
         results[cand.member] = MemberResult(float(val_loss), float(train_loss), trained)

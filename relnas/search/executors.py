@@ -20,7 +20,10 @@ Executors (``search.executor``; docs/scale_out.md):
 * ``member_parallel`` (merge per job, 2 processes): process r trains member r of every pair; the
   two exchange their results after each pair (the same search as ``sequential``);
 * ``per_generation`` (merge per generation, any number of processes): job j runs on process
-  j % world_size; the results meet at the generation's end.
+  j % world_size; the results meet at the generation's end;
+* ``concurrent_pair`` (merge per job, 1 process): the paper's order with both members of each pair
+  trained at the same time (:class:`relnas.search.concurrent.PairTrainer`: two CUDA streams on a
+  GPU; on a CPU they alternate batch by batch and the search equals ``sequential`` bit for bit).
 
 ``auto`` (the default) is ``sequential`` in one process and ``member_parallel`` in two.
 Executors check their arguments (process count, strategy) with a one-line ``ValueError``.
@@ -84,16 +87,22 @@ class Executor:
 
     # ------------------------------------------------------------------ one call (a Lightning epoch)
     def begin_unit(self, module: Any, datamodule: Any, candidates: Sequence["Candidate"]) -> None:
-        """Seed and switch ``module`` to the unit's candidate(s) before its training."""
+        """Seed and switch ``module`` to the unit's candidate(s) before its training (the
+        candidate's drop path draws from its own generator, seeded by its seed)."""
         (c,) = candidates
         torch.manual_seed(c.seed)
         if datamodule is not None and hasattr(datamodule, "set_seed"):
             datamodule.set_seed(c.seed)
-        module.begin_candidate(c.arch, c.lr, c.drop_path_prob)
+        module.begin_candidate(c.arch, c.lr, c.drop_path_prob, seed=c.seed)
 
     def unit_losses(self, module: Any, candidates: Sequence["Candidate"]) -> List[Tuple[float, float]]:
         """``(train loss, validation loss)`` of each candidate of the unit, after its validation."""
         return [module.candidate_losses()]
+
+    def unit_trained(self, module: Any, candidates: Sequence["Candidate"]) -> List[Optional[Dict[str, torch.Tensor]]]:
+        """Each candidate's trained tensors, where they are not Omega's current values (``None``:
+        the engine reads them from Omega); called after :meth:`unit_losses`."""
+        return [None] * len(candidates)
 
 
 @EXECUTORS.register("sequential")
@@ -175,20 +184,90 @@ class PerGeneration(Executor):
         return out
 
 
+@EXECUTORS.register("concurrent_pair")
+class ConcurrentPair(Sequential):
+    """The paper's order in one process, both members of each pair trained at the same time
+    (:class:`relnas.search.concurrent.PairTrainer`, through ``module.run_pair``) at the start of
+    the unit's Lightning epoch, whose own batches are then skipped; batches come from
+    ``datamodule.search_epoch``. Jobs of another size run one member per unit."""
+
+    name = "concurrent_pair"
+
+    def __init__(self, dist: Optional[DistContext] = None):
+        super().__init__(dist)
+        self._result = None
+
+    def check(self, strategy: Strategy) -> None:
+        if self.dist.distributed:
+            raise ValueError(f"search.executor=concurrent_pair trains both members of a pair in one process, not "
+                             f"{self.dist.world_size}; use member_parallel (2 processes) or per_generation")
+        if strategy.job_size != 2:
+            raise ValueError(f"search.executor=concurrent_pair trains the two members of a pair at once: strategy "
+                             f"{strategy.name} has {strategy.job_size} member(s) per job; use search.executor=sequential")
+
+    def work(self, jobs: Sequence[Job]) -> List[Unit]:
+        units: List[Unit] = []
+        for pos, job in enumerate(jobs):
+            n = len(job.members)
+            units.extend([Unit(pos, tuple(range(n)))] if n == 2 else [Unit(pos, (m,)) for m in range(n)])
+        return units
+
+    def begin_unit(self, module: Any, datamodule: Any, candidates: Sequence["Candidate"]) -> None:
+        self._result = None
+        module.skip_epoch = False
+        if len(candidates) != 2:
+            super().begin_unit(module, datamodule, candidates)
+            return
+        if datamodule is None or not hasattr(datamodule, "search_epoch"):
+            raise RuntimeError("search.executor=concurrent_pair needs a datamodule with search_epoch() "
+                               "(relnas.data.TensorDataModule); use search.executor=sequential")
+        trainer = getattr(module, "_trainer", None)
+        context = trainer.precision_plugin.forward_context if trainer is not None else None
+        device = module.device
+        seeds = [c.seed for c in candidates]
+        first = candidates[0]
+        epochs = [datamodule.search_epoch(sd, device=device) for sd in seeds]
+        self._result = module.run_pair([c.arch for c in candidates], seeds, first.lr, first.drop_path_prob,
+                                       [e[0] for e in epochs], [e[1] for e in epochs], context=context)
+        module.skip_epoch = True  # the pair is trained: the Lightning epoch skips its batches
+
+    def unit_losses(self, module: Any, candidates: Sequence["Candidate"]) -> List[Tuple[float, float]]:
+        if self._result is None:
+            return super().unit_losses(module, candidates)
+        return list(zip(self._result.train_losses, self._result.val_losses))
+
+    def unit_trained(self, module: Any, candidates: Sequence["Candidate"]) -> List[Optional[Dict[str, torch.Tensor]]]:
+        if self._result is None:
+            return super().unit_trained(module, candidates)
+        trained, self._result = self._result.trained, None
+        return list(trained)
+
+
 # the older key: search.weight_set_update=sequential|per_generation (sequential = auto)
 LEGACY_WEIGHT_SET_UPDATE = {"sequential": "auto", "per_generation": "per_generation"}
 
 
-def executor_name(name: Optional[str], weight_set_update: Optional[str] = None) -> str:
+def executor_name(name: Optional[str], weight_set_update: Optional[str] = None,
+                  concurrent_pair: Optional[bool] = None) -> str:
     """The executor name a config asks for: ``search.executor``, or the older
-    ``search.weight_set_update`` mapped (``sequential`` -> ``auto``, ``per_generation``)."""
+    ``search.weight_set_update`` mapped (``sequential`` -> ``auto``, ``per_generation``), or the
+    older ``search.concurrent_pair=true`` (-> ``concurrent_pair``)."""
     name = "auto" if name is None else str(name)
+    if concurrent_pair not in (None, True, False):
+        raise ValueError(f"search.concurrent_pair must be true, false or null, got {concurrent_pair!r} "
+                         f"(or set search.executor=concurrent_pair)")
+    if concurrent_pair is True:
+        if name not in ("auto", "sequential", "concurrent_pair") or weight_set_update not in (None, "sequential"):
+            raise ValueError(f"search.concurrent_pair=true contradicts search.executor={name}"
+                             f"{'' if weight_set_update is None else ' / search.weight_set_update=' + weight_set_update}; "
+                             f"set only search.executor")
+        name = "concurrent_pair"
     if weight_set_update is not None:
         if weight_set_update not in LEGACY_WEIGHT_SET_UPDATE:
             raise ValueError(f"unknown search.weight_set_update {weight_set_update!r}; use sequential or "
                              f"per_generation (or search.executor={'|'.join(['auto', *EXECUTORS])})")
         mapped = LEGACY_WEIGHT_SET_UPDATE[weight_set_update]
-        if name not in ("auto", mapped) and not (mapped == "auto" and name in ("sequential", "member_parallel")):
+        if name not in ("auto", mapped) and not (mapped == "auto" and name in ("sequential", "member_parallel", "concurrent_pair")):
             raise ValueError(f"search.weight_set_update={weight_set_update} contradicts search.executor={name}; "
                              f"set only search.executor")
         name = mapped if name == "auto" else name

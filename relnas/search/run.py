@@ -47,7 +47,7 @@ STRATEGY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "strategy"
 # keys are replaced by what they mean for the result (search.merge)
 NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs",
                 "search.graph_warmup", "search.strategy", "search.executor", "search.weight_set_update",
-                "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
+                "search.concurrent_pair", "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
 
 
 # ---------------------------------------------------------------------- config
@@ -92,7 +92,8 @@ def build_strategy(cfg: DictConfig) -> Strategy:
 
 def build_executor(cfg: DictConfig, strategy: Strategy, dist: search_dist.DistContext) -> Executor:
     try:
-        name = executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update"))
+        name = executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update"),
+                             cfg.search.get("concurrent_pair"))
         return create_executor(name, strategy, dist)
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -117,10 +118,12 @@ def check_config(cfg: DictConfig) -> None:
             "candidates. To use several devices, run one process per device with "
             "search.executor=per_generation, e.g. `torchrun --nproc_per_node=4 -m relnas.search "
             "search.executor=per_generation` (see docs/scale_out.md)")
-    if s.get("cuda_graphs", False):
-        if str(cfg.trainer.get("accelerator", "auto")) == "cpu":
+    if s.get("cuda_graphs", "auto") not in (True, False, "auto"):
+        raise ConfigError(f"search.cuda_graphs must be true, false or auto, got {s.get('cuda_graphs')!r}")
+    if s.get("cuda_graphs", "auto") is not False:
+        if s.get("cuda_graphs") is True and str(cfg.trainer.get("accelerator", "auto")) == "cpu":
             raise ConfigError("search.cuda_graphs=true needs a GPU (trainer.accelerator=gpu or auto); "
-                              "set search.cuda_graphs=false on a CPU")
+                              "set search.cuda_graphs=auto or false on a CPU")
         if int(s.get("graph_warmup", 1)) < 1:
             raise ConfigError(f"search.graph_warmup must be >= 1 (SGD's momentum must exist before the capture), "
                               f"got {s.graph_warmup}")
@@ -149,7 +152,8 @@ def semantic_config(cfg: DictConfig) -> Dict[str, Any]:
     for key in ("seed", "search", "strategy", "supernet", "data"):
         walk({key: container.get(key)}, "")
     out = {k: v for k, v in flat.items() if k not in NON_SEMANTIC}
-    out["search.merge"] = merge_order(executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update")))
+    out["search.merge"] = merge_order(executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update"),
+                             cfg.search.get("concurrent_pair")))
     return out
 
 

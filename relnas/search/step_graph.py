@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -65,11 +66,15 @@ class StepGraph:
             a new handle for the next candidate.
         stream: the side stream for warm-up and capture (default: a new one). Share one among the
             graphs of a pool: the allocator reuses a pool's blocks only on the stream they came from.
+        generators: CUDA generators (``torch.Generator``) the step draws from besides the default one (e.g. a
+            candidate's own drop-path stream). Each is registered with the graph before capture
+            (``CUDAGraph.register_generator_state``), so every replay advances it as an eager
+            step would; a torch without that method makes the capture fail, i.e. eager steps.
     """
 
     def __init__(self, step: Callable[..., None], eager_step: Optional[Callable[..., None]] = None,
                  warmup: int = 1, backend: str = "cuda", on_capture_failure: Optional[Callable[[], None]] = None,
-                 pool: Any = None, stream: Any = None):
+                 pool: Any = None, stream: Any = None, generators: Sequence[torch.Generator] = ()):
         if backend not in BACKENDS:
             raise ValueError(f"unknown StepGraph backend {backend!r}; known: {', '.join(BACKENDS)}")
         if warmup < 1:
@@ -86,6 +91,8 @@ class StepGraph:
         self._graph = None
         self._static: Tuple[torch.Tensor, ...] = ()
         self._stream = stream
+        self.generators = tuple(g for g in generators if g is not None)
+        self.capture_seconds = 0.0  # host time spent in captures (torch.cuda.graph syncs and empties the cache)
 
     @property
     def captured(self) -> bool:
@@ -139,12 +146,18 @@ class StepGraph:
         stream, current = self._side_stream(), torch.cuda.current_stream()
         graph = torch.cuda.CUDAGraph()
         autocast = _uncached_autocast()  # built outside the capture (its constructor may touch the GPU)
+        t0 = time.perf_counter()
         try:
+            for gen in self.generators:
+                if gen.device.type == "cuda":
+                    # AttributeError on a torch without it: caught below, the step stays eager
+                    graph.register_generator_state(gen)
             stream.wait_stream(current)
             # thread_local: CUDA calls of other threads (loggers, monitors) do not break the capture
             with torch.cuda.graph(graph, pool=self.pool, stream=stream, capture_error_mode="thread_local"), autocast:
                 self.step(*static)
             current.wait_stream(stream)
+            self.capture_seconds += time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly
             # a failure inside torch.cuda.graph's __enter__/__exit__ can leave the side stream current
             torch.cuda.set_stream(current)

@@ -216,7 +216,10 @@ class WeightSet(nn.Module):
         groups = tuple(dict.fromkeys(g for g in used if g in self._group_keys))  # ordered, unique, non-empty
         return Arch(genotype, tuple(cells), groups)
 
-    def forward(self, x: torch.Tensor, arch: Arch, drop_prob: float = 0.0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, arch: Arch, drop_prob: float = 0.0,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Run the sub-network ``arch`` selects; ``generator``: drop path's random stream (default:
+        the global one), so that candidates trained at the same time keep their own streams."""
         s0 = s1 = self.stem(x)
         use_drop = self.training and drop_prob > 0.0
         for cell, c in zip(self.cells, arch.cells):
@@ -226,7 +229,7 @@ class WeightSet(nn.Module):
                 for slot in (2 * n, 2 * n + 1):
                     h = c.ops[slot](states[c.inputs[slot]])
                     if use_drop and c.droppable[slot]:
-                        h = drop_path(h, drop_prob)
+                        h = drop_path(h, drop_prob, generator)
                     hs.append(h)
                 states.append(hs[0] + hs[1])
             s0, s1 = s1, torch.cat([states[i] for i in c.concat], dim=1)

@@ -43,27 +43,30 @@ def test_voc_ssdlite_experiment_is_the_recipe():
     assert _compose("backbone=mobilenet_v2").backbone.name == "mobilenet_v2"
 
 
-def _run_in_process(tmp_path, *overrides):
+def _run_in_process(tmp_path, capsys, *overrides):
+    """The entry point's ``run`` on a composed config: it must exit with status 2 and one stderr line."""
     from relnas.transfer.__main__ import run
 
     cfg = _compose(f"paths.output_dir={tmp_path}", "logger=none", *overrides)
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         run(cfg)
-    return str(e.value.code)
+    assert e.value.code == 2
+    return capsys.readouterr().err.strip()
 
 
-def test_missing_voc_fails_in_one_line(tmp_path):
-    msg = _run_in_process(tmp_path, f"task.data.root={tmp_path / 'nowhere'}", "backbone.C=8", "backbone.layers=5")
+def test_missing_voc_fails_in_one_line(tmp_path, capsys):
+    msg = _run_in_process(tmp_path, capsys, f"task.data.root={tmp_path / 'nowhere'}", "backbone.C=8", "backbone.layers=5")
     assert msg.startswith("error: PASCAL VOC 2007-trainval not found") and "\n" not in msg
     assert "VOCdevkit/VOC2007" in msg and "JPEGImages" in msg
 
 
-def test_unknown_backbone_and_task(tmp_path):
-    msg = _run_in_process(tmp_path, "backbone.name=resnet_huge")
+def test_unknown_backbone_and_task(tmp_path, capsys):
+    msg = _run_in_process(tmp_path, capsys, "backbone.name=resnet_huge")
     assert msg.startswith("error: unknown backbone 'resnet_huge'") and "mobilenet_v2" in msg
-    msg = _run_in_process(tmp_path, "task.name=captioning")
+    msg = _run_in_process(tmp_path, capsys, "task.name=captioning")
     assert msg.startswith("error: unknown task 'captioning'") and "detection" in msg
-    msg = _run_in_process(tmp_path, "backbone=cell")
+    msg = _run_in_process(tmp_path, capsys, "backbone=cell")
     assert msg.startswith("error: no backbone given: set backbone=<RelativeNAS")
 
 
@@ -165,4 +168,4 @@ def test_detection_resume(detection_run, tmp_path):
     bad = subprocess.run(_detection_cmd(data, tmp_path / "bad", "task.epochs=2", f"resume={run_dir}",
                                         "task.model.extra_channels=[512,256,256,32]"),
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: resume:")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: resume:")

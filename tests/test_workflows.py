@@ -155,7 +155,7 @@ def test_bad_numbers_fail_before_work(tmp_path, override, message):
 
 def test_a_diverged_search_exits_non_zero_with_one_line(tmp_path):
     r = _cli("relnas.search", [*MICRO, "search.lr=1e6", "search.plots=true", f"hydra.run.dir={tmp_path}/r"], tmp_path)
-    assert r.returncode != 0
+    assert r.returncode == 2
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "diverged" in err[0] and "search.lr" in err[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "found genotype" not in r.stdout

@@ -17,7 +17,6 @@ the task's input size, metrics, per-class numbers, wall time, hardware) and ``pr
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -25,6 +24,8 @@ from typing import Any, Dict, Mapping, Optional
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from relnas.utils.task import task
 
 log = logging.getLogger(__name__)
 
@@ -237,17 +238,11 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     return results
 
 
+@task
 def run(cfg: DictConfig) -> Dict[str, Any]:
-    """``transfer`` with the expected failures turned into one ``error: ...`` line and exit status 1."""
-    from relnas.data import DatasetNotFoundError
-    from relnas.nas.genotypes import GenotypeError
-    from relnas.errors import ConfigError
-    from relnas.transfer.backbones import BackboneError
-
-    try:
-        return transfer(cfg)
-    except (ConfigError, DatasetNotFoundError, GenotypeError, BackboneError) as e:
-        sys.exit(f"error: {e}")
+    """``transfer`` for the command line: a known error (:class:`relnas.errors.RelnasError`) is one
+    ``error: ...`` line and exit status 2 (in a multirun the job fails and the sweep goes on)."""
+    return transfer(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="transfer")

@@ -38,6 +38,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from relnas.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 RANDOM_INIT_WARNING = ("backbone {name} has NO pretrained weights (random initialisation): transfer results are "
@@ -45,8 +47,9 @@ RANDOM_INIT_WARNING = ("backbone {name} has NO pretrained weights (random initia
                        "official state dict .pt>{tv}")
 
 
-class BackboneError(ValueError):
-    """A backbone that cannot be built or loaded as asked; the message is one line."""
+class BackboneError(ConfigError):
+    """A backbone that cannot be built or loaded as asked; the message is one line (a
+    :class:`relnas.errors.ConfigError`, so every entry point reports it as ``error: ...``)."""
 
 
 class FeatureInfo(list):

@@ -2,8 +2,9 @@
 
     python experiments/framework_overhead.py            # ~1 min on a 2-core CPU
 
-Runs the real search machinery (one Lightning Trainer, ``SearchModule`` + ``SearchLoop``, Eq. 6
-merges, slow-fast updates) on candidates whose one-epoch estimation is a single 16-image batch of
+Runs the real search, ``relnas.search.run.run_search`` on ``configs/search.yaml`` composed with
+Hydra (one Lightning Trainer, ``SearchModule`` + ``SearchLoop`` + ``SearchEngine``, Eq. 6 merges,
+slow-fast updates, the recorders' files and checkpoint per generation) on candidates whose one-epoch estimation is a single 16-image batch of
 8x8 images for training and one for validation, so that the arithmetic is small and what remains
 is the framework: Lightning's epoch switch and hooks (train/eval mode walks over Omega's ~4,000
 modules, gradient release before validation), the loop's snapshot/restore/merge, the per-candidate
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,26 +33,34 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from relnas.search import encoding  # noqa: E402
-from relnas.search.weight_set import WeightSet, restore, snapshot  # noqa: E402
+from relnas.search.weight_set import restore, snapshot  # noqa: E402
+from relnas.utils.compose import compose_config  # noqa: E402
+
+#: the tiny per-candidate workload: one 16-image batch of 8x8 images for training, one for validation
+WORKLOAD = [
+    "data=synthetic", "data.num_train=32", "data.num_test=8", "data.image_size=8", "data.batch_size=16",
+    "data.eval_batch_size=16", "data.cutout=0", "data.crop_padding=0", "data.flip=false", "search.train_portion=0.5",
+    "supernet.C=16", "supernet.layers=8", "search.channels_last=false", "search.drop_path_prob=0.0",
+    "trainer.accelerator=cpu", "logger=none", "search.plots=false", "search.progress=false", "seed=0",
+]
 
 
-def through_trainer(ws, dm, generations: int, population: int) -> float:
-    import lightning as L
+def search_config(generations: int, population: int, run_dir: Path):
+    """configs/search.yaml composed with the tiny workload, as ``python -m relnas.search`` would."""
+    return compose_config("search", WORKLOAD + [f"search.generations={generations}",
+                                                f"search.population_size={population}"], output_dir=run_dir)
 
-    from relnas.search.search_module import SearchModule
-    from relnas.search.callback import SearchLoop
-    from relnas.search.engine import SearchEngine
-    from relnas.search.strategies import create_strategy
 
-    strategy = create_strategy("relativenas", population_size=population, generations=generations)
-    loop = SearchLoop(SearchEngine(strategy, ws, rng=np.random.default_rng(0)), progress=False)
-    module = SearchModule(ws, channels_last=False)
-    trainer = L.Trainer(max_epochs=loop.remaining_estimations(), callbacks=[loop], accelerator="cpu", logger=False,
-                        enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False,
-                        enable_model_summary=False, log_every_n_steps=10**6)
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    return time.perf_counter() - t0
+def through_search(generations: int, population: int) -> float:
+    """Wall time of ``run_search`` (the entry point's function: the Trainer, SearchLoop, engine,
+    executor, recorders writing the history, summaries and a checkpoint per generation)."""
+    from relnas.search.run import run_search
+
+    with tempfile.TemporaryDirectory(prefix="framework_overhead_") as tmp:
+        cfg = search_config(generations, population, Path(tmp))
+        t0 = time.perf_counter()
+        run_search(cfg, Path(tmp))
+        return time.perf_counter() - t0
 
 
 def bare(ws, dm, n: int) -> float:
@@ -93,17 +103,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
-    from relnas.data import SyntheticDataModule
-
-    dm = SyntheticDataModule(num_train=32, num_test=8, image_size=8, batch_size=16, eval_batch_size=16, cutout=0,
-                             crop_padding=0, train_portion=0.5)
-    ws = WeightSet(C=16, layers=8)
-    through_trainer(ws, dm, 1, args.population)  # warm-up (and Lightning's one-off set-up)
-    # fit() has a fixed cost too: difference of two searches of different lengths, per candidate
-    t_short = through_trainer(ws, dm, 1, args.population)
-    t_long = through_trainer(ws, dm, 1 + args.generations, args.population)
+    through_search(1, args.population)  # warm-up (and Lightning's one-off set-up)
+    # run_search has a fixed cost too (data, Omega's construction, fit's set-up): the difference of
+    # two searches of different lengths, per candidate
+    t_short = through_search(1, args.population)
+    t_long = through_search(1 + args.generations, args.population)
     per_candidate = (t_long - t_short) / (args.generations * args.population)
     n = args.generations * args.population
+    import hydra
+
+    cfg = search_config(1, args.population, Path(tempfile.gettempdir()))
+    dm = hydra.utils.instantiate(cfg.data, train_portion=float(cfg.search.train_portion))
+    dm.setup("fit")
+    ws = hydra.utils.instantiate(cfg.supernet, num_classes=dm.num_classes, in_channels=dm.in_channels)
     bare(ws, dm, 2)
     per_bare = bare(ws, dm, n) / n
     print(f"C=16 L=8, 16+16 images of 8x8 per candidate, {torch.get_num_threads()} torch thread, torch {torch.__version__}")

@@ -135,8 +135,7 @@ VARIANTS: Dict[str, List[str]] = {
 
 def compose_search(args, overrides: Sequence[str], population: int, run_dir: Path):
     """configs/search.yaml composed with Hydra, shrunk/set to the benchmark's workload."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
+    from relnas.utils.compose import compose_config
 
     n = args.num_train + args.num_val
     base = [
@@ -148,11 +147,7 @@ def compose_search(args, overrides: Sequence[str], population: int, run_dir: Pat
         f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}", "logger=none",
         "search.plots=false", "search.progress=false",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="search", overrides=base + list(overrides))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-        cfg.paths.data_dir = str(run_dir / "data")
+    cfg = compose_config("search", base + list(overrides), output_dir=run_dir)
     return cfg
 
 

@@ -52,10 +52,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from relnas.search import encoding  # noqa: E402
+from relnas.utils.compose import compose_config  # noqa: E402
 from relnas.search.strategies import Job, JobResult, Strategy  # noqa: E402
 
 STRATEGY_NAMES = ("relativenas", "random", "evolution")
@@ -93,12 +93,6 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------- search
-def compose_config(name: str, overrides: Sequence[str]):
-    """``configs/<name>.yaml`` composed with ``overrides``, as the command line would."""
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
-
-
 def search_overrides(strategy: str, seed: int, sz: Dict[str, Any], run_dir: Path) -> List[str]:
     """``python -m relnas.search`` overrides of one search of the study."""
     out = [

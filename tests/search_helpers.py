@@ -8,12 +8,12 @@ from typing import Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from relnas.search.search_module import SearchModule
+from relnas.utils.compose import CONFIG_DIR as _CONFIG_DIR, compose_config
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIG_DIR = str(_CONFIG_DIR)
 
 TINY = [
     "data=synthetic", "data.num_train=96", "data.num_test=16", "data.image_size=16", "data.batch_size=24",
@@ -24,12 +24,7 @@ TINY = [
 
 
 def tiny_search_cfg(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="search", overrides=TINY + list(overrides), return_hydra_config=False)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)
-        cfg.paths.data_dir = str(run_dir / "data")
-    return cfg
+    return compose_config("search", TINY + list(overrides), output_dir=run_dir)
 
 
 class RecordingSearchModule(SearchModule):

@@ -52,7 +52,9 @@ def _run_in_process(tmp_path, capsys, *overrides):
     with pytest.raises(SystemExit) as e:
         run(cfg)
     assert e.value.code == 2
-    return capsys.readouterr().err.strip()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    return errors[0]
 
 
 def test_missing_voc_fails_in_one_line(tmp_path, capsys):

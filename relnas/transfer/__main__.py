@@ -54,14 +54,10 @@ def backbone_from_config(cfg_backbone: Mapping[str, Any]):
 
 
 def task_class(cfg_task: Mapping[str, Any]):
-    from relnas.errors import ConfigError
+    """The task class named by ``task.name`` (a one-line ConfigError listing the known tasks)."""
     from relnas.transfer.tasks import get_task
 
-    name = (cfg_task or {}).get("name")
-    try:
-        return get_task(name)
-    except KeyError as e:
-        raise ConfigError(str(e.args[0]) if e.args else str(e)) from None
+    return get_task((cfg_task or {}).get("name"))
 
 
 def build_task(cfg: DictConfig, num_classes: int, class_names, backbone=None):

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from relnas.errors import ConfigError
+from relnas.utils.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -266,15 +267,16 @@ def _load_subset(module: nn.Module, sd: Mapping[str, torch.Tensor], path: Path) 
 # ---------------------------------------------------------------------- torchvision networks
 
 #: torchvision builder, weights enum and taps (module, stride, channels) of the mobile backbones
-TORCHVISION_BACKBONES: Dict[str, Dict[str, Any]] = {
-    "mobilenet_v2": {"enum": "MobileNet_V2_Weights",
-                     "taps": [("features.3", 4, 24), ("features.6", 8, 32), ("features.13", 16, 96),
-                              ("features.18", 32, 1280)]},
-    "shufflenet_v2_x1_0": {"enum": "ShuffleNet_V2_X1_0_Weights",
-                           "taps": [("maxpool", 4, 24), ("stage2", 8, 116), ("stage3", 16, 232), ("conv5", 32, 1024)]},
-    "mnasnet1_0": {"enum": "MNASNet1_0_Weights",
-                   "taps": [("layers.8", 4, 24), ("layers.9", 8, 40), ("layers.11", 16, 96), ("layers.16", 32, 1280)]},
-}
+TORCHVISION_BACKBONES: Registry[Dict[str, Any]] = Registry("torchvision backbone")
+TORCHVISION_BACKBONES.register("mobilenet_v2", {
+    "enum": "MobileNet_V2_Weights",
+    "taps": [("features.3", 4, 24), ("features.6", 8, 32), ("features.13", 16, 96), ("features.18", 32, 1280)]})
+TORCHVISION_BACKBONES.register("shufflenet_v2_x1_0", {
+    "enum": "ShuffleNet_V2_X1_0_Weights",
+    "taps": [("maxpool", 4, 24), ("stage2", 8, 116), ("stage3", 16, 232), ("conv5", 32, 1024)]})
+TORCHVISION_BACKBONES.register("mnasnet1_0", {
+    "enum": "MNASNet1_0_Weights",
+    "taps": [("layers.8", 4, 24), ("layers.9", 8, 40), ("layers.11", 16, 96), ("layers.16", 32, 1280)]})
 
 
 def _torchvision_enum(name: str, spec: str):

@@ -1,6 +1,8 @@
-"""One registry idiom for everything chosen by name (operations, networks, genotypes, search
-strategies): a :class:`Registry` filled by a ``register`` decorator placed beside each definition,
-read like a mapping, and failing loudly with the known names.
+"""One registry idiom for everything chosen by name in code (operations, networks, genotypes, search
+strategies, executors, transfer tasks, torchvision backbones): a :class:`Registry` filled by a
+``register`` decorator placed beside each definition, read like a mapping, and failing loudly
+with the known names. (What a config group chooses, such as the data set, is built by Hydra
+from the group's ``_target_``; Hydra lists the known options when a group's option is unknown.)
 
 Example::
 

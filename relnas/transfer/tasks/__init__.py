@@ -1,20 +1,16 @@
-"""Registry of the transfer tasks: ``name -> "module:Class"`` (imported on first use).
+"""The transfer tasks, registered by name in :data:`TASKS` (a :class:`relnas.utils.registry.Registry`).
 
-Each class is a :class:`relnas.transfer.tasks.base.TransferModule` subclass; see that module's
-docstring for what a task provides. ``python -m relnas.transfer task=<name>`` and
-``python -m relnas.inspect task=<name>`` find tasks here, so a new task only needs its module,
-a line below and ``configs/task/<name>.yaml``.
+Each class is a :class:`relnas.transfer.tasks.base.TransferModule` subclass registered beside its
+definition (``@TASKS.register("detection")``); see that module's docstring for what a task
+provides. ``python -m relnas.transfer task=<name>`` and ``python -m relnas.inspect task=<name>``
+find tasks here, so a new task needs its module, its import below and ``configs/task/<name>.yaml``.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Dict, List, Type
+from typing import List, Type
 
-TASKS: Dict[str, str] = {
-    "detection": "relnas.transfer.tasks.detection:DetectionModule",
-    "segmentation": "relnas.transfer.tasks.segmentation:SegmentationModule",
-    "keypoints": "relnas.transfer.tasks.keypoints:KeypointModule",
-}
+from relnas.transfer.tasks.base import TASKS
+from relnas.transfer.tasks import detection, segmentation, keypoints  # noqa: F401,I001  (they register themselves)
 
 
 def list_tasks() -> List[str]:
@@ -22,19 +18,9 @@ def list_tasks() -> List[str]:
 
 
 def get_task(name: str) -> Type:
-    """The task class registered as ``name`` (one-line ``KeyError`` listing the known names)."""
-    try:
-        target = TASKS[str(name)]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
-    module_name, cls_name = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name == module_name:
-            raise KeyError(f"task {name!r} is registered but its module {module_name} is not installed") from None
-        raise
-    return getattr(module, cls_name)
+    """The task class registered as ``name`` (a one-line :class:`relnas.errors.RegistryError`, a
+    ``ConfigError`` and ``KeyError``, listing the known names)."""
+    return TASKS[str(name)]
 
 
 __all__ = ["TASKS", "list_tasks", "get_task"]

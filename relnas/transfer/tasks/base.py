@@ -1,7 +1,9 @@
 """The interface every transfer task implements, and what the tasks share.
 
-A task is one module under ``relnas/transfer/tasks/`` registered in
-:data:`relnas.transfer.tasks.TASKS` (name -> ``"module:Class"``). The class is a subclass of
+A task is one module under ``relnas/transfer/tasks/`` whose class is registered beside its
+definition with ``@TASKS.register("<name>")`` (:data:`TASKS`, the project's one
+:class:`relnas.utils.registry.Registry` idiom) and imported by ``relnas/transfer/tasks/__init__.py``.
+The class is a subclass of
 :class:`TransferModule` (a LightningModule) and provides:
 
 Class attributes
@@ -59,7 +61,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from relnas.utils.registry import Registry
+
 #: learning-rate schedules of ``task.scheduler.name``
+#: the transfer tasks by name (``python -m relnas.transfer task=<name>``, ``relnas.inspect task=<name>``)
+TASKS: Registry[type] = Registry("task")
+
 SCHEDULERS = ("cosine", "poly", "multistep", "constant")
 
 

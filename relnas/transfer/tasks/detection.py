@@ -21,7 +21,7 @@ from torch import nn
 
 from relnas.transfer.backbones import feature_key
 from relnas.transfer.metrics.voc_ap import VOCMeanAP
-from relnas.transfer.tasks.base import TransferModule, prediction_grid, upscale_for_display
+from relnas.transfer.tasks.base import TASKS, TransferModule, prediction_grid, upscale_for_display
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -114,6 +114,7 @@ def _draw(draw_bounding_boxes, image: torch.Tensor, boxes: torch.Tensor, labels:
                                label_background_colors=colors, fill_labels=True)
 
 
+@TASKS.register("detection")
 class DetectionModule(TransferModule):
     """SSDLite on PASCAL VOC. Logs ``train/loss`` (and its two parts), ``val/map``; the test run
     keeps ``map`` and the per-class AP for ``results.json``."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from relnas.transfer.tasks.base import TransferModule, denormalize, prediction_grid
+from relnas.transfer.tasks.base import TASKS, TransferModule, denormalize, prediction_grid
 
 __all__ = ["SimpleBaselineHead", "SimpleBaseline", "joints_mse_loss", "KeypointModule"]
 
@@ -80,6 +80,7 @@ def _gather_objects(module: "KeypointModule", obj: Any) -> List[Any]:
     return [obj]
 
 
+@TASKS.register("keypoints")
 class KeypointModule(TransferModule):
     """SimpleBaseline on COCO person keypoints. Validation and test decode every person crop,
     map the joints back to the image, rescore and OKS-NMS them, and evaluate OKS AP with

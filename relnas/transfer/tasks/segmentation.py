@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from relnas.transfer.tasks.base import TransferModule, denormalize, prediction_grid
+from relnas.transfer.tasks.base import TASKS, TransferModule, denormalize, prediction_grid
 
 __all__ = [
     "ConvBNReLU", "SpatialPath", "AttentionRefinement", "ContextPath", "FeatureFusion",
@@ -218,6 +218,7 @@ def _backbone_taps(backbone: nn.Module, strides: Sequence[int], head: str) -> Tu
     return channels, keys
 
 
+@TASKS.register("segmentation")
 class SegmentationModule(TransferModule):
     """BiSeNet on Cityscapes: OHEM cross-entropy on the main and both auxiliary outputs; the
     validation metric is single-scale mIoU (``val/miou``); the test adds the multi-scale

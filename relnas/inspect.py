@@ -11,13 +11,12 @@ flops_m, task, backbone, num_classes, input_size); see :mod:`relnas.transfer.ins
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, Dict
 
 import hydra
 from omegaconf import DictConfig
 
-from relnas.errors import ConfigError, GenotypeError
+from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec
 from relnas.nas.profile import network_summary
 from relnas.utils.task import task
@@ -101,15 +100,11 @@ def main(cfg: DictConfig) -> None:
     print(json.dumps(inspect(cfg)), flush=True)
 
 
+@task
 def _main_task(cfg: DictConfig) -> None:
-    from relnas.transfer.backbones import BackboneError
     from relnas.transfer.inspect import inspect_task, print_task_table
 
-    try:
-        info = inspect_task(cfg.task, cfg.get("backbone"), cfg.get("input_size"))
-    except (ConfigError, BackboneError, KeyError, GenotypeError, FileNotFoundError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        sys.exit(f"error: {msg}")
+    info = inspect_task(cfg.task, cfg.get("backbone"), cfg.get("input_size"))
     print_task_table(info)
     print(json.dumps({k: info[k] for k in ("params_m", "flops_m", "task", "backbone", "num_classes", "input_size")}
                      | info["extra"]), flush=True)

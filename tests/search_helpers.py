@@ -119,3 +119,32 @@ def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr
     fast = [r for r in loop.history if r["role"] == "fast"][0]["individual"]
     out["fast"] = "ab"[fast]
     return out
+
+
+# ---------------------------------------------------------------------------- two members, one after the other
+
+def members_one_after_the_other(ws, archs, seeds, data, drop_prob):
+    """The sequential estimation of two members (each from the same Omega) with the concurrent
+    path's step code (``Member``, eager): ``[(losses, trained tensors)]`` per member; Omega is
+    restored after each. The reference the two-member-at-once trainer is compared with."""
+    import torch
+
+    from relnas.search.concurrent import Member
+    from relnas.search.weight_set import restore, snapshot
+
+    tensors, out = ws.tensors(), []
+    for arch, seed, batches in zip(archs, seeds, data):
+        before = snapshot(tensors, ws.keys_of(arch.groups))
+        m = Member(ws, arch, 0.05, drop_prob, seed, momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
+                   channels_last=True, graph_backend=None, graph_warmup=1)
+        ws.train()
+        for x, y in batches:
+            m.run("train", x, y)
+        ws.eval()
+        with torch.inference_mode():
+            for x, y in batches:
+                m.run("val", x, y)
+        ws.train()
+        out.append((m.losses().tolist(), snapshot(tensors, before)))
+        restore(tensors, before)
+    return out

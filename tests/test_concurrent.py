@@ -17,7 +17,7 @@ from relnas.search.search_module import SearchModule
 from relnas.search import encoding
 from relnas.search.concurrent import PairTrainer
 from relnas.search.weight_set import WeightSet
-from search_helpers import tiny_search_cfg
+from search_helpers import members_one_after_the_other, tiny_search_cfg
 
 
 def _search(tmp_path, name, monkeypatch, overrides, backend=None):
@@ -174,29 +174,6 @@ def test_cuda_graphs_default_is_auto_and_eager_on_a_cpu(tmp_path):
     assert m.cuda_graphs == "auto" and m._graph_backend() is None
 
 
-def _members_one_after_the_other(ws, archs, seeds, data, drop_prob):
-    """The sequential estimation of two members (each from the same Omega), with the same step code."""
-    from relnas.search.concurrent import Member
-    from relnas.search.weight_set import restore, snapshot
-
-    tensors, out = ws.tensors(), []
-    for arch, seed, batches in zip(archs, seeds, data):
-        before = snapshot(tensors, ws.keys_of(arch.groups))
-        m = Member(ws, arch, 0.05, drop_prob, seed, momentum=0.9, weight_decay=3e-4, grad_clip=5.0,
-                   channels_last=True, graph_backend=None, graph_warmup=1)
-        ws.train()
-        for x, y in batches:
-            m.run("train", x, y)
-        ws.eval()
-        with torch.inference_mode():
-            for x, y in batches:
-                m.run("val", x, y)
-        ws.train()
-        out.append((m.losses().tolist(), snapshot(tensors, before)))
-        restore(tensors, before)
-    return out
-
-
 def test_pair_trainer_equals_the_members_one_after_the_other_with_drop_path():
     """Interleaved batch by batch (and with emulated graphs), each member still draws its own
     drop-path masks: the pair equals the two members trained one after the other, bit for bit."""
@@ -207,7 +184,7 @@ def test_pair_trainer_equals_the_members_one_after_the_other_with_drop_path():
     data = [[(torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 10, (n,), generator=g)) for n in (6, 6, 6, 4)]
             for _ in range(2)]
     seeds = [31, 32]
-    expected = _members_one_after_the_other(ws, archs, seeds, data, 0.3)
+    expected = members_one_after_the_other(ws, archs, seeds, data, 0.3)
     result = PairTrainer(ws, channels_last=True, graph_backend="emulate").run(archs, seeds, 0.05, 0.3, data, data)
     for i, (losses, trained) in enumerate(expected):
         assert [result.train_losses[i], result.val_losses[i]] == losses[:2]

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
@@ -28,7 +30,13 @@ def test_bench_composes_the_search_config_with_its_workload(tmp_path):
 
 
 def test_framework_overhead_runs_the_search_entry_function(tmp_path, monkeypatch, capsys):
+    import logging
+
     import relnas.search.run as run_mod
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # the script quiets them: restored after
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "level", logger.level)
 
     seen = []
     real = run_mod.run_search
@@ -41,7 +49,11 @@ def test_framework_overhead_runs_the_search_entry_function(tmp_path, monkeypatch
     monkeypatch.setattr(run_mod, "run_search", spy)
     monkeypatch.setattr(framework_overhead, "WORKLOAD", [o.replace("supernet.C=16", "supernet.C=4").replace(
         "supernet.layers=8", "supernet.layers=3") for o in framework_overhead.WORKLOAD])
-    assert framework_overhead.main(["--population", "2", "--generations", "1"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert framework_overhead.main(["--population", "2", "--generations", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the script runs on one thread
     # warm-up, short and long searches went through run_search: 1, 1 and 2 generations of history
     assert [len(rows) for rows in seen] == [1, 1, 2]
     out = capsys.readouterr().out

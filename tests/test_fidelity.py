@@ -230,8 +230,8 @@ def test_lr_and_drop_path_of_every_generation_of_a_real_search(tmp_path, monkeyp
     seen = []
     real = SearchModule.begin_candidate
 
-    def begin(self, arch, lr, drop_prob):
-        real(self, arch, lr, drop_prob)
+    def begin(self, arch, lr, drop_prob, **kwargs):
+        real(self, arch, lr, drop_prob, **kwargs)
         seen.append((self._opt.param_groups[0]["lr"], self.drop_prob))
 
     monkeypatch.setattr(SearchModule, "begin_candidate", begin)

@@ -17,7 +17,7 @@ import torch
 
 from relnas.search.search_module import SearchModule
 from relnas.search.step_graph import StepGraph
-from search_helpers import tiny_search_cfg
+from search_helpers import members_one_after_the_other, tiny_search_cfg
 
 
 class _Acc:
@@ -251,8 +251,8 @@ def test_concurrent_pair_matches_sequential_members_on_gpu():
     import numpy as np
 
     from relnas.search import encoding
-    from relnas.search.concurrent import Member, PairTrainer
-    from relnas.search.weight_set import WeightSet, restore, snapshot
+    from relnas.search.concurrent import PairTrainer
+    from relnas.search.weight_set import WeightSet
 
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -263,21 +263,7 @@ def test_concurrent_pair_matches_sequential_members_on_gpu():
              for n in (32, 32, 32, 32, 12)] for _ in range(2)]
     seeds, kw = [21, 22], dict(momentum=0.9, weight_decay=3e-4, grad_clip=5.0, channels_last=True)
     with pinned_numerics():
-        expected = []
-        tensors = ws.tensors()
-        for arch, seed, batches in zip(archs, seeds, data):
-            before = snapshot(tensors, ws.keys_of(arch.groups))
-            m = Member(ws, arch, 0.05, 0.2, seed, graph_backend=None, graph_warmup=1, **kw)
-            ws.train()
-            for x, y in batches:
-                m.run("train", x, y)
-            ws.eval()
-            with torch.inference_mode():
-                for x, y in batches:
-                    m.run("val", x, y)
-            ws.train()
-            expected.append((m.losses().tolist(), snapshot(tensors, before)))
-            restore(tensors, before)
+        expected = members_one_after_the_other(ws, archs, seeds, data, 0.2)
         pair = PairTrainer(ws, graph_backend="cuda", graph_warmup=1, **kw)
         result = pair.run(archs, seeds, 0.05, 0.2, data, data)
     assert not pair.graphs_broken and pair.graph_stats["captures"] == 4

@@ -171,3 +171,16 @@ def test_detection_resume(detection_run, tmp_path):
                                         "task.model.extra_channels=[512,256,256,32]"),
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: resume:")
+
+
+def test_inspect_task_errors_are_one_line(tmp_path):
+    """A bad backbone, and a head that cannot be built from the given settings (the task's own
+    ValueError), each end ``relnas.inspect task=...`` with status 2 and one ``error:`` line."""
+    for args, expect in ((["backbone.name=resnet_huge"], "unknown backbone 'resnet_huge'"),
+                         (["task.model.extra_channels=[512,256]"], "task.model (detection): extra_channels")):
+        p = subprocess.run([sys.executable, "-m", "relnas.inspect", "task=detection", "backbone=mobilenet_v2",
+                            "input_size=64", *args, f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=_env(),
+                           capture_output=True, text=True, timeout=300)
+        errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+        assert p.returncode == 2 and len(errors) == 1 and expect in errors[0], p.stderr[-2000:]
+        assert "Traceback" not in p.stderr

@@ -60,19 +60,34 @@ def task_class(cfg_task: Mapping[str, Any]):
     return get_task((cfg_task or {}).get("name"))
 
 
+def configured(what: str, build, *args, **kwargs):
+    """``build(*args, **kwargs)`` with a ValueError/TypeError of the task's own checks (a head that
+    cannot use the backbone's maps, a bad head or scheduler setting) turned into a one-line
+    :class:`relnas.errors.ConfigError` naming ``what``."""
+    from relnas.errors import ConfigError, RelnasError
+
+    try:
+        return build(*args, **kwargs)
+    except RelnasError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{what}: {' '.join(str(e).split())}") from None
+
+
 def build_task(cfg: DictConfig, num_classes: int, class_names, backbone=None):
     """The task's LightningModule for ``cfg`` (backbone built from ``cfg.backbone`` unless given)."""
     cls = task_class(cfg.task)
     if backbone is None:
         backbone = backbone_from_config(cfg.backbone)
     model_cfg = dict(_container(cfg.task.get("model")) or {})
-    model = cls.build_model(backbone, int(num_classes), **model_cfg)
+    model = configured(f"task.model ({cls.task_name})", cls.build_model, backbone, int(num_classes), **model_cfg)
     optimizer = hydra.utils.instantiate(cfg.task.optimizer) if cfg.task.get("optimizer") else None
     input_size = model_cfg.get("input_size", cls.paper_input_size)
     extra = dict(_container(cfg.task.get("module")) or {})  # task-specific module arguments
-    return cls(model=model, num_classes=int(num_classes), class_names=class_names, optimizer=optimizer,
-               scheduler=_container(cfg.task.get("scheduler")), epochs=int(cfg.task.get("epochs", 1)),
-               input_size=input_size, backbone_info=backbone.describe(), **extra)
+    return configured(f"task ({cls.task_name})", cls, model=model, num_classes=int(num_classes),
+                      class_names=class_names, optimizer=optimizer, scheduler=_container(cfg.task.get("scheduler")),
+                      epochs=int(cfg.task.get("epochs", 1)), input_size=input_size,
+                      backbone_info=backbone.describe(), **extra)
 
 
 def check_checkpoint_fits(ckpt: Mapping[str, Any], module, path: Path, what: str) -> None:

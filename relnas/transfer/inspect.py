@@ -22,7 +22,7 @@ def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str
                  input_size: Any = None) -> Dict[str, Any]:
     """Build the task network and return ``{task, backbone, num_classes, input_size, params_m,
     flops_m, note, extra}`` (``extra``: FLOPs at the task's ``extra_input_sizes``)."""
-    from relnas.transfer.__main__ import backbone_from_config, task_class
+    from relnas.transfer.__main__ import backbone_from_config, configured, task_class
     from relnas.transfer.tasks.base import _pair, model_cost
 
     task_cfg = dict(_plain(task_cfg) or {})
@@ -40,9 +40,9 @@ def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str
     if "input_size" in model_cfg:
         model_cfg["input_size"] = list(size)
     n = int(cls.paper_num_classes)
-    model = cls.build_model(backbone, n, **model_cfg)
-    module = cls(model=model, num_classes=n, input_size=size, backbone_info=backbone.describe(),
-                 **dict(task_cfg.get("module") or {}))
+    model = configured(f"task.model ({cls.task_name})", cls.build_model, backbone, n, **model_cfg)
+    module = configured(f"task ({cls.task_name})", cls, model=model, num_classes=n, input_size=size,
+                        backbone_info=backbone.describe(), **dict(task_cfg.get("module") or {}))
     cost = model_cost(module, size)
     extra = {}
     for s in getattr(cls, "extra_input_sizes", ()) or ():

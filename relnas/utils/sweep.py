@@ -149,15 +149,6 @@ def in_multirun() -> bool:
         return False
 
 
-def fail_job(message: str) -> None:
-    """End the current run with ``message`` (one line). A single run exits with status 1 here; a
-    job of a multirun prints the line and returns, so that the other jobs still run, and the
-    sweep exits with status 1 after its summary (:class:`SweepCallback`)."""
-    if not in_multirun():
-        sys.exit(message)
-    print(message, file=sys.stderr, flush=True)
-
-
 class SweepCallback(Callback):
     """Hydra callback: finish a job's W&B run at the job's end; summarise a multirun at its end
     (and exit with status 1 when a job failed or left no result)."""

@@ -8,7 +8,6 @@ of the same search in one process.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import torch
 from relnas.search import distributed as search_dist
 from relnas.search.run import ConfigError, check_config
 from search_helpers import tiny_search_cfg
+from cli_helpers import cli_env  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +34,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"  # torchrun's default for its workers: same kernels in every run
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID"):
-        env.pop(k, None)
-    return env
 
 
 def _search(run_dir: Path, overrides: list, nproc: int = 1) -> subprocess.Popen:
@@ -51,7 +44,7 @@ def _search(run_dir: Path, overrides: list, nproc: int = 1) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "relnas.search"]
     cmd += TINY + overrides + [f"hydra.run.dir={run_dir}"]
     log = open(run_dir.parent / f"{run_dir.name}.log", "w")
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait(proc: subprocess.Popen, run_dir: Path) -> None:

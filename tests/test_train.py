@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
+from cli_helpers import cli_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = str(ROOT / "configs")
@@ -27,16 +28,11 @@ TINY = [
 STEPS_PER_EPOCH = 4
 
 
-def _env():
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env.pop("RANK", None)
-    env.pop("LOCAL_RANK", None)
-    return env
 
 
 def run_cli(module: str, run_dir: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", module, f"hydra.run.dir={run_dir}", *overrides]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _compose(*overrides: str, config: str = "train"):

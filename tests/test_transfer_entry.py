@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +11,12 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from voc_helpers import make_fake_voc  # noqa: E402
+from cli_helpers import cli_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = str(ROOT / "configs")
 
 
-def _env():
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    for k in ("RANK", "LOCAL_RANK"):
-        env.pop(k, None)
-    return env
 
 
 def _compose(*overrides: str):
@@ -74,7 +69,7 @@ def test_unknown_backbone_and_task(tmp_path, capsys):
 
 def test_inspect_task_cli(tmp_path):
     p = subprocess.run([sys.executable, "-m", "relnas.inspect", "task=detection", "backbone=mobilenet_v2",
-                        "input_size=64", f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        "input_size=64", f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     last = json.loads(p.stdout.strip().splitlines()[-1])
@@ -100,7 +95,7 @@ def detection_run(tmp_path_factory):
     make_fake_voc(data, n_trainval=4, n_test=3)
     run_dir = tmp_path / "run"
     p = subprocess.run(_detection_cmd(data, run_dir, "task.epochs=1", "predictions.num_images=3"), cwd=ROOT,
-                       env=_env(), capture_output=True, text=True, timeout=600)
+                       env=cli_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     return data, run_dir, p
 
@@ -162,14 +157,14 @@ def test_detection_resume(detection_run, tmp_path):
     data, run_dir, _ = detection_run
     resumed = tmp_path / "resumed"
     p = subprocess.run(_detection_cmd(data, resumed, "task.epochs=2", f"resume={run_dir}", "predictions.num_images=0"),
-                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((resumed / "results.json").read_text())
     assert r["resumed_from"].endswith("last.ckpt") and r["epochs_run"] == 2 and r["global_step"] == 2
     # a checkpoint of another class count is refused in one line before training
     bad = subprocess.run(_detection_cmd(data, tmp_path / "bad", "task.epochs=2", f"resume={run_dir}",
                                         "task.model.extra_channels=[512,256,256,32]"),
-                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: resume:")
 
 
@@ -179,7 +174,7 @@ def test_inspect_task_errors_are_one_line(tmp_path):
     for args, expect in ((["backbone.name=resnet_huge"], "unknown backbone 'resnet_huge'"),
                          (["task.model.extra_channels=[512,256]"], "task.model (detection): extra_channels")):
         p = subprocess.run([sys.executable, "-m", "relnas.inspect", "task=detection", "backbone=mobilenet_v2",
-                            "input_size=64", *args, f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=_env(),
+                            "input_size=64", *args, f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=cli_env(),
                            capture_output=True, text=True, timeout=300)
         errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
         assert p.returncode == 2 and len(errors) == 1 and expect in errors[0], p.stderr[-2000:]

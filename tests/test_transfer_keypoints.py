@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import subprocess
 import sys
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from relnas.transfer.data.coco_keypoints import (FLIP_PAIRS, KEYPOINT_NAMES, SKE
 from relnas.transfer.metrics.keypoints import (crop_to_image, decode_heatmaps, evaluate_coco_keypoints, flip_back,
                                                oks, oks_nms)
 from relnas.transfer.tasks.keypoints import SimpleBaseline, joints_mse_loss
+from cli_helpers import cli_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG_W, IMG_H = 160, 120
@@ -342,11 +342,6 @@ def test_simplebaseline_head_shapes_and_size():
 
 # ---------------------------------------------------------------------- end to end
 
-def _env():
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env.pop("RANK", None)
-    env.pop("LOCAL_RANK", None)
-    return env
 
 
 TINY = ["backbone=RelativeNAS", "backbone.C=8", "backbone.layers=5", "task.model.input_size=[128,96]",
@@ -361,7 +356,7 @@ def test_coco_simplebaseline_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "relnas.transfer", "+experiment=coco_simplebaseline", f"hydra.run.dir={run_dir}",
            f"paths.data_dir={tmp_path / 'data'}", *TINY]
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((run_dir / "results.json").read_text())
     assert res["task"] == "keypoints" and res["num_classes"] == 17 and res["input_size"] == [128, 96]

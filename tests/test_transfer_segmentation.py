@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from collections import OrderedDict
@@ -22,6 +21,7 @@ from relnas.transfer.data.cityscapes import (CITYSCAPES_CLASSES, CityscapesDataM
                                              SegmentationEvalTransform, SegmentationTrainTransform, to_train_ids)
 from relnas.transfer.metrics.segmentation import MeanIoU, predict_probabilities
 from relnas.transfer.tasks.segmentation import BiSeNet, OhemCrossEntropy, ohem_cross_entropy
+from cli_helpers import cli_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -258,11 +258,6 @@ def test_bisenet_outputs_and_head_size():
 
 # ---------------------------------------------------------------------- end to end
 
-def _env():
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    env.pop("RANK", None)
-    env.pop("LOCAL_RANK", None)
-    return env
 
 
 TINY = ["backbone=RelativeNAS", "backbone.C=8", "backbone.layers=5", "task.data.crop_size=[64,64]",
@@ -275,7 +270,7 @@ TINY = ["backbone=RelativeNAS", "backbone.C=8", "backbone.layers=5", "task.data.
 def run_transfer(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "relnas.transfer", "+experiment=cityscapes_bisenet", f"hydra.run.dir={run_dir}",
            *overrides]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

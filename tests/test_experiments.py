@@ -58,3 +58,20 @@ def test_framework_overhead_runs_the_search_entry_function(tmp_path, monkeypatch
     assert [len(rows) for rows in seen] == [1, 1, 2]
     out = capsys.readouterr().out
     assert "framework overhead:" in out and "ms per candidate" in out
+
+
+def test_transfer_speed_times_the_composed_recipes(tmp_path):
+    import json
+
+    import transfer_speed
+
+    out = tmp_path / "speed.json"
+    assert transfer_speed.main(["--device", "cpu", "--tiny", "--tasks", "detection,segmentation", "--steps", "1",
+                                "--warmup", "1", "--results", str(tmp_path / "speed.md"), "--json", str(out)]) == 0
+    det, seg = json.loads(out.read_text())
+    # the recipes' lengths, by hand: 200 epochs x ceil(16551 VOC07+12 trainval images / batch 2); 80K iterations
+    assert det["recipe_iterations"] == 200 * 8276 and seg["recipe_iterations"] == 80000
+    assert (det["batch"], det["input_size"], seg["input_size"]) == (2, [96, 96], [64, 64])
+    assert det["timed_steps"] == 1 and det["s_per_iter"] > 0
+    assert det["recipe_hours"] == det["s_per_iter"] * 200 * 8276 / 3600
+    assert "| detection | RelativeNAS | 2 x 96x96 |" in (tmp_path / "speed.md").read_text()

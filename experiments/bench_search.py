@@ -66,6 +66,7 @@ if str(ROOT) not in sys.path:
 from relnas.nas import operations  # noqa: E402
 from relnas.search import encoding  # noqa: E402
 from relnas.search.weight_set import WeightSet, restore, snapshot  # noqa: E402
+from relnas.utils.io import append_markdown  # noqa: E402
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -654,13 +655,7 @@ def main(argv=None) -> int:
     md += ["", *lines, "", *summary, *extra_lines, *proj, ""]
     text = "\n".join(md)
     print("\n" + text, flush=True)
-    path = Path(args.results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a") as f:
-        if new:
-            f.write("# Search speed benchmark (`experiments/bench_search.py`)\n\n")
-        f.write(text + "\n")
+    path = append_markdown(Path(args.results), "Search speed benchmark (`experiments/bench_search.py`)", text + "\n")
     print(f"appended to {path}", flush=True)
     return 0
 

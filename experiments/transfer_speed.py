@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from relnas.utils.compose import compose_config  # noqa: E402
+from relnas.utils.io import append_markdown  # noqa: E402
 
 EXPERIMENTS = {"detection": "voc_ssdlite", "segmentation": "cityscapes_bisenet", "keypoints": "coco_simplebaseline"}
 #: training-set sizes the recipes' epochs count (VOC2007+2012 trainval images; COCO train2017
@@ -209,13 +210,7 @@ def main(argv=None) -> int:
                      f"{r['recipe_hours']:.1f} |")
     text = "\n".join(lines) + "\n"
     if args.results:
-        path = Path(args.results)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.exists()
-        with open(path, "a") as f:
-            if new:
-                f.write("# Transfer recipe speed (`experiments/transfer_speed.py`)\n")
-            f.write(text)
+        path = append_markdown(Path(args.results), "Transfer recipe speed (`experiments/transfer_speed.py`)", text)
         print(f"appended to {path}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

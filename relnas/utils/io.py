@@ -16,6 +16,20 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def append_markdown(path: Path, title: str, text: str) -> Path:
+    """Append ``text`` to the Markdown record ``path`` (parents made), starting a new file with the
+    heading ``# title``; returns the path. The experiments' results files grow this way, one
+    dated section per run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(f"# {title}\n\n")
+        f.write(text if text.endswith("\n") else text + "\n")
+    return path
+
+
 def load_checkpoint_dict(path: Path) -> Dict[str, Any]:
     """Read a Lightning checkpoint of ours (weights only when possible)."""
     try:

@@ -210,28 +210,27 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
     import hydra
     import lightning as L
 
-    from relnas.search.search_module import SearchModule
     from relnas.search.callback import SearchLoop
     from relnas.search.engine import SearchEngine, SearchSettings
     from relnas.search.state import load_state
-    from relnas.search.weight_set import WeightSet
 
+    # the pieces from the search's own composed config (its data, supernet and module nodes); the
+    # engine gets the fixed list of vectors as its strategy and starts from the search's final Omega
     cfg = OmegaConf.create(search_run["config"])
     state, _ = load_state(Path(search_run["run_dir"]))
     data_kwargs = {"train_portion": float(cfg.search.train_portion)}
     if cfg.search.get("subset") is not None:  # as run_search applies search.subset
         data_kwargs["subset"] = int(cfg.search.subset)
     dm = hydra.utils.instantiate(cfg.data, **data_kwargs)
-    ws = WeightSet(C=int(cfg.supernet.C), num_classes=10, layers=int(cfg.supernet.layers), in_channels=1,
-                   num_nodes=encoding.NUM_NODES)
+    dm.setup("fit")
+    ws = hydra.utils.instantiate(cfg.supernet, num_classes=dm.num_classes, in_channels=dm.in_channels)
     ws.load_state_dict(state["weight_set"])
     ws = ws.to(memory_format=torch.channels_last)
     strat = FixedList(vectors)
     settings = SearchSettings(seed=int(cfg.seed) + 1000, lr=sz["rf_lr"], lr_min=sz["rf_lr"], drop_path_prob=0.0,
                               drop_path_ramp=False)
     loop = SearchLoop(SearchEngine(strat, ws, settings, rng=np.random.default_rng(0)), progress=False)
-    module = SearchModule(ws, momentum=0.9, weight_decay=float(cfg.search.weight_decay),
-                          grad_clip=float(cfg.search.grad_clip), channels_last=True)
+    module = hydra.utils.instantiate(cfg.module, weight_set=ws)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=len(vectors), callbacks=[loop], logger=False,
                         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False,
                         enable_model_summary=False, check_val_every_n_epoch=1, log_every_n_steps=1000000,

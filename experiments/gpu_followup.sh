@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU measurements still open after experiments/gpu_check.sh (one device call, under 9.5 minutes
+# The GPU measurements still open after experiments/gpu_check.sh (one device call, under 9.5 minutes (4 x 100 + 150 s at most)
 # on one H200; set up the wheels and PYTHONPATH as in gpu_check.sh's header):
-#   1. (<= 3 x 120 s) steady-state search speed by setting through `python -m relnas.search`:
-#      experiments/gpu_variants.sh with POP=8 GENERATIONS=2 for the defaults (channels_last, fp32),
-#      NCHW and bf16; generation 2 is the like-for-like figure      -> $OUT/variants.md, $OUT/<name>.log
-#   2. (180 s) the transfer recipes' training speed and projected recipe time per GPU for the
+#   1. (<= 4 x 100 s) steady-state search speed by setting through `python -m relnas.search`:
+#      experiments/gpu_variants.sh with POP=6 GENERATIONS=2 for the defaults (channels_last, fp32),
+#      NCHW, bf16 and NCHW + bf16; generation 2 is the like-for-like figure (about 20 s each on an
+#      H200; generation 1 carries the ~16 s process warm-up)        -> $OUT/variants.md, $OUT/<name>.log
+#   2. (150 s) the transfer recipes' training speed and projected recipe time per GPU for the
 #      RelativeNAS backbone (experiments/transfer_speed.py)        -> $OUT/transfer_speed.md
 # DEVICE=cpu TINY=1 runs both stages with small sizes (a dry run of the script).
 set -u
@@ -21,13 +22,13 @@ stamp "1/2 search settings, 2 generations each"
 if [ -n "${TINY:-}" ]; then
     small="NUM_TRAIN=64 POP=2 C=4 LAYERS=3"
 else
-    small="POP=8"
+    small="POP=6"
 fi
-env $small GENERATIONS=2 LIMIT=${LIMIT:-120} DEVICE="$DEVICE" OUT="$OUT" \
-    VARIANTS="default= nchw=search.channels_last=false bf16=trainer.precision=bf16-mixed" \
+env $small GENERATIONS=2 LIMIT=${LIMIT:-100} DEVICE="$DEVICE" OUT="$OUT" \
+    VARIANTS="default= nchw=search.channels_last=false bf16=trainer.precision=bf16-mixed nchw_bf16=search.channels_last=false,trainer.precision=bf16-mixed" \
     bash experiments/gpu_variants.sh
 stamp "2/2 transfer recipe speed"
-timeout -k 5 180 $PY experiments/transfer_speed.py --device "$DEVICE" --steps 10 --warmup 3 ${TINY:+--tiny} \
+timeout -k 5 150 $PY experiments/transfer_speed.py --device "$DEVICE" --steps 10 --warmup 3 ${TINY:+--tiny} \
     --results "$OUT/transfer_speed.md" --json "$OUT/transfer_speed.json" > "$OUT/transfer_speed.txt" 2>&1
 echo "exit $?" >> "$OUT/transfer_speed.txt"
 grep -E "s/iter|exit|Error" "$OUT/transfer_speed.txt" | tail -n 6

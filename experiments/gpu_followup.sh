@@ -2,8 +2,8 @@
 # The GPU measurements still open after experiments/gpu_check.sh (one device call, under 9.5 minutes (4 x 100 + 150 s at most)
 # on one H200; set up the wheels and PYTHONPATH as in gpu_check.sh's header):
 #   1. (<= 4 x 100 s) steady-state search speed by setting through `python -m relnas.search`:
-#      experiments/gpu_variants.sh with POP=6 GENERATIONS=2 for the defaults (channels_last, fp32),
-#      NCHW, bf16 and NCHW + bf16; generation 2 is the like-for-like figure (about 20 s each on an
+#      experiments/gpu_variants.sh with POP=6 GENERATIONS=2 for the defaults (search.channels_last=auto:
+#      NCHW on a GPU; fp32), NHWC, bf16 and NHWC + bf16; generation 2 is the like-for-like figure (about 20 s each on an
 #      H200; generation 1 carries the ~16 s process warm-up)        -> $OUT/variants.md, $OUT/<name>.log
 #   2. (150 s) the transfer recipes' training speed and projected recipe time per GPU for the
 #      RelativeNAS backbone (experiments/transfer_speed.py)        -> $OUT/transfer_speed.md
@@ -25,7 +25,7 @@ else
     small="POP=6"
 fi
 env $small GENERATIONS=2 LIMIT=${LIMIT:-100} DEVICE="$DEVICE" OUT="$OUT" \
-    VARIANTS="default= nchw=search.channels_last=false bf16=trainer.precision=bf16-mixed nchw_bf16=search.channels_last=false,trainer.precision=bf16-mixed" \
+    VARIANTS="default= nhwc=search.channels_last=true bf16=trainer.precision=bf16-mixed nhwc_bf16=search.channels_last=true,trainer.precision=bf16-mixed" \
     bash experiments/gpu_variants.sh
 stamp "2/2 transfer recipe speed"
 timeout -k 5 150 $PY experiments/transfer_speed.py --device "$DEVICE" --steps 10 --warmup 3 ${TINY:+--tiny} \

@@ -21,7 +21,7 @@ GENERATIONS=${GENERATIONS:-2}
 C=${C:-16}
 LAYERS=${LAYERS:-8}
 LIMIT=${LIMIT:-75}
-VARIANTS=${VARIANTS:-"default= bf16=trainer.precision=bf16-mixed nchw=search.channels_last=false cudnn_bench=trainer.benchmark=true"}
+VARIANTS=${VARIANTS:-"default= bf16=trainer.precision=bf16-mixed nhwc=search.channels_last=true cudnn_bench=trainer.benchmark=true"}
 RUNS=${RUNS:-/tmp/relnas_gpu_variants}
 rm -rf "$RUNS"; mkdir -p "$RUNS"
 echo "| variant | overrides | exit | process s | s/candidate by generation |" > "$OUT/variants.md"

@@ -273,6 +273,7 @@ def test_diverging_candidate_loses_and_never_enters_the_weight_set(tmp_path, mon
     ("search.train_portion=1.5", "train_portion"),
     ("search.train_portion=0", "train_portion"),
     ("search.strategy=bogus", "unknown search.strategy"),
+    ("search.channels_last=maybe", "search.channels_last must be true, false or auto"),
     ("search.weight_set_update=sometimes", "weight_set_update"),
     ("search.executor=sometimes", "unknown search.executor"),
     ("search.executor=member_parallel", "member_parallel needs one process per member"),
@@ -353,3 +354,29 @@ def test_register_genotype_from_file(tmp_path):
     relnas.get_genotype("DARTS_V1").save(path)
     assert relnas.register_genotype("test_cell_from_file", path) == relnas.get_genotype("DARTS_V1")
     assert relnas.get_genotype("test_cell_from_file") == relnas.get_genotype("DARTS_V1")
+
+
+def test_channels_last_auto_is_nhwc_on_a_cpu_and_nchw_on_cuda(tmp_path):
+    from relnas.search.search_module import channels_last_for
+    from search_helpers import RecordingSearchModule
+
+    # the rule, written out: a bool is kept; auto is NHWC everywhere but on CUDA devices
+    assert [channels_last_for(v, d) for v, d in [(True, "cuda"), (False, "cpu"), ("auto", "cpu"), ("auto", "cuda")]] \
+        == [True, False, True, False]
+    with pytest.raises(ValueError, match="channels_last must be"):
+        channels_last_for("yes", "cpu")
+    # a search with the default (auto) on this CPU trains in NHWC: inputs and Omega's conv weights
+    RecordingSearchModule.instances.clear()
+    run_search(tiny_search_cfg(tmp_path, ["search.generations=1", "search.population_size=2",
+                                          "module._target_=search_helpers.RecordingSearchModule"]), tmp_path)
+    (module,) = RecordingSearchModule.instances
+    conv = [p for p in module.weight_set.parameters() if p.dim() == 4]
+    assert module.channels_last is True and conv and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)
+    # on a CUDA device auto switches the module and Omega to NCHW when the fit starts
+    ws = WeightSet(C=4, layers=3).to(memory_format=torch.channels_last)
+    m = SearchModule(ws, channels_last="auto")
+    m._device = torch.device("cuda", 0)  # what Lightning sets when it moves the module to a GPU
+    m.on_fit_start()
+    conv = [p for p in ws.parameters() if p.dim() == 4]
+    assert m.channels_last is False and all(p.is_contiguous() and not p.is_contiguous(memory_format=torch.channels_last)
+                                            for p in conv if p.shape[1] > 1 and p.shape[-1] > 1)  # else both

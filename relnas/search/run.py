@@ -35,6 +35,7 @@ from relnas.search.callback import SearchLoop
 from relnas.search.engine import STATE_FORMAT, SearchEngine, SearchSettings
 from relnas.search.executors import Executor, create_executor, executor_name, merge_order
 from relnas.search.recorders import OutputRecorder, recorders_for
+from relnas.search.search_module import channels_last_for
 from relnas.search.state import CheckpointError, load_state
 from relnas.search.strategies import Strategy
 from relnas.utils.console import ignore_library_warnings
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 STRATEGY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "strategy"
 # config keys that do not change what a search computes (may differ on resume); the executor
 # keys are replaced by what they mean for the result (search.merge)
-NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs",
+NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs", "search.channels_last",
                 "search.graph_warmup", "search.strategy", "search.executor", "search.weight_set_update",
                 "search.concurrent_pair", "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
 
@@ -118,6 +119,8 @@ def check_config(cfg: DictConfig) -> None:
             "candidates. To use several devices, run one process per device with "
             "search.executor=per_generation, e.g. `torchrun --nproc_per_node=4 -m relnas.search "
             "search.executor=per_generation` (see docs/scale_out.md)")
+    if s.get("channels_last", "auto") not in (True, False, "auto"):
+        raise ConfigError(f"search.channels_last must be true, false or auto, got {s.get('channels_last')!r}")
     if s.get("cuda_graphs", "auto") not in (True, False, "auto"):
         raise ConfigError(f"search.cuda_graphs must be true, false or auto, got {s.get('cuda_graphs')!r}")
     if s.get("cuda_graphs", "auto") is not False:
@@ -209,10 +212,15 @@ def _check_health(engine: SearchEngine, s: DictConfig) -> None:
         raise
 
 
+def _uses_cuda(cfg: DictConfig) -> bool:
+    """Whether the search's Trainer will run on a CUDA device (its accelerator setting)."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def _trainer_devices(cfg: DictConfig, dist: search_dist.DistContext) -> Dict[str, Any]:
     """One device per process: on GPUs the local rank's GPU."""
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    gpu = _uses_cuda(cfg)
     if dist.distributed and gpu and torch.cuda.device_count() > 0:
         index = dist.local_rank % torch.cuda.device_count()
         torch.cuda.set_device(index)
@@ -251,7 +259,7 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     engine = SearchEngine(strategy, weight_set, settings, executor, rng=np.random.default_rng(int(cfg.seed)))
     if resume_state is not None:
         engine.load_state_dict(resume_state)
-    if s.channels_last:
+    if channels_last_for(s.get("channels_last", "auto"), "cuda" if _uses_cuda(cfg) else "cpu"):
         weight_set.to(memory_format=torch.channels_last)
     plots = bool(s.get("plots", True))
 

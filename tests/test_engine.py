@@ -101,13 +101,19 @@ def _expected_after(omega, fast, slow, d_fast, d_slow):
     return out
 
 
-def test_sequential_order_and_merged_omega_by_hand():
-    engine, log = _engine(Sequential())
+def _one_generation_of_two_pairs(executor):
+    """An engine driven through one generation of two pairs: the engine, its event log, the Omega
+    each member found (``seen``) and the two pairs' members."""
+    engine, log = _engine(executor)
     _capture_jobs(engine)
     seen = {}
     _drive(engine, log, seen)
     jobs = engine.strategy.log_jobs
-    (a, b), (c, d) = jobs[0].members, jobs[1].members
+    return engine, log, seen, tuple(jobs[0].members), tuple(jobs[1].members)
+
+
+def test_sequential_order_and_merged_omega_by_hand():
+    engine, log, seen, (a, b), (c, d) = _one_generation_of_two_pairs(Sequential())
     # the order: ask, both members of pair 1, tell (and merge), pair 2, tell, end, record
     assert log == [("ask", 0), ("train", a), ("train", b), ("tell", 0), ("train", c), ("train", d), ("tell", 1),
                    ("end", 0), ("record", 1)]
@@ -132,12 +138,7 @@ def test_sequential_order_and_merged_omega_by_hand():
 
 
 def test_per_generation_every_pair_inherits_the_generation_start_omega():
-    engine, log = _engine(PerGeneration())
-    _capture_jobs(engine)
-    seen = {}
-    _drive(engine, log, seen)
-    jobs = engine.strategy.log_jobs
-    (a, b), (c, d) = jobs[0].members, jobs[1].members
+    engine, log, seen, (a, b), (c, d) = _one_generation_of_two_pairs(PerGeneration())
     assert log == [("ask", 0), ("train", a), ("train", b), ("train", c), ("train", d), ("tell", 0), ("tell", 1),
                    ("end", 0), ("record", 1)]
     zero = {k: torch.zeros_like(v) for k, v in engine.weight_set.tensors().items()}

@@ -25,7 +25,6 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from relnas.errors import ConfigError
@@ -35,10 +34,10 @@ from relnas.search.callback import SearchLoop
 from relnas.search.engine import STATE_FORMAT, SearchEngine, SearchSettings
 from relnas.search.executors import Executor, create_executor, executor_name, merge_order
 from relnas.search.recorders import OutputRecorder, recorders_for
-from relnas.search.search_module import channels_last_for
 from relnas.search.state import CheckpointError, load_state
 from relnas.search.strategies import Strategy
 from relnas.utils.console import ignore_library_warnings
+from relnas.utils.instantiate import configured
 from relnas.utils.loggers import close_loggers, configure_logger_cfg, logger_ids, run_identity
 
 log = logging.getLogger(__name__)
@@ -78,13 +77,7 @@ def resolve_config(cfg: DictConfig) -> DictConfig:
 
 def _build(node: DictConfig, what: str, **kwargs: Any) -> Any:
     """``instantiate(node, **kwargs)``; a constructor's ValueError/TypeError becomes a one-line ConfigError."""
-    try:
-        return hydra.utils.instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__ if e.__cause__ is not None else e
-        if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(f"{what} ({node.get('_target_')}): {cause}") from None
-        raise
+    return configured(f"{what} ({node.get('_target_')})", hydra.utils.instantiate, node, **kwargs)
 
 
 def build_strategy(cfg: DictConfig) -> Strategy:
@@ -259,8 +252,6 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     engine = SearchEngine(strategy, weight_set, settings, executor, rng=np.random.default_rng(int(cfg.seed)))
     if resume_state is not None:
         engine.load_state_dict(resume_state)
-    if channels_last_for(s.get("channels_last", "auto"), "cuda" if _uses_cuda(cfg) else "cpu"):
-        weight_set.to(memory_format=torch.channels_last)
     plots = bool(s.get("plots", True))
 
     if engine.done:

@@ -64,7 +64,7 @@ class SearchModule(L.LightningModule):
         self.weight_set = weight_set
         self.momentum, self.weight_decay, self.grad_clip = momentum, weight_decay, grad_clip
         self.channels_last_setting = channels_last
-        self.channels_last = channels_last_for(channels_last, "cpu")  # "auto" is decided again at fit start
+        self.channels_last = channels_last_for(channels_last, "cpu")  # decided again on the device at fit start
         self.arch: Optional[Arch] = None
         self.drop_prob = 0.0
         self.lr = 0.0
@@ -150,10 +150,9 @@ class SearchModule(L.LightningModule):
         return "cuda" if self.device.type == "cuda" else None
 
     def on_fit_start(self) -> None:
-        if self.channels_last_setting == "auto":
-            self.channels_last = channels_last_for("auto", self.device.type)
-            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-            self.weight_set.to(memory_format=fmt)
+        # the module owns Omega's memory format: decided here, where the device is known
+        self.channels_last = channels_last_for(self.channels_last_setting, self.device.type)
+        self.weight_set.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         if self.cuda_graphs is True and self.graph_backend is None and self.device.type != "cuda":
             log.warning("search.cuda_graphs=true has no effect on %s: the steps run eagerly", self.device)
 

@@ -25,6 +25,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from relnas.utils.instantiate import configured
 from relnas.utils.task import task
 
 log = logging.getLogger(__name__)
@@ -58,20 +59,6 @@ def task_class(cfg_task: Mapping[str, Any]):
     from relnas.transfer.tasks import get_task
 
     return get_task((cfg_task or {}).get("name"))
-
-
-def configured(what: str, build, *args, **kwargs):
-    """``build(*args, **kwargs)`` with a ValueError/TypeError of the task's own checks (a head that
-    cannot use the backbone's maps, a bad head or scheduler setting) turned into a one-line
-    :class:`relnas.errors.ConfigError` naming ``what``."""
-    from relnas.errors import ConfigError, RelnasError
-
-    try:
-        return build(*args, **kwargs)
-    except RelnasError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{what}: {' '.join(str(e).split())}") from None
 
 
 def build_task(cfg: DictConfig, num_classes: int, class_names, backbone=None):

@@ -22,7 +22,8 @@ def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str
                  input_size: Any = None) -> Dict[str, Any]:
     """Build the task network and return ``{task, backbone, num_classes, input_size, params_m,
     flops_m, note, extra}`` (``extra``: FLOPs at the task's ``extra_input_sizes``)."""
-    from relnas.transfer.__main__ import backbone_from_config, configured, task_class
+    from relnas.transfer.__main__ import backbone_from_config, task_class
+    from relnas.utils.instantiate import configured
     from relnas.transfer.tasks.base import _pair, model_cost
 
     task_cfg = dict(_plain(task_cfg) or {})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import hydra
 from hydra.errors import InstantiationException
@@ -29,6 +29,24 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
         if isinstance(cause, RelnasError):
             raise cause from None
         raise
+
+
+def configured(what: str, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``build(*args, **kwargs)`` (a constructor, a builder or ``hydra.utils.instantiate``) with the
+    ValueError/TypeError of its own argument checks turned into a one-line :class:`ConfigError`
+    that names ``what``. Through Hydra (``InstantiationException``) the constructor's error is the
+    cause; called directly, a :class:`RelnasError` passes unchanged."""
+    try:
+        return build(*args, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ if e.__cause__ is not None else e
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{what}: {' '.join(str(cause).split())}") from None
+        raise
+    except RelnasError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{what}: {' '.join(str(e).split())}") from None
 
 
 def is_rank_zero() -> bool:

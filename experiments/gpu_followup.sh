@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU measurements still open after experiments/gpu_check.sh (one device call, under 9.5 minutes (4 x 100 + 150 s at most)
-# on one H200; set up the wheels and PYTHONPATH as in gpu_check.sh's header):
-#   1. (<= 4 x 100 s) steady-state search speed by setting through `python -m relnas.search`:
+# The GPU measurements still open after experiments/gpu_check.sh (one device call, under 9.5 minutes (75 + 4 x 85 + 150 s
+# at most) on one H200; set up the wheels and PYTHONPATH as in gpu_check.sh's header):
+#   0. (<= 75 s) where a candidate's step spends its GPU time: kernels by kind for NCHW/NHWC x fp32/bf16
+#      (experiments/kernel_profile.py)                             -> $OUT/kernel_profile.md, .json, .txt
+#   1. (<= 4 x 85 s) steady-state search speed by setting through `python -m relnas.search`:
 #      experiments/gpu_variants.sh with POP=6 GENERATIONS=2 for the defaults (search.channels_last=auto:
 #      NCHW on a GPU; fp32), NHWC, bf16 and NHWC + bf16; generation 2 is the like-for-like figure (about 20 s each on an
 #      H200; generation 1 carries the ~16 s process warm-up)        -> $OUT/variants.md, $OUT/<name>.log
@@ -18,13 +20,23 @@ DEVICE=${DEVICE:-cuda}
 T0=$(date +%s)
 stamp() { echo "[gpu_followup +$(( $(date +%s) - T0 ))s] $*"; }
 
+stamp "0/2 kernel profile of one training step per setting"
+if [ -n "${TINY:-}" ]; then
+    kp_small="--batch 16 --C 4 --layers 3 --steps 1 --warmup 1 --candidates 1"
+else
+    kp_small=""
+fi
+timeout -k 5 75 $PY experiments/kernel_profile.py --device "$DEVICE" $kp_small \
+    --results "$OUT/kernel_profile.md" --json "$OUT/kernel_profile.json" > "$OUT/kernel_profile.txt" 2>&1
+echo "exit $?" >> "$OUT/kernel_profile.txt"
+grep -E "ms/step|exit|Error" "$OUT/kernel_profile.txt" | tail -n 6
 stamp "1/2 search settings, 2 generations each"
 if [ -n "${TINY:-}" ]; then
     small="NUM_TRAIN=64 POP=2 C=4 LAYERS=3"
 else
     small="POP=6"
 fi
-env $small GENERATIONS=2 LIMIT=${LIMIT:-100} DEVICE="$DEVICE" OUT="$OUT" \
+env $small GENERATIONS=2 LIMIT=${LIMIT:-85} DEVICE="$DEVICE" OUT="$OUT" \
     VARIANTS="default= nhwc=search.channels_last=true bf16=trainer.precision=bf16-mixed nhwc_bf16=search.channels_last=true,trainer.precision=bf16-mixed" \
     bash experiments/gpu_variants.sh
 stamp "2/2 transfer recipe speed"

@@ -75,3 +75,61 @@ def test_transfer_speed_times_the_composed_recipes(tmp_path):
     assert det["timed_steps"] == 1 and det["s_per_iter"] > 0
     assert det["recipe_hours"] == det["s_per_iter"] * 200 * 8276 / 3600
     assert "| detection | RelativeNAS | 2 x 96x96 |" in (tmp_path / "speed.md").read_text()
+
+
+def test_kernel_profile_kinds_of_real_kernel_names():
+    import kernel_profile
+
+    # kernel names as CUDA/cuDNN and PyTorch print them in a profile, with their kind read by hand
+    cases = {
+        "void at::native::(anonymous namespace)::conv_depthwise2d_grad_weight_kernel<float, int>(...)":
+            "depthwise weight-grad",
+        "void at::native::(anonymous namespace)::conv_depthwise2d_forward_kernel<3, float, int>(...)": "depthwise",
+        "sm90_xmma_wgrad_implicit_gemm_indexed_f32f32_tf32f32_f32_nhwckrsc_nhwc_tilesize64x64x32": "conv weight-grad",
+        "void cudnn::cnn::wgrad_alg0_engine<float, 128, 6, 7, 3, 3, 5, false, 512>(...)": "conv weight-grad",
+        "sm90_xmma_dgrad_implicit_gemm_f32f32_tf32f32_f32_nhwckrsc_nhwc_tilesize128x64x32": "conv data-grad",
+        "sm90_xmma_fprop_implicit_gemm_f32f32_tf32f32_f32_nhwckrsc_nhwc_tilesize128x64x32": "conv forward",
+        "void implicit_convolve_sgemm<float, float, 128, 5, 5, 3, 3, 3, 1, false, false, true>(...)": "conv forward",
+        "void cudnn::bn_bw_1C11_kernel_new<float, float, float2, 512, true, 1>(...)": "batchnorm",
+        "void at::native::batch_norm_backward_kernel<float, float, float, int>(...)": "batchnorm",
+        "void at::native::(anonymous namespace)::max_pool_backward_nhwc<float, float>(...)": "pooling",
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<...>>>(...)":
+            "reduction",
+        "Memcpy DtoD (Device -> Device)": "copy/layout",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<float, float, float, false, true, 0>(...)": "copy/layout",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::(anonymous namespace)::launch_clamp_scalar"
+        "(...)::{lambda(float)#1}, std::array<char*, 2ul> >(...)": "elementwise",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
+        "TensorListMetadata<3>, at::native::(anonymous namespace)::PointwiseOpScalarFunctor<float, 3, 2, 0>>(...)":
+            "elementwise",
+        "aten::convolution_backward": "conv backward (CPU: both)",
+        "aten::mkldnn_convolution": "conv forward",
+        "aten::native_batch_norm_backward": "batchnorm",
+        "ncclDevKernel_Generic": "other",
+    }
+    assert {name: kernel_profile.kind_of(name) for name in cases} == cases
+
+
+def test_kernel_profile_dry_run_on_cpu(tmp_path, capsys):
+    import json
+
+    import kernel_profile
+
+    md, js = tmp_path / "kp.md", tmp_path / "kp.json"
+    assert kernel_profile.main(["--device", "cpu", "--batch", "8", "--C", "4", "--layers", "3", "--steps", "1",
+                                "--warmup", "1", "--candidates", "1", "--settings", "nchw-fp32,nhwc-bf16",
+                                "--results", str(md), "--json", str(js)]) == 0
+    rows = json.loads(js.read_text())
+    assert [(r["layout"], r["precision"]) for r in rows] == [("nchw", "fp32"), ("nhwc", "bf16")]
+    for r in rows:
+        # one step of a cell network runs convolutions forward and backward and BatchNorm
+        assert {"conv forward", "conv backward (CPU: both)", "batchnorm"} <= set(r["by_kind_ms"])
+        assert r["kernels_per_step"] > 100 and 0 < r["kernel_ms_per_step"]
+    assert "| nhwc bf16 |" in md.read_text()
+    try:
+        kernel_profile.main(["--device", "cpu", "--settings", "nchw-fp16"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("a bad --settings entry must stop the script")
+    assert "nchw-fp16" in capsys.readouterr().err

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench_search import _VIEW_OPS  # noqa: E402  (views and allocations: not work of their own)
 from relnas.search import encoding  # noqa: E402
 from relnas.search.weight_set import WeightSet  # noqa: E402
 from relnas.utils.io import append_markdown  # noqa: E402
@@ -130,12 +131,6 @@ def profile_setting(args, device: torch.device, layout: str, precision: str) -> 
         "by_kind_ms": {k: v / steps / 1000 for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
         "top": [(n, v / steps / 1000) for n, v in Counter(by_name).most_common(args.top)],
     }
-
-
-_VIEW_OPS = {"aten::empty", "aten::empty_strided", "aten::view", "aten::as_strided", "aten::resize_", "aten::detach",
-             "aten::alias", "aten::unsqueeze", "aten::expand", "aten::permute", "aten::select", "aten::slice", "aten::t",
-             "aten::transpose", "aten::reshape", "aten::_reshape_alias", "aten::squeeze", "aten::lift_fresh",
-             "aten::result_type"}
 
 
 def leaf_times(prof, cuda: bool):

@@ -56,6 +56,24 @@ def test_default_boxes_count_and_order(ssd320):
     torch.testing.assert_close(boxes[120], torch.tensor(box(8, 24, 60, 60)), atol=1e-3, rtol=0)
     # the 10x10 map starts at index 2400 with centre 16,16 and scale 105 px
     torch.testing.assert_close(boxes[2400], torch.tensor(box(16, 16, 105, 105)), atol=1e-3, rtol=0)
+    # the small maps keep the authors' steps 100, 150, 300 px (ssdlite_config.py), not 320 / cells:
+    # the 3x3 map (from index 6 * 525 = 3150, scale 195 px) has centres 50, 150, 250; the 1x1 map
+    # (the last 6 boxes, scale 285 px) its centre at 150, not 160
+    torch.testing.assert_close(boxes[3150], torch.tensor(box(50, 50, 195, 195)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(boxes[3156], torch.tensor(box(150, 50, 195, 195)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(boxes[3228], torch.tensor(box(150, 150, 285, 285)), atol=1e-3, rtol=0)
+
+
+def test_other_input_sizes_spread_the_centres_evenly():
+    from torchvision.models.detection.image_list import ImageList
+
+    net = build_ssdlite(build_backbone("RelativeNAS", C=8, layers=5), 21, input_size=64)
+    feats = [torch.zeros(1, 1, n, n) for n in (4, 2, 1, 1, 1, 1)]
+    boxes = net.anchor_generator(ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)]), feats)[0]
+    # 4x4 map: centres every 16 px from 8; a 1x1 map: the image centre (scales: 60/320 of 64 = 12 px)
+    torch.testing.assert_close(boxes[0], torch.tensor([8 - 6, 8 - 6, 8 + 6, 8 + 6.0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(boxes[6], torch.tensor([24 - 6, 8 - 6, 24 + 6, 8 + 6.0]), atol=1e-3, rtol=0)
+    assert boxes[-6:, :2].add(boxes[-6:, 2:]).div(2).sub(32).abs().max() < 1e-3
 
 
 def test_box_coder_hand_case_and_round_trip(ssd320):
@@ -77,7 +95,7 @@ def test_box_coder_hand_case_and_round_trip(ssd320):
 def test_whole_model_parameter_count_mobilenet_v2():
     from relnas.transfer.inspect import inspect_task
 
-    info = inspect_task({"name": "detection", "model": {"input_size": 320}}, {"name": "mobilenet_v2"})
+    info = inspect_task({"name": "detection", "model": {"input_size": 320}}, {"name": "mobilenet_v2"}, flops=False)
     backbone = 3_504_872 - (1280 * 1000 + 1000)  # torchvision MobileNetV2 without its classifier
 
     def inverted_residual(i, o, r):
@@ -86,10 +104,12 @@ def test_whole_model_parameter_count_mobilenet_v2():
 
     extras = (inverted_residual(1280, 512, 0.2) + inverted_residual(512, 256, 0.25)
               + inverted_residual(256, 256, 0.5) + inverted_residual(256, 64, 0.25))
-    # SSDLite head per map (C channels, 6 boxes, 21 classes): 3x3 depthwise + BN, then a 1x1 conv with
-    # bias, once for the class scores (6 * 21) and once for the box offsets (6 * 4)
-    head = sum(2 * (9 * c + 2 * c) + c * 126 + 126 + c * 24 + 24 for c in (96, 1280, 512, 256, 256, 64))
-    assert info["params"] == backbone + extras + head
+    # the authors' SSDLite head (ssd_mobile.py, SeperableConv2d) per map (C channels, 6 boxes, 21 classes):
+    # 3x3 depthwise with bias + BN, then a 1x1 conv with bias; on the last map (64 channels) a 1x1 conv
+    # alone; once for the class scores (6 * 21) and once for the box offsets (6 * 4)
+    head = sum(2 * (9 * c + c + 2 * c) + c * 126 + 126 + c * 24 + 24 for c in (96, 1280, 512, 256, 256))
+    head += 64 * 126 + 126 + 64 * 24 + 24
+    assert info["params"] == backbone + extras + head == 3_304_708  # the authors' model, counted in their code
     assert info["input_size"] == [320, 320] and info["num_classes"] == 21
 
 

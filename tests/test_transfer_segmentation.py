@@ -249,8 +249,8 @@ def test_bisenet_outputs_and_head_size():
     arm = lambda cin: cbr(cin, 128, 3) + 128 * 128 + 2 * 128  # 3x3 CBR, 1x1 conv, BN
     context = arm(96) + arm(320) + cbr(320, 128, 1) + 2 * cbr(128, 128, 3)
     ffm = cbr(256, 256, 1) + 256 * 64 + 64 * 256
-    head = cbr(256, 256, 3) + 256 * 19 + 19
-    aux = 2 * (cbr(128, 64, 3) + 64 * 19 + 19)
+    head = cbr(256, 256, 3) + 256 * 19  # the class conv has no bias (the authors' BiSeNetOutput)
+    aux = 2 * (cbr(128, 64, 3) + 64 * 19)
     n_head = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("backbone."))
     assert n_head == spatial + context + ffm + head + aux
     assert sum(p.numel() for p in net.aux_heads.parameters()) == aux

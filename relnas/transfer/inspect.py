@@ -19,9 +19,10 @@ def _plain(node: Any) -> Any:
 
 
 def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str, Any]],
-                 input_size: Any = None) -> Dict[str, Any]:
+                 input_size: Any = None, flops: bool = True) -> Dict[str, Any]:
     """Build the task network and return ``{task, backbone, num_classes, input_size, params_m,
-    flops_m, note, extra}`` (``extra``: FLOPs at the task's ``extra_input_sizes``)."""
+    flops_m, note, extra}`` (``extra``: FLOPs at the task's ``extra_input_sizes``). With
+    ``flops=False`` no forward pass is run and ``flops_m`` is ``None`` (parameters only)."""
     from relnas.transfer.__main__ import backbone_from_config, task_class
     from relnas.utils.instantiate import configured
     from relnas.transfer.tasks.base import _pair, model_cost
@@ -44,9 +45,9 @@ def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str
     model = configured(f"task.model ({cls.task_name})", cls.build_model, backbone, n, **model_cfg)
     module = configured(f"task ({cls.task_name})", cls, model=model, num_classes=n, input_size=size,
                         backbone_info=backbone.describe(), **dict(task_cfg.get("module") or {}))
-    cost = model_cost(module, size)
+    cost = model_cost(module, size, flops=flops)
     extra = {}
-    for s in getattr(cls, "extra_input_sizes", ()) or ():
+    for s in (getattr(cls, "extra_input_sizes", ()) or ()) if flops else ():
         if tuple(_pair(s)) != tuple(size):
             e = model_cost(module, s)
             extra[f"flops_m_{e['input_size'][0]}x{e['input_size'][1]}"] = e["flops_m"]

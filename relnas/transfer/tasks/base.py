@@ -232,10 +232,17 @@ def count_flops(forward: Callable[[torch.Tensor], Any], input_size: Sequence[int
     return int(counter.get_total_flops()) // 2
 
 
-def model_cost(module: "TransferModule", input_size: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+def model_cost(module: "TransferModule", input_size: Optional[Sequence[int]] = None,
+               flops: bool = True) -> Dict[str, Any]:
     """``{params, params_m, flops, flops_m, input_size}`` of a task module's network at
-    ``input_size`` (default: the paper's), in eval mode."""
+    ``input_size`` (default: the paper's), in eval mode; ``flops=False`` skips the forward pass
+    (``flops`` and ``flops_m`` are then ``None``)."""
     size = _pair(input_size if input_size is not None else module.paper_input_size)
+    params = int(module.inference_parameters()) if hasattr(module, "inference_parameters") else \
+        count_parameters(module.model)
+    if not flops:
+        return {"params": params, "params_m": round(params / 1e6, 4), "flops": None, "flops_m": None,
+                "input_size": list(size)}
     was = module.training
     module.eval()
     try:
@@ -244,13 +251,11 @@ def model_cost(module: "TransferModule", input_size: Optional[Sequence[int]] = N
             device, dtype = p.device, p.dtype
         except StopIteration:
             device, dtype = torch.device("cpu"), torch.float32
-        flops = count_flops(module.profile_forward, size, device=device, dtype=dtype)
+        n_flops = count_flops(module.profile_forward, size, device=device, dtype=dtype)
     finally:
         module.train(was)
-    params = int(module.inference_parameters()) if hasattr(module, "inference_parameters") else \
-        count_parameters(module.model)
-    return {"params": params, "params_m": round(params / 1e6, 4), "flops": flops,
-            "flops_m": round(flops / 1e6, 2), "input_size": list(size)}
+    return {"params": params, "params_m": round(params / 1e6, 4), "flops": n_flops,
+            "flops_m": round(n_flops / 1e6, 2), "input_size": list(size)}
 
 
 # ---------------------------------------------------------------------- pictures and results

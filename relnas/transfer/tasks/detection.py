@@ -1,12 +1,20 @@
-"""Object detection with SSDLite (torchvision's ``SSD``, ``SSDLiteHead``, ``DefaultBoxGenerator``).
+"""Object detection with SSDLite (torchvision's ``SSD``, SSDLite head, ``DefaultBoxGenerator``).
 
-The network, as the authors built it: the backbone's stride-16 and stride-32 maps, then four
-stride-2 inverted-residual blocks (MobileNetV2 blocks: 1x1 expansion, 3x3 depthwise, 1x1
-projection; 512, 256, 256 and 64 channels with expansion ratios 0.2, 0.25, 0.5, 0.25 of their
-input), 6 maps in all (20, 10, 5, 3, 2, 1 cells at 320x320), an SSDLite head (3x3 depthwise +
-1x1 conv per map for class scores and box offsets) and 6 default boxes per location: scales
-``s_k`` (60/320 .. 285/320 on the six maps, 330/320 closing the list), a square of side ``s_k``,
-one of ``sqrt(s_k s_{k+1})`` and rectangles of aspect ratio 2, 1/2, 3, 1/3 of area ``s_k^2``.
+The network, as the authors built it (their SSDLite code, EMI-Group/TransferLearning-Tasks,
+``SSDLite/vision/ssd/ssd_mobile.py`` and ``config/ssdlite_config.py``): the backbone's stride-16
+and stride-32 maps, then four stride-2 inverted-residual blocks (MobileNetV2 blocks: 1x1
+expansion, 3x3 depthwise, 1x1 projection; 512, 256, 256 and 64 channels with expansion ratios
+0.2, 0.25, 0.5, 0.25 of their input), 6 maps in all (20, 10, 5, 3, 2, 1 cells at 320x320), an
+SSDLite head and 6 default boxes per location: scales ``s_k`` (60/320 .. 285/320 on the six maps,
+330/320 closing the list), a square of side ``s_k``, one of ``sqrt(s_k s_{k+1})`` and rectangles
+of aspect ratio 2, 1/2, 3, 1/3 of area ``s_k^2``, centred every 16, 32, 64, 100, 150 and 300 pixels
+on a 320x320 input (the authors' steps; other input sizes space the centres evenly).
+
+The head (``head="authors"``, :class:`SeparableSSDLiteHead`) is the authors': on each map but the
+last, a 3x3 depthwise conv with bias + BatchNorm + ReLU6 + a 1x1 conv, on the last (1x1, 64
+channels) a plain 1x1 conv, once for the class scores and once for the box offsets; with these,
+the whole model has the authors' parameter count exactly. ``head="torchvision"`` takes
+torchvision's ``SSDLiteHead`` instead (no depthwise bias; a separable block on the last map too).
 Training loss, box coding (weights 10, 10, 5, 5), hard-negative mining (3:1) and NMS are
 torchvision's SSD. Metric: VOC07 11-point mAP (:mod:`relnas.transfer.metrics.voc_ap`).
 """
@@ -34,7 +42,6 @@ class SSDLiteFeatures(nn.Module):
     def __init__(self, backbone: nn.Module, extra_channels: Sequence[int] = (512, 256, 256, 64),
                  extra_expand_ratios: Sequence[float] = (0.2, 0.25, 0.5, 0.25)):
         super().__init__()
-        from torchvision.models.detection.ssdlite import _normal_init
         from torchvision.models.mobilenetv2 import InvertedResidual
 
         info = getattr(backbone, "feature_info", None)
@@ -54,7 +61,7 @@ class SSDLiteFeatures(nn.Module):
             blocks.append(InvertedResidual(int(c_in), int(c), stride=2, expand_ratio=float(r)))
             c_in = int(c)
         self.extra = nn.ModuleList(blocks)
-        _normal_init(self.extra)
+        xavier_init(self.extra)
         self.out_channels = [int(c16), int(c32), *[int(c) for c in extra_channels]]
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
@@ -67,31 +74,91 @@ class SSDLiteFeatures(nn.Module):
         return OrderedDict((str(i), m) for i, m in enumerate(maps))
 
 
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-uniform weights for every convolution in ``module`` (biases keep PyTorch's default),
+    as the authors initialise their SSDLite extras and heads."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+
+
+def _separable_predictor(c_in: int, c_out: int, last: bool) -> nn.Module:
+    if last:  # the 1x1 map: a plain 1x1 conv
+        return nn.Conv2d(c_in, c_out, 1)
+    return nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in), nn.BatchNorm2d(c_in),
+                         nn.ReLU6(inplace=True), nn.Conv2d(c_in, c_out, 1))
+
+
+class SeparableSSDLiteHead(nn.Module):
+    """The authors' SSDLite head with torchvision's interface (``classification_head`` and
+    ``regression_head``, each an ``SSDScoringHead``; ``forward`` returns ``bbox_regression`` and
+    ``cls_logits``), so torchvision's ``SSD`` trains and decodes it: per map but the last, 3x3
+    depthwise conv (with bias) + BatchNorm + ReLU6 + 1x1 conv; on the last map a 1x1 conv."""
+
+    def __init__(self, in_channels: Sequence[int], num_anchors: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        from torchvision.models.detection.ssd import SSDScoringHead
+
+        def column(per_anchor: int) -> nn.ModuleList:
+            n = len(in_channels)
+            return nn.ModuleList(_separable_predictor(int(c), int(a) * per_anchor, k == n - 1)
+                                 for k, (c, a) in enumerate(zip(in_channels, num_anchors)))
+
+        self.classification_head = SSDScoringHead(column(int(num_classes)), int(num_classes))
+        self.regression_head = SSDScoringHead(column(4), 4)
+        xavier_init(self)
+
+    def forward(self, x: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {"bbox_regression": self.regression_head(x), "cls_logits": self.classification_head(x)}
+
+
+# the authors' centre spacing (pixels) of the default boxes on the six maps of a 320x320 input
+AUTHORS_STEPS_320 = (16, 32, 64, 100, 150, 300)
+HEADS = ("authors", "torchvision")
+
+
 def build_ssdlite(backbone: nn.Module, num_classes: int, input_size: int | Sequence[int] = 320,
                   extra_channels: Sequence[int] = (512, 256, 256, 64),
                   extra_expand_ratios: Sequence[float] = (0.2, 0.25, 0.5, 0.25),
                   aspect_ratios: Sequence[float] = (2, 3),
                   scales: Sequence[float] = (0.1875, 0.328125, 0.46875, 0.609375, 0.75, 0.890625, 1.03125),
+                  steps_320: Optional[Sequence[float]] = AUTHORS_STEPS_320, head: str = "authors",
                   score_thresh: float = 0.01, nms_thresh: float = 0.45, detections_per_img: int = 200,
                   topk_candidates: int = 400, image_mean: Sequence[float] = IMAGENET_MEAN,
                   image_std: Sequence[float] = IMAGENET_STD):
-    """torchvision ``SSD`` with an SSDLite head on ``backbone`` (see the module docstring)."""
+    """torchvision ``SSD`` with an SSDLite head on ``backbone`` (see the module docstring).
+
+    ``steps_320``: the default-box centre spacing in pixels per map, applied when the input is
+    320x320 (the maps are then 20, 10, 5, 3, 2, 1 cells; the authors' 100/150/300 on the last three
+    are not 320 / cells); ``None``, or any other input size: centres spread evenly over the image.
+    ``head``: ``"authors"`` (:class:`SeparableSSDLiteHead`) or ``"torchvision"`` (``SSDLiteHead``)."""
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
     from torchvision.models.detection.ssd import SSD
     from torchvision.models.detection.ssdlite import SSDLiteHead
 
+    if head not in HEADS:
+        raise ValueError(f"unknown SSDLite head {head!r}; known: {', '.join(HEADS)}")
     features = SSDLiteFeatures(backbone, extra_channels, extra_expand_ratios)
     n_maps = len(features.out_channels)
     if len(scales) != n_maps + 1:
         raise ValueError(f"scales needs {n_maps + 1} values for {n_maps} feature maps (the last closes the list), "
                          f"got {len(scales)}")
-    anchors = DefaultBoxGenerator([list(aspect_ratios) for _ in range(n_maps)], scales=[float(s) for s in scales])
-    head = SSDLiteHead(features.out_channels, anchors.num_anchors_per_location(), int(num_classes),
-                       partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
     size = _pair(input_size)
+    steps = None
+    if steps_320 is not None and size == (320, 320):
+        if len(steps_320) != n_maps:
+            raise ValueError(f"steps_320 needs one value per feature map ({n_maps}), got {list(steps_320)}")
+        steps = [float(s) for s in steps_320]
+    anchors = DefaultBoxGenerator([list(aspect_ratios) for _ in range(n_maps)], scales=[float(s) for s in scales],
+                                  steps=steps)
+    if head == "authors":
+        predictor = SeparableSSDLiteHead(features.out_channels, anchors.num_anchors_per_location(), int(num_classes))
+    else:
+        predictor = SSDLiteHead(features.out_channels, anchors.num_anchors_per_location(), int(num_classes),
+                                partial(nn.BatchNorm2d, eps=0.001, momentum=0.03))
     return SSD(features, anchors, size, int(num_classes), image_mean=list(image_mean), image_std=list(image_std),
-               head=head, score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
-               topk_candidates=topk_candidates)
+               head=predictor, score_thresh=score_thresh, nms_thresh=nms_thresh,
+               detections_per_img=detections_per_img, topk_candidates=topk_candidates)
 
 
 def _pair(s: Any) -> Tuple[int, int]:

@@ -94,8 +94,11 @@ class FeatureFusion(nn.Module):
 
 
 class SegmentationHead(nn.Sequential):
+    """3x3 conv-BN-ReLU to ``mid`` channels, then a 1x1 conv to the class scores without a bias, as
+    the authors' BiSeNet builds its outputs (so the parameter counts agree with theirs)."""
+
     def __init__(self, cin: int, mid: int, num_classes: int) -> None:
-        super().__init__(ConvBNReLU(cin, mid, 3), nn.Conv2d(mid, num_classes, 1, bias=True))
+        super().__init__(ConvBNReLU(cin, mid, 3), nn.Conv2d(mid, num_classes, 1, bias=False))
 
 
 class BiSeNet(nn.Module):

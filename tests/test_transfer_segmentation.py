@@ -301,3 +301,67 @@ def test_cli_missing_cityscapes_is_one_line(tmp_path):
     last = [l for l in r.stderr.strip().splitlines() if l.strip()][-1]
     assert "leftImg8bit/train" in last and "gtFine" in last, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------- the authors' variants
+
+def test_ohem_min_kept_of_all_pixels_ranks_ignored_pixels_at_zero():
+    # 48 pixels: 32 labelled (one hard, p=0.5; 31 easy, p=0.9) and 16 ignored
+    p = [0.5] + [0.9] * 31 + [0.01] * 16
+    logits = _two_class_logits(p, [0] * 48)
+    target = torch.tensor([0] * 32 + [255] * 16).reshape(1, 1, -1)
+    easy = -math.log(0.9)
+    # valid: n_min = 32 // 16 = 2 -> the two largest labelled losses
+    assert ohem_cross_entropy(logits, target).item() == pytest.approx((math.log(2) + easy) / 2, abs=1e-9)
+    # all (the authors'): n_min = 48 // 16 = 3 -> the three largest of all 48, ignored ones at 0
+    assert ohem_cross_entropy(logits, target, min_kept_of="all").item() == pytest.approx(
+        (math.log(2) + 2 * easy) / 3, abs=1e-9)
+    # few labelled pixels: 2 easy ones among 48 -> n_min 3 takes one ignored pixel's 0 into the mean
+    target = torch.tensor([0] * 2 + [255] * 46).reshape(1, 1, -1)
+    logits = _two_class_logits([0.9] * 2 + [0.01] * 46, [0] * 48)
+    assert ohem_cross_entropy(logits, target, min_kept_of="all").item() == pytest.approx(2 * easy / 3, abs=1e-9)
+    assert ohem_cross_entropy(logits, target).item() == pytest.approx(easy, abs=1e-9)
+    with pytest.raises(ValueError, match="min_kept_of"):
+        ohem_cross_entropy(logits, target, min_kept_of="some")
+
+
+def test_authors_activation_and_upsampling():
+    torch.manual_seed(0)
+    relu = BiSeNet(_FakeBackbone(16, 32), (16, 32), num_classes=5, tap_keys=("stride16", "stride32"))
+    leaky = BiSeNet(_FakeBackbone(16, 32), (16, 32), num_classes=5, tap_keys=("stride16", "stride32"),
+                    activation="leaky_relu", align_corners=True)
+    assert sum(p.numel() for p in relu.parameters()) == sum(p.numel() for p in leaky.parameters())
+    acts = [m for m in leaky.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+    # every Conv-BN-activation block leaks (slope 0.01); the fusion attention keeps its plain ReLU
+    assert sum(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.01 for m in acts) == len(acts) - 1
+    assert not any(isinstance(m, nn.LeakyReLU) for m in relu.modules())
+    # align_corners=True: output pixel 9 of 64 samples source pixel 9 * 7 / 63 = 1 of the 8-pixel logits exactly
+    x = torch.randn(1, 3, 64, 64)
+    for net, exact in ((leaky, True), (relu, False)):
+        net.eval()
+        low = {}
+        net.head.register_forward_hook(lambda m, i, o: low.setdefault("logits", o))
+        with torch.no_grad():
+            out = net(x)
+        assert low["logits"].shape[-2:] == (8, 8)
+        same = torch.allclose(out[0, :, 9, 9], low["logits"][0, :, 1, 1], atol=1e-6)
+        assert same == exact
+    with pytest.raises(ValueError, match="leaky_relu"):
+        BiSeNet(_FakeBackbone(16, 32), (16, 32), activation="gelu")
+
+
+def test_authors_variant_from_the_config():
+    from relnas.transfer.__main__ import backbone_from_config
+    from relnas.transfer.tasks.segmentation import SegmentationModule
+    from relnas.utils.compose import compose_config
+
+    cfg = compose_config("transfer", ["+experiment=cityscapes_bisenet", "backbone.C=8", "backbone.layers=5",
+                                      "task.model.activation=leaky_relu", "task.model.align_corners=true",
+                                      "task.module.ohem_min_kept_of=all"])
+    model = SegmentationModule.build_model(backbone_from_config(cfg.backbone), 19, **cfg.task.model)
+    module = SegmentationModule(model, 19, **cfg.task.module)
+    assert model.align_corners is True and any(isinstance(m, nn.LeakyReLU) for m in model.head.modules())
+    assert module.criterion.min_kept_of == "all"
+    default = compose_config("transfer", ["+experiment=cityscapes_bisenet"])
+    assert (default.task.model.activation, default.task.model.align_corners,
+            default.task.module.ohem_min_kept_of) == ("relu", False, "valid")

@@ -32,24 +32,35 @@ __all__ = [
 ]
 
 
+ACTIVATIONS = ("relu", "leaky_relu")
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "leaky_relu":  # the authors' in-place activated BatchNorm's default (slope 0.01)
+        return nn.LeakyReLU(0.01, inplace=True)
+    raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+
+
 class ConvBNReLU(nn.Sequential):
-    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, act: str = "relu") -> None:
         super().__init__(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+                         _activation(act))
 
 
 class SpatialPath(nn.Sequential):
     """Three stride-2 convolutions (stride 8 in all) and a 1x1 projection to ``out_channels``."""
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 128) -> None:
-        super().__init__(ConvBNReLU(in_channels, 64, 7, 2), ConvBNReLU(64, 64, 3, 2),
-                         ConvBNReLU(64, 64, 3, 2), ConvBNReLU(64, out_channels, 1))
+    def __init__(self, in_channels: int = 3, out_channels: int = 128, act: str = "relu") -> None:
+        super().__init__(ConvBNReLU(in_channels, 64, 7, 2, act), ConvBNReLU(64, 64, 3, 2, act),
+                         ConvBNReLU(64, 64, 3, 2, act), ConvBNReLU(64, out_channels, 1, act=act))
 
 
 class AttentionRefinement(nn.Module):
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, act: str = "relu") -> None:
         super().__init__()
-        self.conv = ConvBNReLU(cin, cout, 3)
+        self.conv = ConvBNReLU(cin, cout, 3, act=act)
         self.attention = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cout, cout, 1, bias=False),
                                        nn.BatchNorm2d(cout), nn.Sigmoid())
 
@@ -62,13 +73,13 @@ class ContextPath(nn.Module):
     """Refines the backbone's stride-16 and stride-32 maps; returns the context at stride 8 and
     at stride 16 (both ``channels`` wide)."""
 
-    def __init__(self, in16: int, in32: int, channels: int = 128) -> None:
+    def __init__(self, in16: int, in32: int, channels: int = 128, act: str = "relu") -> None:
         super().__init__()
-        self.arm16 = AttentionRefinement(in16, channels)
-        self.arm32 = AttentionRefinement(in32, channels)
-        self.global_context = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(in32, channels, 1))
-        self.head32 = ConvBNReLU(channels, channels, 3)
-        self.head16 = ConvBNReLU(channels, channels, 3)
+        self.arm16 = AttentionRefinement(in16, channels, act)
+        self.arm32 = AttentionRefinement(in32, channels, act)
+        self.global_context = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(in32, channels, 1, act=act))
+        self.head32 = ConvBNReLU(channels, channels, 3, act=act)
+        self.head16 = ConvBNReLU(channels, channels, 3, act=act)
 
     def forward(self, f16: torch.Tensor, f32: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         g = self.global_context(f32)  # (N, C, 1, 1), broadcast over the stride-32 map
@@ -81,9 +92,9 @@ class ContextPath(nn.Module):
 
 
 class FeatureFusion(nn.Module):
-    def __init__(self, cin: int, cout: int, reduction: int = 4) -> None:
+    def __init__(self, cin: int, cout: int, reduction: int = 4, act: str = "relu") -> None:
         super().__init__()
-        self.conv = ConvBNReLU(cin, cout, 1)
+        self.conv = ConvBNReLU(cin, cout, 1, act=act)
         self.attention = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Conv2d(cout, cout // reduction, 1, bias=False), nn.ReLU(inplace=True),
             nn.Conv2d(cout // reduction, cout, 1, bias=False), nn.Sigmoid())
@@ -97,8 +108,8 @@ class SegmentationHead(nn.Sequential):
     """3x3 conv-BN-ReLU to ``mid`` channels, then a 1x1 conv to the class scores without a bias, as
     the authors' BiSeNet builds its outputs (so the parameter counts agree with theirs)."""
 
-    def __init__(self, cin: int, mid: int, num_classes: int) -> None:
-        super().__init__(ConvBNReLU(cin, mid, 3), nn.Conv2d(mid, num_classes, 1, bias=False))
+    def __init__(self, cin: int, mid: int, num_classes: int, act: str = "relu") -> None:
+        super().__init__(ConvBNReLU(cin, mid, 3, act=act), nn.Conv2d(mid, num_classes, 1, bias=False))
 
 
 class BiSeNet(nn.Module):
@@ -108,12 +119,19 @@ class BiSeNet(nn.Module):
 
     ``forward`` returns the main logits (N, num_classes, H, W) in eval mode and
     ``(main, aux16, aux32)`` in training mode, all at the input's resolution.
+
+    ``activation``: of every Conv-BN-activation block, ``"relu"`` (the BiSeNet paper) or
+    ``"leaky_relu"`` (slope 0.01, the authors' transfer code); ``align_corners``: of the bilinear
+    upsampling of the outputs (the authors': ``True``).
     """
 
     def __init__(self, backbone: nn.Module, in_channels: Sequence[int], num_classes: int = 19,
                  context_channels: int = 128, fusion_channels: int = 256, aux_channels: int = 64,
-                 auxiliary: bool = True, tap_keys: Optional[Sequence[str]] = None) -> None:
+                 auxiliary: bool = True, tap_keys: Optional[Sequence[str]] = None, activation: str = "relu",
+                 align_corners: bool = False) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown BiSeNet activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
         if len(in_channels) != 2:
             raise ValueError(f"BiSeNet needs the backbone's stride-16 and stride-32 channels, got {list(in_channels)}")
         if num_classes < 1:
@@ -121,12 +139,14 @@ class BiSeNet(nn.Module):
         self.backbone = backbone
         self.tap_keys = tuple(tap_keys) if tap_keys is not None else None
         self.num_classes = int(num_classes)
-        self.spatial_path = SpatialPath(3, context_channels)
-        self.context_path = ContextPath(int(in_channels[0]), int(in_channels[1]), context_channels)
-        self.fusion = FeatureFusion(2 * context_channels, fusion_channels)
-        self.head = SegmentationHead(fusion_channels, fusion_channels, num_classes)
+        self.align_corners = bool(align_corners)
+        act = activation
+        self.spatial_path = SpatialPath(3, context_channels, act)
+        self.context_path = ContextPath(int(in_channels[0]), int(in_channels[1]), context_channels, act)
+        self.fusion = FeatureFusion(2 * context_channels, fusion_channels, act=act)
+        self.head = SegmentationHead(fusion_channels, fusion_channels, num_classes, act)
         self.aux_heads = nn.ModuleList(
-            [SegmentationHead(context_channels, aux_channels, num_classes) for _ in range(2)]) if auxiliary else None
+            [SegmentationHead(context_channels, aux_channels, num_classes, act) for _ in range(2)]) if auxiliary else None
         self._init_head()
 
     def _init_head(self) -> None:
@@ -154,32 +174,44 @@ class BiSeNet(nn.Module):
         sp = self.spatial_path(x)
         if sp.shape[-2:] != c8.shape[-2:]:  # odd input sizes: align the stride-8 maps
             c8 = F.interpolate(c8, size=sp.shape[-2:], mode="bilinear", align_corners=False)
-        main = F.interpolate(self.head(self.fusion(sp, c8)), size=size, mode="bilinear", align_corners=False)
+        ac = self.align_corners
+        main = F.interpolate(self.head(self.fusion(sp, c8)), size=size, mode="bilinear", align_corners=ac)
         if not self.training or self.aux_heads is None:
             return main
-        aux = [F.interpolate(h(c), size=size, mode="bilinear", align_corners=False)
+        aux = [F.interpolate(h(c), size=size, mode="bilinear", align_corners=ac)
                for h, c in zip(self.aux_heads, (c8, c16))]
         return (main, *aux)
 
 
+OHEM_MIN_KEPT_OF = ("valid", "all")
+
+
 def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7,
-                       min_kept_fraction: float = 1.0 / 16, ignore_index: int = 255) -> torch.Tensor:
+                       min_kept_fraction: float = 1.0 / 16, ignore_index: int = 255,
+                       min_kept_of: str = "valid") -> torch.Tensor:
     """Online hard-example mining cross-entropy.
 
     Per-pixel cross-entropy (``ignore_index`` pixels excluded); the mean over the pixels whose
     loss exceeds ``-log(thresh)`` (predicted probability of the true class below ``thresh``), or,
-    when fewer than ``min_kept_fraction`` of the valid pixels are that hard, over the
-    ``floor(min_kept_fraction * n_valid)`` largest losses."""
+    when fewer than ``n_min`` pixels are that hard, over the ``n_min`` largest losses.
+    ``min_kept_of="valid"``: ``n_min = floor(min_kept_fraction * labelled pixels)``;
+    ``"all"`` (the authors' code): ``floor(min_kept_fraction * all pixels of the batch)``, the
+    ignored pixels taking part in the ranking with loss 0."""
+    if min_kept_of not in OHEM_MIN_KEPT_OF:
+        raise ValueError(f"unknown OHEM min_kept_of {min_kept_of!r}; known: {', '.join(OHEM_MIN_KEPT_OF)}")
     loss = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none").flatten()
     valid = (target != ignore_index).flatten()
     n_valid = int(valid.sum())
     if n_valid == 0:
         return logits.sum() * 0.0
-    n_min = max(1, int(n_valid * min_kept_fraction))
-    loss = loss[valid]
+    if min_kept_of == "all":
+        n_min = max(1, int(loss.numel() * min_kept_fraction))  # ignored pixels: loss 0
+    else:
+        n_min = max(1, int(n_valid * min_kept_fraction))
+        loss = loss[valid]
     hard = loss[loss > -math.log(thresh)]
     if hard.numel() < n_min:
-        hard = loss.topk(n_min).values
+        hard = loss.topk(min(n_min, loss.numel())).values
     return hard.mean()
 
 
@@ -187,16 +219,19 @@ class OhemCrossEntropy(nn.Module):
     """OHEM cross-entropy summed over the outputs of :class:`BiSeNet` (main and auxiliary)."""
 
     def __init__(self, thresh: float = 0.7, min_kept_fraction: float = 1.0 / 16, ignore_index: int = 255,
-                 aux_weight: float = 1.0) -> None:
+                 aux_weight: float = 1.0, min_kept_of: str = "valid") -> None:
         super().__init__()
         if not 0.0 < thresh < 1.0:
             raise ValueError(f"OHEM thresh is a probability in (0, 1), got {thresh}")
+        if min_kept_of not in OHEM_MIN_KEPT_OF:
+            raise ValueError(f"unknown OHEM min_kept_of {min_kept_of!r}; known: {', '.join(OHEM_MIN_KEPT_OF)}")
         self.thresh, self.min_kept_fraction = float(thresh), float(min_kept_fraction)
-        self.ignore_index, self.aux_weight = int(ignore_index), float(aux_weight)
+        self.ignore_index, self.aux_weight, self.min_kept_of = int(ignore_index), float(aux_weight), min_kept_of
 
     def forward(self, outputs: Union[torch.Tensor, Sequence[torch.Tensor]], target: torch.Tensor) -> torch.Tensor:
         outs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
-        losses = [ohem_cross_entropy(o, target, self.thresh, self.min_kept_fraction, self.ignore_index) for o in outs]
+        losses = [ohem_cross_entropy(o, target, self.thresh, self.min_kept_fraction, self.ignore_index,
+                                     self.min_kept_of) for o in outs]
         return losses[0] + self.aux_weight * sum(losses[1:], torch.zeros((), device=target.device))
 
 
@@ -226,7 +261,8 @@ class SegmentationModule(TransferModule):
     """BiSeNet on Cityscapes: OHEM cross-entropy on the main and both auxiliary outputs; the
     validation metric is single-scale mIoU (``val/miou``); the test adds the multi-scale
     (``ms_scales``) + flip mIoU (``test/miou_ms_flip``). Extra arguments: ``ohem_thresh``,
-    ``ohem_min_kept`` (fraction of the valid pixels), ``aux_weight``, ``ms_scales``, ``ms_flip``,
+    ``ohem_min_kept`` (a fraction of the pixels), ``ohem_min_kept_of`` (``valid``: of the labelled
+    pixels; ``all``: of all pixels, the authors'), ``aux_weight``, ``ms_scales``, ``ms_flip``,
     ``ignore_index``."""
 
     task_name = "segmentation"
@@ -241,14 +277,15 @@ class SegmentationModule(TransferModule):
     def __init__(self, model: nn.Module, num_classes: int, class_names: Optional[Sequence[str]] = None,
                  ohem_thresh: float = 0.7, ohem_min_kept: float = 1.0 / 16, aux_weight: float = 1.0,
                  ms_scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), ms_flip: bool = True,
-                 ignore_index: int = 255, **kwargs: Any) -> None:
+                 ignore_index: int = 255, ohem_min_kept_of: str = "valid", **kwargs: Any) -> None:
         super().__init__(model, num_classes, class_names, ohem_thresh=float(ohem_thresh),
-                         ohem_min_kept=float(ohem_min_kept), aux_weight=float(aux_weight),
+                         ohem_min_kept=float(ohem_min_kept), ohem_min_kept_of=str(ohem_min_kept_of),
+                         aux_weight=float(aux_weight),
                          ms_scales=[float(s) for s in ms_scales], ms_flip=bool(ms_flip),
                          ignore_index=int(ignore_index), **kwargs)
         from relnas.transfer.metrics.segmentation import MeanIoU
 
-        self.criterion = OhemCrossEntropy(ohem_thresh, ohem_min_kept, ignore_index, aux_weight)
+        self.criterion = OhemCrossEntropy(ohem_thresh, ohem_min_kept, ignore_index, aux_weight, str(ohem_min_kept_of))
         self.ms_scales, self.ms_flip, self.ignore_index = tuple(float(s) for s in ms_scales), bool(ms_flip), int(ignore_index)
         self.val_iou = MeanIoU(num_classes, ignore_index, self.class_names)
         self.test_iou = MeanIoU(num_classes, ignore_index, self.class_names)

@@ -293,3 +293,20 @@ def test_cuda_graph_search_runs_end_to_end_on_gpu(tmp_path, monkeypatch):
         for rg, re_ in zip(first, eager_rows):
             assert rg["genotype"] == re_["genotype"]
             assert float(rg["val_loss"]) == pytest.approx(float(re_["val_loss"]), rel=1e-3)
+
+
+def test_generation_line_reports_the_graphs(tmp_path, monkeypatch, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="relnas.search.callback"):
+        _run(tmp_path, "graphs", monkeypatch, graphs=True, backend="emulate")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generation ")]
+    assert len(lines) == 2
+    # 4 candidates a generation, each: train and validation 1 warm-up, 1 capture, 1 replay, 1 odd batch
+    for line in lines:
+        assert "CUDA graphs: 8 captures (" in line and "8 replays, 16 eager steps" in line, line
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="relnas.search.callback"):
+        _run(tmp_path, "eager", monkeypatch, graphs=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generation ")]
+    assert len(lines) == 2 and not any("CUDA graphs" in line for line in lines)

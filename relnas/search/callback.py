@@ -24,6 +24,8 @@ class SearchLoop(L.Callback):
         self._cands: List[Candidate] = []
         self._bar = None
         self._seen = 0
+        self._module = None       # the LightningModule (graph statistics for the generation line)
+        self._graphs_before: dict = {}
         engine.recorders.insert(0, self)  # the generation's line comes before the other records
 
     # a few read-only views for drivers
@@ -40,6 +42,8 @@ class SearchLoop(L.Callback):
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._module = pl_module
+        self._graphs_before = self._graph_report()
         e = self.engine
         if self.progress:
             from tqdm.auto import tqdm
@@ -80,6 +84,12 @@ class SearchLoop(L.Callback):
         s = engine.summaries[-1]
         msg = (f"generation {s['generation']}/{engine.strategy.generations}: best {s['best_loss']:.4f} "
                f"mean {s['mean_loss']:.4f} diversity {s['diversity']:.3f} lr {s['lr']:.4g} ({s['time_s']:.1f}s)")
+        now = self._graph_report()
+        d = {k: now[k] - self._graphs_before.get(k, 0) for k in now}
+        self._graphs_before = now
+        if d.get("captures", 0) or d.get("replays", 0):
+            msg += (f"; CUDA graphs: {d['captures']:.0f} captures ({d['capture_s']:.1f}s), {d['replays']:.0f} replays, "
+                    f"{d['eager']:.0f} eager steps")
         if self.announce:
             if log.hasHandlers():
                 log.info(msg)  # the entry points' console handler writes it above the progress bar
@@ -90,6 +100,10 @@ class SearchLoop(L.Callback):
         pass
 
     # ------------------------------------------------------------------ helpers
+    def _graph_report(self) -> dict:
+        report = getattr(self._module, "graph_report", None)
+        return dict(report()) if callable(report) else {}
+
     def _tick(self, trainer: L.Trainer) -> None:
         e = self.engine
         if e.done:

@@ -112,6 +112,19 @@ class SearchModule(L.LightningModule):
     def configure_optimizers(self):  # optimizers are per candidate (begin_candidate)
         return None
 
+    def graph_report(self) -> dict:
+        """Steps so far by kind (``eager``, ``captures``, ``replays``) and ``capture_s``, the host
+        seconds spent capturing CUDA graphs, over every candidate trained (the current one's live
+        graphs and the concurrent-pair trainer's included). Cumulative: callers take differences."""
+        report = {**self.graph_stats, "capture_s": self.capture_seconds}
+        for graph in self._graphs.values():
+            for k, v in graph.stats.items():
+                report[k] += v
+            report["capture_s"] += graph.capture_seconds
+        if self._pair_trainer is not None:
+            report["capture_s"] += self._pair_trainer.capture_seconds
+        return report
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.weight_set(channels_last_input(x, self.channels_last), self.arch, self.drop_prob, self._drop_gen)
 

@@ -163,9 +163,16 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
         if not p.is_file():
             raise ConfigError(f"init_weights: {str(p)!r} does not exist")
         ckpt = load_checkpoint_dict(p)
-        check_checkpoint_fits(ckpt, module, p, "init_weights")
-        module.load_state_dict(ckpt["state_dict"], strict=True)
-        log.info("initialised the task network from %s", p)
+        from relnas.transfer.authors import load_authors_weights, looks_like_authors
+
+        if not (ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None) and \
+                looks_like_authors(cls.task_name, ckpt):
+            load_authors_weights(module.model, cls.task_name, ckpt, f"init_weights {str(p)!r}")
+            log.info("initialised the task network from the authors' %s model %s", cls.task_name, p)
+        else:
+            check_checkpoint_fits(ckpt, module, p, "init_weights")
+            module.load_state_dict(ckpt["state_dict"], strict=True)
+            log.info("initialised the task network from %s", p)
 
     cost = model_cost(module, module.hparams.input_size)
     bb = backbone.describe()

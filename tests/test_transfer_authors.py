@@ -16,6 +16,7 @@ import torch
 from relnas.errors import ConfigError
 from relnas.transfer.authors import convert_authors_state_dict, load_authors_weights, looks_like_authors
 from relnas.transfer.backbones import build_backbone
+from relnas.transfer.tasks.detection import build_ssdlite
 from relnas.transfer.tasks.keypoints import KeypointModule
 from relnas.transfer.tasks.segmentation import SegmentationModule
 
@@ -87,6 +88,25 @@ def test_bisenet_equals_the_authors_model_with_their_settings():
         assert (ours(fx["input"].double()) - fx["logits"]).abs().max() > 1e-3
 
 
+def test_ssdlite_equals_the_authors_model():
+    fx = torch.load(FIXTURES / "authors_ssdlite_c8_l5.pt")
+    sd = authors_state(fx)
+    assert looks_like_authors("detection", sd) and not looks_like_authors("keypoints", sd)
+    net = build_ssdlite(small_backbone(), 21, input_size=320).double().eval()
+    load_authors_weights(net, "detection", sd, "test")
+    with torch.no_grad():  # raw head outputs on an already normalised input (their forward with is_test=False)
+        out = net.head(list(net.backbone(fx["input"].double()).values()))
+    torch.testing.assert_close(out["cls_logits"], fx["confidences"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(out["bbox_regression"], fx["locations"], rtol=0, atol=1e-10)
+    # their default boxes at 320x320 (cx, cy, w, h of the image) are ours, in the same order
+    from torchvision.models.detection.image_list import ImageList
+
+    feats = [torch.zeros(1, 1, n, n) for n in (20, 10, 5, 3, 2, 1)]
+    boxes = net.float().anchor_generator(ImageList(torch.zeros(1, 3, 320, 320), [(320, 320)]), feats)[0] / 320
+    ours = torch.cat([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1)
+    torch.testing.assert_close(ours, fx["priors_320"], rtol=0, atol=1e-6)
+
+
 def test_mismatches_are_one_line_errors():
     fx = torch.load(FIXTURES / "authors_simplebaseline_c8_l5.pt")
     sd = authors_state(fx)
@@ -95,8 +115,8 @@ def test_mismatches_are_one_line_errors():
         load_authors_weights(net, "keypoints", sd, "init_weights 'x'")
     with pytest.raises(ConfigError, match="'mystery.weight'"):
         convert_authors_state_dict("keypoints", {**sd, "mystery.weight": torch.zeros(1)})
-    with pytest.raises(ConfigError, match="known: keypoints, segmentation"):
-        convert_authors_state_dict("detection", sd)
+    with pytest.raises(ConfigError, match="known: detection, keypoints, segmentation"):
+        convert_authors_state_dict("captioning", sd)
 
 
 @pytest.mark.slow

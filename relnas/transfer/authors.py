@@ -1,10 +1,16 @@
 """The authors' trained transfer models in relnas's task networks.
 
 The RelativeNAS authors released their transfer models (EMI-Group/TransferLearning-Tasks:
-``Simplebaseline/`` keypoint models ``model_best.pth.tar``, ``BiSeNet/`` segmentation models
-``model_iterfinal.pth``) for cell backbones built as ``NetworkImageNet``. relnas's SimpleBaseline
-and BiSeNet have the same layers (docs/transfer.md), so their state dicts convert by renaming:
+``SSDLite/`` detection models, ``Simplebaseline/`` keypoint models ``model_best.pth.tar``,
+``BiSeNet/`` segmentation models ``model_iterfinal.pth``) for cell backbones built as
+``NetworkImageNet``. relnas's SSDLite, SimpleBaseline and BiSeNet have the same layers
+(docs/transfer.md), so their state dicts convert by renaming:
 
+- detection: ``base_net.*`` -> ``backbone.backbone.*``, ``extras.*`` -> ``backbone.extra.*``,
+  ``classification_headers.*`` / ``regression_headers.*`` -> ``head.classification_head`` /
+  ``head.regression_head`` ``.module_list.*`` (the default boxes are in the same order, and both
+  code the box offsets with variances 0.1 / 0.2, i.e. weights 10, 10, 5, 5; their input
+  normalisation is ``(x - 127) / 128``: ``image_mean`` 127/255 and ``image_std`` 128/255);
 - keypoints: ``backbone.*`` stays, ``deconv_layers.*`` -> ``head.deconv.*``,
   ``final_layer.*`` -> ``head.final.*``;
 - segmentation: ``cp.net.*`` -> ``backbone.*``, the context path (``cp.arm16``, ``cp.arm32``,
@@ -70,7 +76,15 @@ _SEGMENTATION: List[Tuple[str, str]] = [
 # their in-place activated BatchNorms (everything named .bn or bn_atten outside the backbone)
 _ABN = re.compile(r"^(?!cp\.net\.).*(\.bn|\.bn_atten)\.weight$")
 
-RULES: Dict[str, List[Tuple[str, str]]] = {"keypoints": _KEYPOINTS, "segmentation": _SEGMENTATION}
+_DETECTION: List[Tuple[str, str]] = [
+    (r"^base_net\.", "backbone.backbone."),
+    (r"^extras\.", "backbone.extra."),
+    (r"^classification_headers\.", "head.classification_head.module_list."),
+    (r"^regression_headers\.", "head.regression_head.module_list."),
+]
+
+RULES: Dict[str, List[Tuple[str, str]]] = {"detection": _DETECTION, "keypoints": _KEYPOINTS,
+                                           "segmentation": _SEGMENTATION}
 
 
 def _strip(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -85,7 +99,7 @@ def looks_like_authors(task: str, sd: Mapping[str, object]) -> bool:
     if task not in RULES or not isinstance(sd, Mapping):
         return False
     keys = list(_strip(sd))  # type: ignore[arg-type]
-    marker = {"keypoints": "final_layer.", "segmentation": "ffm."}[task]
+    marker = {"detection": "classification_headers.", "keypoints": "final_layer.", "segmentation": "ffm."}[task]
     return any(k.startswith(marker) for k in keys)
 
 

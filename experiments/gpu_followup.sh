@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The GPU measurements still open after experiments/gpu_check.sh (one device call, under 9.5 minutes (75 + 4 x 85 + 150 s
-# at most) on one H200; set up the wheels and PYTHONPATH as in gpu_check.sh's header):
+# The GPU measurements still open after experiments/gpu_check.sh (one device call, under 9.5 minutes (75 + 45 + 4 x 80
+# + 130 s at most) on one H200; set up the wheels and PYTHONPATH as in gpu_check.sh's header):
 #   0. (<= 75 s) where a candidate's step spends its GPU time: kernels by kind for NCHW/NHWC x fp32/bf16
 #      (experiments/kernel_profile.py)                             -> $OUT/kernel_profile.md, .json, .txt
-#   1. (<= 4 x 85 s) steady-state search speed by setting through `python -m relnas.search`:
+#      (<= 45 s) where a process's first candidates spend their time: CUDA start-up, eager warm-up
+#      steps, captures, replays (experiments/warmup_profile.py)  -> $OUT/warmup_profile.md, .json, .txt
+#   1. (<= 4 x 80 s) steady-state search speed by setting through `python -m relnas.search`:
 #      experiments/gpu_variants.sh with POP=6 GENERATIONS=2 for the defaults (search.channels_last=auto:
 #      NCHW on a GPU; fp32), NHWC, bf16 and NHWC + bf16; generation 2 is the like-for-like figure (about 20 s each on an
 #      H200; generation 1 carries the ~16 s process warm-up)        -> $OUT/variants.md, $OUT/<name>.log
-#   2. (150 s) the transfer recipes' training speed and projected recipe time per GPU for the
+#   2. (130 s) the transfer recipes' training speed and projected recipe time per GPU for the
 #      RelativeNAS backbone (experiments/transfer_speed.py)        -> $OUT/transfer_speed.md
 # DEVICE=cpu TINY=1 runs both stages with small sizes (a dry run of the script).
 set -u
@@ -30,17 +32,26 @@ timeout -k 5 75 $PY experiments/kernel_profile.py --device "$DEVICE" $kp_small \
     --results "$OUT/kernel_profile.md" --json "$OUT/kernel_profile.json" > "$OUT/kernel_profile.txt" 2>&1
 echo "exit $?" >> "$OUT/kernel_profile.txt"
 grep -E "ms/step|exit|Error" "$OUT/kernel_profile.txt" | tail -n 6
+if [ -n "${TINY:-}" ]; then
+    wp_small="--C 4 --layers 3 --batch 16 --eval-batch 32 --candidates 2 --steps 3 --val-steps 2"
+else
+    wp_small=""
+fi
+timeout -k 5 45 $PY experiments/warmup_profile.py --device "$DEVICE" $wp_small \
+    --results "$OUT/warmup_profile.md" --json "$OUT/warmup_profile.json" > "$OUT/warmup_profile.txt" 2>&1
+echo "exit $?" >> "$OUT/warmup_profile.txt"
+grep -E "CUDA context|candidate 1|\| 1 \||\| 2 \||exit|Error" "$OUT/warmup_profile.txt" | tail -n 8
 stamp "1/2 search settings, 2 generations each"
 if [ -n "${TINY:-}" ]; then
     small="NUM_TRAIN=64 POP=2 C=4 LAYERS=3"
 else
     small="POP=6"
 fi
-env $small GENERATIONS=2 LIMIT=${LIMIT:-85} DEVICE="$DEVICE" OUT="$OUT" \
+env $small GENERATIONS=2 LIMIT=${LIMIT:-80} DEVICE="$DEVICE" OUT="$OUT" \
     VARIANTS="default= nhwc=search.channels_last=true bf16=trainer.precision=bf16-mixed nhwc_bf16=search.channels_last=true,trainer.precision=bf16-mixed" \
     bash experiments/gpu_variants.sh
 stamp "2/2 transfer recipe speed"
-timeout -k 5 150 $PY experiments/transfer_speed.py --device "$DEVICE" --steps 10 --warmup 3 ${TINY:+--tiny} \
+timeout -k 5 130 $PY experiments/transfer_speed.py --device "$DEVICE" --steps 10 --warmup 3 ${TINY:+--tiny} \
     --results "$OUT/transfer_speed.md" --json "$OUT/transfer_speed.json" > "$OUT/transfer_speed.txt" 2>&1
 echo "exit $?" >> "$OUT/transfer_speed.txt"
 grep -E "s/iter|exit|Error" "$OUT/transfer_speed.txt" | tail -n 6

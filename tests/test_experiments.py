@@ -133,3 +133,20 @@ def test_kernel_profile_dry_run_on_cpu(tmp_path, capsys):
     else:
         raise AssertionError("a bad --settings entry must stop the script")
     assert "nchw-fp16" in capsys.readouterr().err
+
+
+def test_warmup_profile_dry_run_on_cpu(tmp_path):
+    import json
+
+    import warmup_profile
+
+    js = tmp_path / "w.json"
+    assert warmup_profile.main(["--device", "cpu", "--C", "4", "--layers", "3", "--batch", "8", "--eval-batch", "16",
+                                "--candidates", "2", "--steps", "3", "--val-steps", "2", "--results",
+                                str(tmp_path / "w.md"), "--json", str(js)]) == 0
+    r = json.loads(js.read_text())
+    # 2 candidates x (compile, 3 train steps, 2 val steps, release) after the device and weight-set phases
+    assert len(r["phases"]) == 2 + 2 * (1 + 3 + 2 + 1)
+    assert [len(c["train_s"]) for c in r["candidates"]] == [3, 3] and [len(c["val_s"]) for c in r["candidates"]] == [2, 2]
+    assert r["graphs"] is False and all(c["graph_stats"]["captures"] == 0 for c in r["candidates"])
+    assert "| 2 |" in (tmp_path / "w.md").read_text()

@@ -106,7 +106,9 @@ def _main_task(cfg: DictConfig) -> None:
 
     info = inspect_task(cfg.task, cfg.get("backbone"), cfg.get("input_size"))
     print_task_table(info)
+    theirs = info.get("authors_params")
     print(json.dumps({k: info[k] for k in ("params_m", "flops_m", "task", "backbone", "num_classes", "input_size")}
+                     | ({"authors_params_m": round(theirs / 1e6, 4)} if theirs is not None else {})
                      | info["extra"]), flush=True)
 
 

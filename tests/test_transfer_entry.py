@@ -75,6 +75,9 @@ def test_inspect_task_cli(tmp_path):
     last = json.loads(p.stdout.strip().splitlines()[-1])
     # 3,304,708 parameters: the authors' MobileNetV2 SSDLite (tests/test_transfer_detection.py, test_transfer_sizes.py)
     assert last["params_m"] == pytest.approx(3.3047, abs=1e-4)
+    # the authors' model for this task and backbone, counted in their code: the same
+    assert last["authors_params_m"] == pytest.approx(3.3047, abs=1e-4)
+    assert "authors' model  3.305  (3,304,708 parameters: equal)" in p.stdout
     assert last["task"] == "detection" and last["num_classes"] == 21 and last["input_size"] == [64, 64]
     assert last["flops_m"] > 0 and "params (M)" in p.stdout
 

@@ -56,3 +56,13 @@ def test_segmentation_counts_the_auxiliary_heads_apart():
     net = SegmentationModule.build_model(backbone_from_config(cfg.backbone), 19, **cfg.task.model)
     # with the auxiliary heads: what the authors' train.py logs ("Params = 5.24MB")
     assert sum(p.numel() for p in net.parameters()) == 5_238_464
+
+
+def test_inspect_names_the_difference_from_the_authors_model():
+    cfg = compose_config("transfer", ["task=detection", "backbone=RelativeNAS", "task.model.head=torchvision"])
+    info = inspect_task(cfg.task, cfg.backbone, flops=False)
+    # torchvision's SSDLiteHead: no depthwise bias (2,128 per head), a separable block on the last map (+704 per head)
+    assert info["authors_params"] == AUTHORS["detection", "RelativeNAS"]
+    assert info["params"] - info["authors_params"] == -2 * (368 + 736 + 512 + 256 + 256 - 704)
+    cfg = compose_config("transfer", ["task=keypoints", "backbone=RelativeNAS", "backbone.C=8", "backbone.layers=5"])
+    assert inspect_task(cfg.task, cfg.backbone, flops=False)["authors_params"] is None  # they built no such model

@@ -31,7 +31,7 @@ is not a relnas checkpoint. Backbones other than cell networks are not converted
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -146,4 +146,34 @@ def load_authors_weights(model: torch.nn.Module, task: str, sd: Mapping[str, tor
     model.load_state_dict({k: theirs[k].to(v.dtype) for k, v in own.items()}, strict=True)
 
 
-__all__: List[str] = ["convert_authors_state_dict", "load_authors_weights", "looks_like_authors", "RULES"]
+#: parameters of the authors' own task models, by (task, backbone, C, layers) (C and layers None for
+#: the torchvision backbones): their transfer code rebuilt and counted on 2026-11-28 (docs/transfer.md);
+#: segmentation without BiSeNet's two training-only auxiliary heads, as relnas.inspect counts it
+AUTHORS_PARAMS: Dict[Tuple[str, str, Optional[int], Optional[int]], int] = {
+    ("detection", "RelativeNAS", 46, 14): 5_069_824,
+    ("detection", "DARTS_V2", 48, 14): 4_728_654,
+    ("detection", "mobilenet_v2", None, None): 3_304_708,
+    ("detection", "mnasnet1_0", None, None): 4_183_148,
+    ("detection", "shufflenet_v2_x1_0", None, None): 2_169_025,
+    ("segmentation", "RelativeNAS", 46, 14): 6_794_501,
+    ("segmentation", "DARTS_V2", 48, 14): 6_490_616,
+    ("segmentation", "mobilenet_v2", None, None): 5_088_320,
+    ("segmentation", "mnasnet1_0", None, None): 5_966_760,
+    ("segmentation", "shufflenet_v2_x1_0", None, None): 3_947_044,
+    ("keypoints", "RelativeNAS", 46, 14): 9_430_742,
+    ("keypoints", "DARTS_V2", 48, 14): 9_198_537,
+    ("keypoints", "mobilenet_v2", None, None): 9_569_809,
+    ("keypoints", "mnasnet1_0", None, None): 10_448_249,
+    ("keypoints", "shufflenet_v2_x1_0", None, None): 7_550_965,
+}
+
+
+def authors_params(task: str, backbone: Mapping[str, object]) -> Optional[int]:
+    """The authors' parameter count for ``task`` on the backbone ``describe()``-d as ``backbone``
+    (name, and C / layers for cell networks), or None where they built no such model."""
+    key = (task, str(backbone.get("name")), backbone.get("C"), backbone.get("layers"))
+    return AUTHORS_PARAMS.get(key)  # type: ignore[arg-type]
+
+
+__all__: List[str] = ["AUTHORS_PARAMS", "authors_params", "convert_authors_state_dict", "load_authors_weights",
+                      "looks_like_authors", "RULES"]

@@ -51,7 +51,10 @@ def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str
         if tuple(_pair(s)) != tuple(size):
             e = model_cost(module, s)
             extra[f"flops_m_{e['input_size'][0]}x{e['input_size'][1]}"] = e["flops_m"]
+    from relnas.transfer.authors import authors_params
+
     return {"task": cls.task_name, "backbone": backbone.name, "backbone_kind": backbone.kind,
+            "authors_params": authors_params(cls.task_name, backbone.describe()),
             "num_classes": n, "input_size": cost["input_size"], "params": cost["params"],
             "params_m": cost["params_m"], "flops_m": cost["flops_m"], "note": cls.paper_note, "extra": extra,
             "backbone_params_m": round(sum(p.numel() for p in backbone.parameters()) / 1e6, 4)}
@@ -63,6 +66,11 @@ def print_task_table(info: Mapping[str, Any]) -> None:
             ("params (M)", f"{info['params_m']:.3f}  (whole task network at inference; backbone "
                            f"{info['backbone_params_m']:.3f})"),
             ("FLOPs (M)", f"{info['flops_m']:.1f}  (multiply-adds)")]
+    theirs = info.get("authors_params")
+    if theirs is not None:
+        diff = int(info["params"]) - int(theirs)
+        rows.append(("authors' model", f"{theirs / 1e6:.3f}  ({theirs:,} parameters: "
+                                       + ("equal)" if diff == 0 else f"this network has {diff:+,})")))
     rows += [(k.replace("flops_m_", "FLOPs (M) at "), f"{v:.1f}") for k, v in info["extra"].items()]
     if info.get("note"):
         rows.append(("note", info["note"]))

@@ -365,3 +365,33 @@ def test_authors_variant_from_the_config():
     default = compose_config("transfer", ["+experiment=cityscapes_bisenet"])
     assert (default.task.model.activation, default.task.model.align_corners,
             default.task.module.ohem_min_kept_of) == ("relu", False, "valid")
+
+
+def test_the_authors_parameter_groups():
+    from relnas.transfer.tasks.segmentation import SegmentationModule
+
+    net = BiSeNet(_FakeBackbone(16, 32), (16, 32), num_classes=3, tap_keys=("stride16", "stride32"))
+    opt = lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)  # noqa: E731
+    sched = {"name": "poly", "interval": "step", "power": 0.9, "warmup_steps": 0}
+    module = SegmentationModule(net, 3, optimizer=opt, scheduler=sched, epochs=100, head_lr_mult=10,
+                                norm_bias_decay=False)
+    optimizer = module.configure_optimizers()["optimizer"]
+    lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    wd = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(lr) == sum(1 for _ in net.parameters())  # every parameter once
+    # the authors' BiSeNet: the fusion module and the three output heads at 10x; no decay on BN or biases
+    assert lr[id(net.fusion.conv[0].weight)] == lr[id(net.head[1].weight)] == lr[id(net.aux_heads[1][0][0].weight)] == 0.1
+    assert lr[id(net.context_path.arm16.conv[0].weight)] == lr[id(net.backbone.p16.weight)] == 0.01
+    assert wd[id(net.spatial_path[0][0].weight)] == wd[id(net.head[1].weight)] == 5e-4
+    assert wd[id(net.spatial_path[0][1].weight)] == wd[id(net.backbone.p16.bias)] == wd[id(net.fusion.conv[1].bias)] == 0.0
+    # the schedule scales every group alike: the head keeps its 10x
+    conf = module.configure_optimizers()
+    conf["optimizer"].step()
+    conf["lr_scheduler"]["scheduler"].step()
+    lrs = sorted({round(g["lr"], 12) for g in conf["optimizer"].param_groups})
+    assert len(lrs) == 2 and lrs[0] < 0.01 and lrs[1] == pytest.approx(10 * lrs[0])
+    # the defaults: one lr and one weight decay
+    plain = SegmentationModule(net, 3, optimizer=opt, scheduler=sched).configure_optimizers()["optimizer"]
+    assert {(g["lr"], g["weight_decay"]) for g in plain.param_groups} == {(0.01, 5e-4)}
+    with pytest.raises(ValueError, match="head_lr_mult"):
+        SegmentationModule(net, 3, head_lr_mult=0)

@@ -93,7 +93,13 @@ class TransferModule(L.LightningModule):
             is ``max_steps`` of the trainer or ``epochs x steps per epoch``.
         input_size: ``(H, W)`` of the training/eval inputs (for FLOPs in the logs).
         backbone_info: what ``results.json`` says about the backbone (name, weights, ...).
+        head_lr_mult: learning-rate multiplier of the task's head modules (:attr:`head_modules`;
+            e.g. 10 for BiSeNet's fusion module and output heads, as the authors train it).
+        norm_bias_decay: ``False`` takes weight decay off normalisation parameters and biases.
     """
+
+    #: modules (names in the LightningModule) whose learning rate ``head_lr_mult`` multiplies
+    head_modules: ClassVar[Tuple[str, ...]] = ("model.head",)
 
     task_name: ClassVar[str] = ""
     paper_input_size: ClassVar[Tuple[int, int]] = (224, 224)
@@ -106,8 +112,10 @@ class TransferModule(L.LightningModule):
                  optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
                  scheduler: Optional[Mapping[str, Any]] = None, epochs: int = 1,
                  input_size: Sequence[int] = (224, 224), backbone_info: Optional[Mapping[str, Any]] = None,
-                 **task_kwargs: Any) -> None:
+                 head_lr_mult: float = 1.0, norm_bias_decay: bool = True, **task_kwargs: Any) -> None:
         super().__init__()
+        if not float(head_lr_mult) > 0:
+            raise ValueError(f"head_lr_mult must be positive, got {head_lr_mult}")
         scheduler = dict(scheduler or {"name": "constant"})
         if scheduler.get("name", "constant") not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler.get('name')!r}; known: {', '.join(SCHEDULERS)}")
@@ -115,7 +123,8 @@ class TransferModule(L.LightningModule):
         self.save_hyperparameters({
             "task": self.task_name, "num_classes": int(num_classes), "class_names": names,
             "scheduler": scheduler, "epochs": int(epochs), "input_size": [int(s) for s in _pair(input_size)],
-            "backbone": dict(backbone_info or {}), **task_kwargs,
+            "backbone": dict(backbone_info or {}), "head_lr_mult": float(head_lr_mult),
+            "norm_bias_decay": bool(norm_bias_decay), **task_kwargs,
         })
         self.model = model
         self.num_classes = int(num_classes)
@@ -163,8 +172,9 @@ class TransferModule(L.LightningModule):
         if factory is None:
             def factory(params):
                 return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = factory(params)
+        optimizer = factory(self.param_groups())
+        for group in optimizer.param_groups:  # the head's multiplier, before the schedule records initial_lr
+            group["lr"] = group["lr"] * group.get("lr_mult", 1.0)
         sch = self.hparams.scheduler
         name = sch.get("name", "constant")
         if name == "constant":
@@ -175,6 +185,32 @@ class TransferModule(L.LightningModule):
         total = self._schedule_length(interval)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+
+    def param_groups(self) -> list:
+        """The trainable parameters in up to four groups: (head or not) x (decayed or not), with
+        ``lr_mult`` (``head_lr_mult`` for :attr:`head_modules`) and, where ``norm_bias_decay`` is
+        off, ``weight_decay`` 0 for normalisation parameters and biases. Empty groups are left out."""
+        head_mult = float(self.hparams.get("head_lr_mult", 1.0))
+        decay_all = bool(self.hparams.get("norm_bias_decay", True))
+        norm_params = {id(p) for m in self.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+        groups: Dict[Tuple[bool, bool], list] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            head = any(name == h or name.startswith(h + ".") for h in self.head_modules)
+            no_decay = not decay_all and (id(p) in norm_params or name.endswith(".bias"))
+            groups.setdefault((head, no_decay), []).append(p)
+        out = []
+        for (head, no_decay), params in sorted(groups.items()):
+            g: Dict[str, Any] = {"params": params, "lr_mult": head_mult if head else 1.0}
+            if no_decay:
+                g["weight_decay"] = 0.0
+            out.append(g)
+        return out
+
+
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def schedule_factor(sch: Mapping[str, Any], total: int) -> Callable[[int], float]:

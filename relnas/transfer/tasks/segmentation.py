@@ -273,6 +273,7 @@ class SegmentationModule(TransferModule):
                   "(about twice the FLOPs); params exclude the two training-only auxiliary heads")
     monitor = "val/miou"
     monitor_mode = "max"
+    head_modules = ("model.fusion", "model.head", "model.aux_heads")  # the authors' 10x-lr modules
 
     def __init__(self, model: nn.Module, num_classes: int, class_names: Optional[Sequence[str]] = None,
                  ohem_thresh: float = 0.7, ohem_min_kept: float = 1.0 / 16, aux_weight: float = 1.0,

@@ -137,6 +137,14 @@ def test_schedules_by_hand():
     assert (ms(89), ms(90), ms(119), ms(120)) == (1.0, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.01))
     with pytest.raises(ValueError, match="unknown scheduler 'step'"):
         schedule_factor({"name": "step"}, 10)
+    # the authors' BiSeNet (opt_utils/optimizer.py): lr0 0.01, 1e-5 * ((0.01 / 1e-5) ** (1 / 1000)) ** it for
+    # it <= 1000, then 0.01 * (1 - (it - 1000) / (80000 - 1000)) ** 0.9
+    theirs = schedule_factor({"name": "poly", "power": 0.9, "warmup_steps": 1000, "warmup_ratio": 0.001,
+                              "warmup_mode": "exp", "poly_offset": True}, 80000)
+    for it, lr in ((0, 1e-5), (500, 1e-5 * 1000 ** 0.5), (1000, 0.01), (40500, 0.01 * 0.5 ** 0.9), (80000, 0.0)):
+        assert 0.01 * theirs(it) == pytest.approx(lr, rel=1e-9, abs=1e-15)
+    with pytest.raises(ValueError, match="warmup_mode"):
+        schedule_factor({"name": "poly", "warmup_mode": "cubic"}, 10)
 
 
 def test_prediction_grid_pads_mixed_sizes():

@@ -217,9 +217,12 @@ def schedule_factor(sch: Mapping[str, Any], total: int) -> Callable[[int], float
     """The learning-rate multiplier at step/epoch ``t`` (0-based) of a schedule of length ``total``.
 
     ``cosine``: ``eta_min_ratio + (1 - eta_min_ratio) * (1 + cos(pi t / total)) / 2`` (``eta_min``
-    is given as a ratio of the base lr: ``eta_min_ratio``, default 0); ``poly``: linear warm-up
-    over ``warmup_steps`` from ``warmup_ratio`` to 1, then ``(1 - t / total) ** power``;
-    ``multistep``: ``gamma ** (number of milestones <= t)``; ``constant``: 1.
+    is given as a ratio of the base lr: ``eta_min_ratio``, default 0); ``poly``: a warm-up over
+    ``warmup_steps`` (W) from ``warmup_ratio`` (r) to 1, linear (``warmup_mode: linear``,
+    ``r + (1 - r) t / W``) or exponential (``exp``, ``r ** (1 - t / W)``, the authors' BiSeNet),
+    then ``(1 - t / total) ** power``, or with ``poly_offset: true`` (theirs)
+    ``(1 - (t - W) / (total - W)) ** power``; ``multistep``: ``gamma ** (number of milestones <= t)``;
+    ``constant``: 1.
     """
     name = sch.get("name", "constant")
     total = max(1, int(total))
@@ -230,10 +233,18 @@ def schedule_factor(sch: Mapping[str, Any], total: int) -> Callable[[int], float
         power = float(sch.get("power", 0.9))
         warm = int(sch.get("warmup_steps", 0))
         ratio = float(sch.get("warmup_ratio", 0.1))
+        mode = str(sch.get("warmup_mode", "linear"))
+        offset = bool(sch.get("poly_offset", False))
+        if mode not in ("linear", "exp"):
+            raise ValueError(f"unknown warmup_mode {mode!r}; known: linear, exp")
+        if mode == "exp" and not ratio > 0:
+            raise ValueError(f"warmup_mode exp needs warmup_ratio > 0, got {ratio}")
 
         def poly(t: int) -> float:
             if t < warm:
-                return ratio + (1.0 - ratio) * t / warm
+                return ratio + (1.0 - ratio) * t / warm if mode == "linear" else ratio ** (1.0 - t / warm)
+            if offset:
+                return max(0.0, 1.0 - (min(t, total) - warm) / max(1, total - warm)) ** power
             return max(0.0, 1.0 - min(t, total) / total) ** power
 
         return poly

@@ -22,25 +22,19 @@ DEVICE=${DEVICE:-cuda}
 T0=$(date +%s)
 stamp() { echo "[gpu_followup +$(( $(date +%s) - T0 ))s] $*"; }
 
-stamp "0/2 kernel profile of one training step per setting"
-if [ -n "${TINY:-}" ]; then
-    kp_small="--batch 16 --C 4 --layers 3 --steps 1 --warmup 1 --candidates 1"
-else
-    kp_small=""
-fi
-timeout -k 5 75 $PY experiments/kernel_profile.py --device "$DEVICE" $kp_small \
-    --results "$OUT/kernel_profile.md" --json "$OUT/kernel_profile.json" > "$OUT/kernel_profile.txt" 2>&1
-echo "exit $?" >> "$OUT/kernel_profile.txt"
-grep -E "ms/step|exit|Error" "$OUT/kernel_profile.txt" | tail -n 6
-if [ -n "${TINY:-}" ]; then
-    wp_small="--C 4 --layers 3 --batch 16 --eval-batch 32 --candidates 2 --steps 3 --val-steps 2"
-else
-    wp_small=""
-fi
-timeout -k 5 45 $PY experiments/warmup_profile.py --device "$DEVICE" $wp_small \
-    --results "$OUT/warmup_profile.md" --json "$OUT/warmup_profile.json" > "$OUT/warmup_profile.txt" 2>&1
-echo "exit $?" >> "$OUT/warmup_profile.txt"
-grep -E "CUDA context|candidate 1|\| 1 \||\| 2 \||exit|Error" "$OUT/warmup_profile.txt" | tail -n 8
+# profile NAME TIMEOUT "TINY ARGS" "GREP PATTERN": experiments/NAME.py on $DEVICE -> $OUT/NAME.{md,json,txt}
+profile() {
+    local name=$1 limit=$2 tiny=$3 pattern=$4
+    timeout -k 5 "$limit" $PY "experiments/$name.py" --device "$DEVICE" ${TINY:+$tiny} \
+        --results "$OUT/$name.md" --json "$OUT/$name.json" > "$OUT/$name.txt" 2>&1
+    echo "exit $?" >> "$OUT/$name.txt"
+    grep -E "$pattern|exit|Error" "$OUT/$name.txt" | tail -n 8
+}
+
+stamp "0/2 kernel profile of one training step per setting; the start-up of a search process"
+profile kernel_profile 75 "--batch 16 --C 4 --layers 3 --steps 1 --warmup 1 --candidates 1" "ms/step"
+profile warmup_profile 45 "--C 4 --layers 3 --batch 16 --eval-batch 32 --candidates 2 --steps 3 --val-steps 2" \
+    "CUDA context|candidate 1|\| 1 \||\| 2 \|"
 stamp "1/2 search settings, 2 generations each"
 if [ -n "${TINY:-}" ]; then
     small="NUM_TRAIN=64 POP=2 C=4 LAYERS=3"

@@ -31,7 +31,7 @@ from typing import Callable, ContextManager, Dict, Iterable, Iterator, List, Opt
 import torch
 import torch.nn.functional as F
 
-from relnas.search.step_graph import BACKENDS, StepGraph
+from relnas.search.step_graph import BACKENDS, StepGraph, graph_totals
 from relnas.search.weight_set import Arch, WeightSet, restore, snapshot
 
 _DROP_STREAM = 0xD20_9A7  # separates the drop-path stream from the data-order and augmentation streams
@@ -147,12 +147,8 @@ class Member:
         return mean_losses(self.sums[0], self.sums[1], self.sums[2], self.sums[3])
 
     def release(self) -> Tuple[Dict[str, int], float]:
-        stats = {"eager": 0, "captures": 0, "replays": 0}
-        seconds = 0.0
+        stats, seconds = graph_totals(self.graphs.values())
         for g in self.graphs.values():
-            for k, v in g.stats.items():
-                stats[k] += v
-            seconds += g.capture_seconds
             g.release()
         self.graphs, self._pool = {}, None
         return stats, seconds

@@ -19,7 +19,7 @@ from typing import Optional, Union
 import lightning as L
 import torch
 
-from relnas.search.step_graph import BACKENDS, StepGraph
+from relnas.search.step_graph import BACKENDS, StepGraph, graph_totals
 from relnas.search.concurrent import (PairTrainer, channels_last_input, drop_path_generator, mean_losses, train_step,
                                       val_step)
 from relnas.search.weight_set import Arch, WeightSet
@@ -116,13 +116,10 @@ class SearchModule(L.LightningModule):
         """Steps so far by kind (``eager``, ``captures``, ``replays``) and ``capture_s``, the host
         seconds spent capturing CUDA graphs, over every candidate trained (the current one's live
         graphs and the concurrent-pair trainer's included). Cumulative: callers take differences."""
-        report = {**self.graph_stats, "capture_s": self.capture_seconds}
-        for graph in self._graphs.values():
-            for k, v in graph.stats.items():
-                report[k] += v
-            report["capture_s"] += graph.capture_seconds
-        if self._pair_trainer is not None:
-            report["capture_s"] += self._pair_trainer.capture_seconds
+        live, live_s = graph_totals(self._graphs.values())
+        report = {k: self.graph_stats[k] + live[k] for k in live}
+        report["capture_s"] = self.capture_seconds + live_s + (
+            self._pair_trainer.capture_seconds if self._pair_trainer is not None else 0.0)
         return report
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,10 +190,11 @@ class SearchModule(L.LightningModule):
         self.weight_set.clear_grads()
 
     def _release_graphs(self) -> None:
+        stats, seconds = graph_totals(self._graphs.values())
+        for k, v in stats.items():
+            self.graph_stats[k] += v
+        self.capture_seconds += seconds
         for graph in self._graphs.values():
-            for k, v in graph.stats.items():
-                self.graph_stats[k] += v
-            self.capture_seconds += graph.capture_seconds
             graph.release()
         self._graphs = {}
         # a pool whose graphs are all released must not be captured into again: a new one per candidate

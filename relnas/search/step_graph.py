@@ -33,6 +33,7 @@ import torch
 log = logging.getLogger(__name__)
 
 BACKENDS = ("cuda", "emulate")
+GRAPH_STATS = ("eager", "captures", "replays")
 _Signature = Tuple[Tuple[Tuple[int, ...], torch.dtype, torch.device], ...]
 
 
@@ -179,3 +180,14 @@ class StepGraph:
         else:
             self._graph.replay()
         self.stats["replays"] += 1
+
+
+def graph_totals(graphs) -> Tuple[Dict[str, int], float]:
+    """Steps by kind (``eager``, ``captures``, ``replays``) and capture seconds, summed over ``graphs``."""
+    stats = dict.fromkeys(GRAPH_STATS, 0)
+    seconds = 0.0
+    for g in graphs:
+        for k, v in g.stats.items():
+            stats[k] += v
+        seconds += g.capture_seconds
+    return stats, seconds

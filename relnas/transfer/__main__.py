@@ -25,6 +25,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from relnas.transfer.authors import load_authors_weights, looks_like_authors
 from relnas.utils.instantiate import configured
 from relnas.utils.task import task
 
@@ -163,10 +164,7 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
         if not p.is_file():
             raise ConfigError(f"init_weights: {str(p)!r} does not exist")
         ckpt = load_checkpoint_dict(p)
-        from relnas.transfer.authors import load_authors_weights, looks_like_authors
-
-        if not (ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None) and \
-                looks_like_authors(cls.task_name, ckpt):
+        if looks_like_authors(cls.task_name, ckpt):
             load_authors_weights(module.model, cls.task_name, ckpt, f"init_weights {str(p)!r}")
             log.info("initialised the task network from the authors' %s model %s", cls.task_name, p)
         else:

@@ -85,6 +85,8 @@ _DETECTION: List[Tuple[str, str]] = [
 
 RULES: Dict[str, List[Tuple[str, str]]] = {"detection": _DETECTION, "keypoints": _KEYPOINTS,
                                            "segmentation": _SEGMENTATION}
+# a key prefix only the authors' model of each task has
+_MARKERS = {"detection": "classification_headers.", "keypoints": "final_layer.", "segmentation": "ffm."}
 
 
 def _strip(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -98,9 +100,7 @@ def looks_like_authors(task: str, sd: Mapping[str, object]) -> bool:
     """Whether ``sd`` (a loaded file) is one of the authors' ``task`` models."""
     if task not in RULES or not isinstance(sd, Mapping):
         return False
-    keys = list(_strip(sd))  # type: ignore[arg-type]
-    marker = {"detection": "classification_headers.", "keypoints": "final_layer.", "segmentation": "ffm."}[task]
-    return any(k.startswith(marker) for k in keys)
+    return any(k.startswith(_MARKERS[task]) for k in _strip(sd))  # type: ignore[arg-type]
 
 
 def convert_authors_state_dict(task: str, sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

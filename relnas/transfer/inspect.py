@@ -24,8 +24,9 @@ def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str
     flops_m, note, extra}`` (``extra``: FLOPs at the task's ``extra_input_sizes``). With
     ``flops=False`` no forward pass is run and ``flops_m`` is ``None`` (parameters only)."""
     from relnas.transfer.__main__ import backbone_from_config, task_class
-    from relnas.utils.instantiate import configured
+    from relnas.transfer.authors import authors_params
     from relnas.transfer.tasks.base import _pair, model_cost
+    from relnas.utils.instantiate import configured
 
     task_cfg = dict(_plain(task_cfg) or {})
     backbone_cfg = dict(_plain(backbone_cfg) or {"name": "RelativeNAS"})
@@ -43,18 +44,17 @@ def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str
         model_cfg["input_size"] = list(size)
     n = int(cls.paper_num_classes)
     model = configured(f"task.model ({cls.task_name})", cls.build_model, backbone, n, **model_cfg)
+    described = backbone.describe()
     module = configured(f"task ({cls.task_name})", cls, model=model, num_classes=n, input_size=size,
-                        backbone_info=backbone.describe(), **dict(task_cfg.get("module") or {}))
+                        backbone_info=described, **dict(task_cfg.get("module") or {}))
     cost = model_cost(module, size, flops=flops)
     extra = {}
     for s in (getattr(cls, "extra_input_sizes", ()) or ()) if flops else ():
         if tuple(_pair(s)) != tuple(size):
             e = model_cost(module, s)
             extra[f"flops_m_{e['input_size'][0]}x{e['input_size'][1]}"] = e["flops_m"]
-    from relnas.transfer.authors import authors_params
-
     return {"task": cls.task_name, "backbone": backbone.name, "backbone_kind": backbone.kind,
-            "authors_params": authors_params(cls.task_name, backbone.describe()),
+            "authors_params": authors_params(cls.task_name, described),
             "num_classes": n, "input_size": cost["input_size"], "params": cost["params"],
             "params_m": cost["params_m"], "flops_m": cost["flops_m"], "note": cls.paper_note, "extra": extra,
             "backbone_params_m": round(sum(p.numel() for p in backbone.parameters()) / 1e6, 4)}

@@ -63,11 +63,14 @@ from torch import nn
 
 from relnas.utils.registry import Registry
 
-#: learning-rate schedules of ``task.scheduler.name``
 #: the transfer tasks by name (``python -m relnas.transfer task=<name>``, ``relnas.inspect task=<name>``)
 TASKS: Registry[type] = Registry("task")
 
+#: learning-rate schedules of ``task.scheduler.name``
 SCHEDULERS = ("cosine", "poly", "multistep", "constant")
+
+#: modules whose parameters ``norm_bias_decay=False`` exempts from weight decay
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 class TransferModule(L.LightningModule):
@@ -186,7 +189,6 @@ class TransferModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
-
     def param_groups(self) -> list:
         """The trainable parameters in up to four groups: (head or not) x (decayed or not), with
         ``lr_mult`` (``head_lr_mult`` for :attr:`head_modules`) and, where ``norm_bias_decay`` is
@@ -208,9 +210,6 @@ class TransferModule(L.LightningModule):
                 g["weight_decay"] = 0.0
             out.append(g)
         return out
-
-
-NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def schedule_factor(sch: Mapping[str, Any], total: int) -> Callable[[int], float]:

@@ -296,3 +296,20 @@ def test_console_each_line_once_without_adverts_and_above_the_bar(capsys):
         light.handlers[:] = saved[2]
         light.propagate = saved[3]
         light.filters[:] = saved[4]
+
+
+def test_sweep_summary_of_transfer_jobs_has_the_task_metric(tmp_path):
+    from relnas.utils.sweep import summarize_sweep, write_summary
+
+    for job, (head, m) in enumerate((("authors", 0.31), ("torchvision", 0.27))):
+        d = tmp_path / str(job)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(f"- task=detection\n- task.model.head={head}\n")
+        (d / "results.json").write_text(json.dumps({"task": "detection", "metrics": {"map": m, "map_definition": "VOC07"},
+                                                    "wall_time_s": 10.0 + job}))
+    rows = summarize_sweep(tmp_path, ["task.model.head"])
+    write_summary(tmp_path, rows, ["task.model.head"])
+    csv_rows = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
+    # detection selects checkpoints by val/map: the summary's metric column is the run's map
+    assert [(r["task.model.head"], r["status"], r["map"], r["wall_time_s"]) for r in csv_rows] == [
+        ("authors", "ok", "0.31", "10.0"), ("torchvision", "ok", "0.27", "11.0")]

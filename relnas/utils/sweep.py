@@ -2,7 +2,8 @@
 open, and a multirun ends with a sweep summary.
 
 ``<sweep dir>/sweep_summary.csv`` has one row per job: its number, folder, swept values, status,
-best validation loss (search: the found genotype's; training: the best validation top-1 error),
+its headline metric (search: the found genotype's validation loss; training: the best validation
+top-1 error; transfer: the task's metric on its evaluation split, e.g. ``map``, ``miou``, ``AP``),
 test error (training), and wall time. ``sweep_summary.png`` plots the validation metric and the
 wall time of each job against the swept values (against the job number when more than one key is
 swept or the values are not numbers).
@@ -52,11 +53,27 @@ def job_record(job_dir: Path) -> Dict[str, Any]:
                        wall_time_s=_num(run.get("time_s")))
         elif train.is_file():
             r = json.loads(train.read_text())
-            rec.update(status="ok", val_metric=_num(r.get("best_val_top1_err")), val_metric_name="best_val_top1_err",
-                       test_top1_err=_num(r.get("test_top1_err")), wall_time_s=_num(r.get("wall_time_s")))
+            if "task" in r and isinstance(r.get("metrics"), dict):  # relnas.transfer: the task's monitored metric
+                name = _transfer_metric(str(r["task"]))
+                rec.update(status="ok", val_metric=_num(r["metrics"].get(name)), val_metric_name=name,
+                           wall_time_s=_num(r.get("wall_time_s")))
+            else:
+                rec.update(status="ok", val_metric=_num(r.get("best_val_top1_err")),
+                           val_metric_name="best_val_top1_err", test_top1_err=_num(r.get("test_top1_err")),
+                           wall_time_s=_num(r.get("wall_time_s")))
     except (OSError, ValueError) as e:
         rec["status"] = f"unreadable ({e})"
     return rec
+
+
+def _transfer_metric(task: str) -> str:
+    """The metric a transfer task selects checkpoints by (its ``monitor`` without ``val/``)."""
+    from relnas.transfer.tasks import get_task
+
+    try:
+        return str(get_task(task).monitor).split("/", 1)[-1]
+    except KeyError:
+        return "metric"
 
 
 def _job_overrides(job_dir: Path) -> List[str]:

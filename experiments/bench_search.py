@@ -236,7 +236,7 @@ def _ablation_classes():
 
         def training_step(self, batch, batch_idx):
             super().training_step(batch, batch_idx)
-            self._train_sum.item()
+            self.member.sums[0].item()
 
     class ValidateWithAutograd(SearchModule):
         """Ablation: validation with autograd on (the runner also sets batch 256, no inference_mode)."""

@@ -232,7 +232,7 @@ def test_lr_and_drop_path_of_every_generation_of_a_real_search(tmp_path, monkeyp
 
     def begin(self, arch, lr, drop_prob, **kwargs):
         real(self, arch, lr, drop_prob, **kwargs)
-        seen.append((self._opt.param_groups[0]["lr"], self.drop_prob))
+        seen.append((self.member.opt.param_groups[0]["lr"], self.drop_prob))
 
     monkeypatch.setattr(SearchModule, "begin_candidate", begin)
     cfg = tiny_search_cfg(tmp_path, ["search.population_size=2", "search.generations=3", "search.lr_min=0.001",

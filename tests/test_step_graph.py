@@ -181,7 +181,7 @@ def _two_candidates_on_gpu(drop_prob: float, seeds=(None, None)):
                 for i, (x, y) in enumerate(zip(xs, ys)):
                     m.validation_step((x, y), i)
             losses.append(m.candidate_losses())
-            stats.append({k: dict(g.stats) for k, g in m._graphs.items()})
+            stats.append({k: dict(g.stats) for k, g in m.member.graphs.items()})
         assert not m._graphs_broken
         return {k: v.clone() for k, v in ws.state_dict().items()}, losses, stats
 

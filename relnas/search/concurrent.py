@@ -16,9 +16,8 @@ their estimations can run at the same time:
 * afterwards the trained tensors of each member are snapshotted, Omega is restored, and the
   caller merges them with the usual Eq. 6 merge.
 
-The arithmetic of each member is the sequential search's (the same step functions,
-:func:`train_step` / :func:`val_step`, which :class:`relnas.search.search_module.SearchModule`
-uses too), so on a CPU, where the two members simply alternate, the result equals the sequential
+The arithmetic of each member is the sequential search's (each member is a :class:`Member`, the
+class :class:`relnas.search.search_module.SearchModule` trains every candidate through), so on a CPU, where the two members simply alternate, the result equals the sequential
 order bit for bit; on a GPU it equals it up to floating-point order (kernel choice, atomics).
 """
 from __future__ import annotations
@@ -93,12 +92,21 @@ def mean_losses(train_sum, train_n, val_sum, val_n) -> torch.Tensor:
 # ---------------------------------------------------------------------- one member
 class Member:
     """One candidate's estimation state on a network (Omega or the shadow): optimizer, loss
-    buffers, drop-path generator and (optionally) its CUDA graphs, memory pool and stream."""
+    buffers, drop-path generator and (optionally) its CUDA graphs and their memory pool. The
+    sequential search (:class:`relnas.search.search_module.SearchModule`, one member per candidate)
+    and the pair trainer (two at once) both train through it.
+
+    ``backward``: how eager training steps run the backward pass (default ``loss.backward()``;
+    the search module passes Lightning's ``manual_backward``); a captured step always calls
+    ``loss.backward()`` (framework hooks are Python, which a graph cannot replay).
+    ``graph_stream``: the side stream for warm-up and capture (default: a new one for this
+    member); ``stream``: the stream this member's steps are issued on (the pair trainer's)."""
 
     def __init__(self, net: WeightSet, arch: Arch, lr: float, drop_prob: float, seed: Optional[int], *,
                  momentum: float, weight_decay: float, grad_clip: float, channels_last: bool,
-                 graph_backend: Optional[str], graph_warmup: int, stream=None):
-        self.net, self.arch, self.drop_prob = net, arch, drop_prob
+                 graph_backend: Optional[str], graph_warmup: int, stream=None, graph_stream=None,
+                 backward: Optional[Callable[[torch.Tensor], None]] = None):
+        self.net, self.arch, self.lr, self.drop_prob = net, arch, lr, drop_prob
         self.grad_clip, self.channels_last = grad_clip, channels_last
         device = next(iter(net.tensors().values())).device
         self.params = net.parameters_of(arch)
@@ -111,13 +119,21 @@ class Member:
         self.graph_backend, self.graph_warmup = graph_backend, graph_warmup
         self.graphs: Dict[str, StepGraph] = {}
         self._pool = None
-        self._graph_stream = None
+        self._graph_stream = graph_stream
+        self._backward = backward
         self.broken = False
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The candidate's logits (in the network's current train/eval mode)."""
+        return self.net(channels_last_input(x, self.channels_last), self.arch, self.drop_prob, self.generator)
+
+    def _train(self, x: torch.Tensor, y: torch.Tensor, backward: Optional[Callable[[torch.Tensor], None]] = None) -> None:
         train_step(self.net, self.arch, x, y, drop_prob=self.drop_prob, generator=self.generator,
                    params=self.params, opt=self.opt, grad_clip=self.grad_clip, loss_sum=self.sums[0],
-                   count=self.sums[1], channels_last=self.channels_last)
+                   count=self.sums[1], channels_last=self.channels_last, backward=backward)
+
+    def _train_eager(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._train(x, y, backward=self._backward)
 
     def _val(self, x: torch.Tensor, y: torch.Tensor) -> None:
         val_step(self.net, self.arch, x, y, loss_sum=self.sums[2], count=self.sums[3],
@@ -129,24 +145,31 @@ class Member:
             p.grad = None
 
     def run(self, kind: str, x: torch.Tensor, y: torch.Tensor) -> None:
-        fn = self._train if kind == "train" else self._val
+        """One training (``kind="train"``) or validation (``"val"``) step: eager, or through the
+        member's :class:`StepGraph` of that kind when graphs are on."""
+        step, eager = (self._train, self._train_eager) if kind == "train" else (self._val, self._val)
         if self.graph_backend is None or self.broken:
-            fn(x, y)
+            eager(x, y)
             return
         graph = self.graphs.get(kind)
         if graph is None:
             if self.graph_backend == "cuda" and self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()  # one pool per member: the two run at once
-                self._graph_stream = torch.cuda.Stream()
-            graph = self.graphs[kind] = StepGraph(fn, warmup=self.graph_warmup, backend=self.graph_backend,
-                                                  on_capture_failure=self._failed, pool=self._pool,
-                                                  stream=self._graph_stream, generators=[self.generator])
+                # one pool per member (train + val graphs): two members run at once, and a
+                # released pool is never captured into again
+                self._pool = torch.cuda.graph_pool_handle()
+                if self._graph_stream is None:
+                    self._graph_stream = torch.cuda.Stream()
+            graph = self.graphs[kind] = StepGraph(step, eager_step=eager, warmup=self.graph_warmup,
+                                                  backend=self.graph_backend, on_capture_failure=self._failed,
+                                                  pool=self._pool, stream=self._graph_stream,
+                                                  generators=[self.generator])
         graph(x, y)
 
     def losses(self) -> torch.Tensor:
         return mean_losses(self.sums[0], self.sums[1], self.sums[2], self.sums[3])
 
     def release(self) -> Tuple[Dict[str, int], float]:
+        """Drop the member's graphs (and their pool); returns their step counts and capture seconds."""
         stats, seconds = graph_totals(self.graphs.values())
         for g in self.graphs.values():
             g.release()

@@ -19,9 +19,8 @@ from typing import Optional, Union
 import lightning as L
 import torch
 
-from relnas.search.step_graph import BACKENDS, StepGraph, graph_totals
-from relnas.search.concurrent import (PairTrainer, channels_last_input, drop_path_generator, mean_losses, train_step,
-                                      val_step)
+from relnas.search.step_graph import BACKENDS, graph_totals
+from relnas.search.concurrent import Member, PairTrainer
 from relnas.search.weight_set import Arch, WeightSet
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,11 @@ class SearchModule(L.LightningModule):
         on other devices) or ``False`` (eager). ``graph_warmup``: eager steps before the capture.
         ``graph_backend``: ``"emulate"`` runs the graph bookkeeping on any device (tests).
         Both members of a pair at once: :meth:`run_pair`, called by the ``concurrent_pair``
-        executor (:mod:`relnas.search.executors`)."""
+        executor (:mod:`relnas.search.executors`).
+
+        The current candidate's estimation state (optimizer, loss sums, drop-path generator, CUDA
+        graphs) is a :class:`relnas.search.concurrent.Member`, the same class the pair trainer
+        runs two of: one step code for both paths."""
         super().__init__()
         if graph_backend is not None and graph_backend not in BACKENDS:
             raise ValueError(f"unknown graph_backend {graph_backend!r}; known: {', '.join(BACKENDS)}")
@@ -65,39 +68,42 @@ class SearchModule(L.LightningModule):
         self.momentum, self.weight_decay, self.grad_clip = momentum, weight_decay, grad_clip
         self.channels_last_setting = channels_last
         self.channels_last = channels_last_for(channels_last, "cpu")  # decided again on the device at fit start
-        self.arch: Optional[Arch] = None
-        self.drop_prob = 0.0
-        self.lr = 0.0
-        self._opt: Optional[torch.optim.Optimizer] = None
-        self._params: list = []
-        self._drop_gen: Optional[torch.Generator] = None  # the candidate's own drop-path stream
+        self.member: Optional[Member] = None  # the current candidate
         self.cuda_graphs, self.graph_warmup, self.graph_backend = cuda_graphs, int(graph_warmup), graph_backend
         self.skip_epoch = False          # the executor trained this epoch's pair itself (concurrently)
         self._pair_trainer: Optional[PairTrainer] = None
-        self._graphs: dict = {}          # "train"/"val" -> StepGraph of the current candidate
         self._graphs_broken = False      # a capture failed: the rest of the run is eager
-        self._graph_pool = None          # the current candidate's CUDA graph memory pool (train + val)
-        self._graph_stream = None        # one side stream for every warm-up and capture
+        self._graph_stream = None        # one side stream for every candidate's warm-up and capture
         self.graph_stats = {"eager": 0, "captures": 0, "replays": 0}
         self.capture_seconds = 0.0       # host time spent capturing (includes torch.cuda.graph's sync + empty_cache)
-        self.register_buffer("_train_sum", torch.zeros((), dtype=torch.float64), persistent=False)
-        self.register_buffer("_train_n", torch.zeros((), dtype=torch.float64), persistent=False)
-        self.register_buffer("_val_sum", torch.zeros((), dtype=torch.float64), persistent=False)
-        self.register_buffer("_val_n", torch.zeros((), dtype=torch.float64), persistent=False)
 
     # ------------------------------------------------------------------ candidate switching
+    @property
+    def arch(self) -> Optional[Arch]:
+        return self.member.arch if self.member is not None else None
+
+    @property
+    def lr(self) -> float:
+        return self.member.lr if self.member is not None else 0.0
+
+    @property
+    def drop_prob(self) -> float:
+        return self.member.drop_prob if self.member is not None else 0.0
+
     def begin_candidate(self, arch: Arch, lr: float, drop_prob: float, seed: Optional[int] = None) -> None:
         """Make ``arch`` the trained candidate with a fresh SGD optimizer at ``lr``. ``seed``: the
         candidate's seed; its drop path then draws from its own generator
         (:func:`relnas.search.concurrent.drop_path_generator`), else from the global one."""
-        self.arch, self.lr, self.drop_prob = arch, lr, drop_prob
-        self._drop_gen = drop_path_generator(seed, self.device)
-        self._release_graphs()
-        self._params = self.weight_set.parameters_of(arch)
+        self._release_member()
         self.weight_set.clear_grads()
-        self._opt = torch.optim.SGD(self._params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)
-        for buf in (self._train_sum, self._train_n, self._val_sum, self._val_n):
-            buf.zero_()
+        backend = self._graph_backend()
+        if backend == "cuda" and self._graph_stream is None:
+            self._graph_stream = torch.cuda.Stream()
+        self.member = Member(self.weight_set, arch, lr, drop_prob, seed, momentum=self.momentum,
+                             weight_decay=self.weight_decay, grad_clip=self.grad_clip,
+                             channels_last=self.channels_last, graph_backend=backend,
+                             graph_warmup=self.graph_warmup, graph_stream=self._graph_stream,
+                             backward=self.manual_backward)
 
     def candidate_losses(self) -> tuple[float, float]:
         """(mean training loss, mean validation loss) of the current candidate; one host sync.
@@ -105,8 +111,7 @@ class SearchModule(L.LightningModule):
         That sync also makes the next ``begin_candidate`` safe with CUDA graphs: the optimizer's
         momentum buffers (made on the graphs' side stream, used by replays on the current one)
         are freed there only after every replay has finished."""
-        vals = mean_losses(self._train_sum, self._train_n, self._val_sum, self._val_n).tolist()
-        train, val, n_val = vals
+        train, val, n_val = self.member.losses().tolist()
         return train, (val if n_val > 0 else float("nan"))
 
     def configure_optimizers(self):  # optimizers are per candidate (begin_candidate)
@@ -116,14 +121,14 @@ class SearchModule(L.LightningModule):
         """Steps so far by kind (``eager``, ``captures``, ``replays``) and ``capture_s``, the host
         seconds spent capturing CUDA graphs, over every candidate trained (the current one's live
         graphs and the concurrent-pair trainer's included). Cumulative: callers take differences."""
-        live, live_s = graph_totals(self._graphs.values())
+        live, live_s = graph_totals(self.member.graphs.values() if self.member is not None else ())
         report = {k: self.graph_stats[k] + live[k] for k in live}
         report["capture_s"] = self.capture_seconds + live_s + (
             self._pair_trainer.capture_seconds if self._pair_trainer is not None else 0.0)
         return report
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight_set(channels_last_input(x, self.channels_last), self.arch, self.drop_prob, self._drop_gen)
+        return self.member.forward(x)
 
     # ------------------------------------------------------------------ both members at once
     def pair_trainer(self) -> PairTrainer:
@@ -135,7 +140,7 @@ class SearchModule(L.LightningModule):
 
     def run_pair(self, archs, seeds, lr: float, drop_prob: float, train_batches, val_batches, context=None):
         """Both members of a pair at once (see :class:`PairTrainer.run`); Omega is left unchanged."""
-        self._release_graphs()
+        self._release_member()
         self.weight_set.clear_grads()
         trainer = self.pair_trainer()
         result = trainer.run(archs, seeds, lr, drop_prob, train_batches, val_batches,
@@ -166,42 +171,20 @@ class SearchModule(L.LightningModule):
         if self.cuda_graphs is True and self.graph_backend is None and self.device.type != "cuda":
             log.warning("search.cuda_graphs=true has no effect on %s: the steps run eagerly", self.device)
 
-    def _run(self, kind: str, step, eager_step, *inputs: torch.Tensor) -> None:
-        """Run one step of ``kind`` ("train"/"val"): through the candidate's StepGraph when graphs
-        are on, else eagerly."""
-        backend = self._graph_backend()
-        if backend is None:
-            eager_step(*inputs)
+    def _release_member(self) -> None:
+        """Fold the current candidate's graph statistics into the totals and free its graphs; a
+        failed capture (the member fell back to eager steps) makes every later candidate eager."""
+        if self.member is None:
             return
-        graph = self._graphs.get(kind)
-        if graph is None:
-            if backend == "cuda" and self._graph_pool is None:
-                self._graph_pool = torch.cuda.graph_pool_handle()
-                if self._graph_stream is None:
-                    self._graph_stream = torch.cuda.Stream()
-            graph = self._graphs[kind] = StepGraph(step, eager_step=eager_step, warmup=self.graph_warmup,
-                                                   backend=backend, on_capture_failure=self._capture_failed,
-                                                   pool=self._graph_pool, stream=self._graph_stream,
-                                                   generators=[self._drop_gen])
-        graph(*inputs)
-
-    def _capture_failed(self) -> None:
-        self._graphs_broken = True  # StepGraph has logged why; do not try again for every candidate
-        self.weight_set.clear_grads()
-
-    def _release_graphs(self) -> None:
-        stats, seconds = graph_totals(self._graphs.values())
+        stats, seconds = self.member.release()
         for k, v in stats.items():
             self.graph_stats[k] += v
         self.capture_seconds += seconds
-        for graph in self._graphs.values():
-            graph.release()
-        self._graphs = {}
-        # a pool whose graphs are all released must not be captured into again: a new one per candidate
-        self._graph_pool = None
+        if self.member.broken:
+            self._graphs_broken = True  # StepGraph has logged why; do not try again for every candidate
 
     def on_fit_end(self) -> None:
-        self._release_graphs()
+        self._release_member()
 
     def on_validation_model_zero_grad(self) -> None:
         # Lightning's default (self.zero_grad()) walks every module for its parameters once per
@@ -209,24 +192,10 @@ class SearchModule(L.LightningModule):
         self.weight_set.clear_grads()
 
     # ------------------------------------------------------------------ loops
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, graphed: bool = True) -> None:
-        # graphed: loss.backward(); Lightning's manual_backward adds only Python hooks, which a graph cannot replay
-        train_step(self.weight_set, self.arch, x, y, drop_prob=self.drop_prob, generator=self._drop_gen,
-                   params=self._params, opt=self._opt, grad_clip=self.grad_clip, loss_sum=self._train_sum,
-                   count=self._train_n, channels_last=self.channels_last,
-                   backward=None if graphed else self.manual_backward)
-
-    def _train_step_eager(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self._train_step(x, y, graphed=False)
-
-    def _val_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        val_step(self.weight_set, self.arch, x, y, loss_sum=self._val_sum, count=self._val_n,
-                 channels_last=self.channels_last)
-
     def training_step(self, batch, batch_idx):
         x, y = batch
-        self._run("train", self._train_step, self._train_step_eager, x, y)
+        self.member.run("train", x, y)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self._run("val", self._val_step, self._val_step, x, y)
+        self.member.run("val", x, y)

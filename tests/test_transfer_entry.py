@@ -190,3 +190,39 @@ def test_inspect_task_errors_are_one_line(tmp_path):
         errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
         assert p.returncode == 2 and len(errors) == 1 and expect in errors[0], p.stderr[-2000:]
         assert "Traceback" not in p.stderr
+
+
+def test_last_checkpoint_every_epoch_when_validating_every_n_epochs(tmp_path):
+    """The transfer experiments validate every 10 or 20 epochs (trainer.check_val_every_n_epoch);
+    checkpoints/last.ckpt (what resume=<run dir> continues from) must still be written after every
+    training epoch, not only after a validation."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from relnas.utils import instantiate_callbacks
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, i):
+            return self.lin(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, i):
+            self.log("val/map", float(self.current_epoch))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    cfg = _compose("+experiment=voc_ssdlite", f"paths.output_dir={tmp_path}")
+    assert cfg.trainer.check_val_every_n_epoch == 10
+    callbacks = [c for c in instantiate_callbacks(cfg.callbacks) if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)]
+    data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+    trainer = L.Trainer(max_epochs=2, check_val_every_n_epoch=10, callbacks=callbacks, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Tiny(), train_dataloaders=data, val_dataloaders=data)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert torch.load(last, weights_only=False)["epoch"] == 1  # the second epoch's end

@@ -418,3 +418,36 @@ def test_oracle_heatmaps_decode_to_the_ground_truth_through_the_whole_evaluation
     near_pred = nn.functional.max_pool2d(drawn_pred[None, None].float(), 3, 1, 1)[0, 0] > 0  # within 1 px
     overlap = (near_pred & drawn_gt).sum() / drawn_gt.sum()
     assert drawn_gt.sum() > 100 and overlap > 0.9
+
+
+def test_detections_protocol_counts_persons_in_images_without_detections(tmp_path):
+    """With a detections file the OKS evaluation still covers every image of the split (a person
+    in an image with no detected box is a miss), and results.json says the boxes were detections."""
+    from torch.utils.data import DataLoader
+
+    from relnas.transfer.tasks.keypoints import KeypointModule
+
+    root = write_fake_coco(tmp_path / "coco")
+    gt = CocoKeypoints(root, "val", input_size=(128, 96))
+    # detections: exactly the ground-truth boxes of image 1000 (2 persons); image 1001 (1 person): none
+    ann = json.loads((root / "annotations" / "person_keypoints_val2017.json").read_text())
+    dets = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 1.0}
+            for a in ann["annotations"] if a["image_id"] == 1000 and a["num_keypoints"] > 0]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    ds = CocoKeypoints(root, "val", input_size=(128, 96), detections=str(path))
+    assert len(ds) == 2 and ds.eval_image_ids == [1000, 1001]
+    oracle = _Oracle()
+    module = KeypointModule(oracle, 17, KEYPOINT_NAMES, flip_test=False)
+    module._val_dataset = lambda: ds
+    module.eval()
+    images, meta = next(iter(DataLoader(ds, batch_size=len(ds))))
+    _, gt_meta = next(iter(DataLoader(gt, batch_size=2)))  # the same two crops, with their heatmaps
+    oracle.next = gt_meta["heatmaps"]
+    with torch.no_grad():
+        module._eval_step((images, meta), "test")
+    stats = module._evaluate()
+    assert stats["AP50"] < 1.0 and stats["AR50"] == pytest.approx(2 / 3)  # the third person is missed
+    assert module.person_boxes() == f"detections: {path}"
+    module._val_dataset = lambda: gt
+    assert module.person_boxes() == "ground-truth boxes"

@@ -191,7 +191,9 @@ class CocoKeypoints(Dataset):
     ``score`` and the crop-space ``joints`` (17, 3; x, y, visibility).
 
     ``detections``: a COCO results json of person boxes (``image_id``, ``category_id``, ``bbox``,
-    ``score``) used instead of the ground-truth boxes; ``min_score`` filters them."""
+    ``score``) used instead of the ground-truth boxes; ``min_score`` filters them.
+    ``eval_image_ids``: the images the OKS evaluation covers (all of the split's, unless
+    ``max_samples`` cut it)."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train", train: bool = False,
                  input_size: Sequence[int] = (256, 192), sigma: float = 2.0, stride: int = 4,
@@ -210,9 +212,16 @@ class CocoKeypoints(Dataset):
         self.aspect = self.input_size[0] / self.input_size[1]
         self.scale_factor, self.rotation_factor = float(scale_factor), float(rotation_factor)
         self.rotation_p, self.flip_p = float(rotation_p), float(flip_p)
+        self.detections = str(detections) if detections else None
         self.records = self._detection_records(detections, min_score) if detections else self._gt_records()
-        if max_samples is not None and int(max_samples) > 0:
+        truncated = max_samples is not None and 0 < int(max_samples) < len(self.records)
+        if truncated:
             self.records = self.records[: int(max_samples)]
+        # the images the OKS evaluation runs over: every image of the annotation file (as COCOeval's
+        # default: a person in an image without any detection is a miss), or, when max_samples cut
+        # the split, only the images of the kept boxes
+        self.eval_image_ids = sorted({int(r["image_id"]) for r in self.records}) if truncated else \
+            sorted(int(i) for i in self.coco.getImgIds())
         if not self.records:
             raise DatasetNotFoundError(f"COCO keypoints {split!r}: no person boxes with keypoints in {self.ann_file}")
 

@@ -174,8 +174,8 @@ class KeypointModule(TransferModule):
         dataset = self._val_dataset()
         if dataset is None:
             raise RuntimeError("the keypoint evaluation needs the data module's validation set (its annotation file)")
-        image_ids = sorted({int(r["image_id"]) for r in dataset.records})
-        return evaluate_coco_keypoints(dataset.ann_file, results, image_ids=image_ids, results_file=results_file)
+        return evaluate_coco_keypoints(dataset.ann_file, results, image_ids=dataset.eval_image_ids,
+                                       results_file=results_file)
 
     def _val_dataset(self):
         trainer = self._trainer
@@ -198,9 +198,12 @@ class KeypointModule(TransferModule):
         for k, v in stats.items():
             if v is not None:
                 self.log(f"test/{k}", float(v))
-        dataset = self._val_dataset()
-        boxes = "detections" if getattr(dataset, "detections", None) else "ground-truth boxes"
-        self.remember_metrics({**stats, "person_boxes": boxes, "flip_test": self.flip_test})
+        self.remember_metrics({**stats, "person_boxes": self.person_boxes(), "flip_test": self.flip_test})
+
+    def person_boxes(self) -> str:
+        """Which person boxes the evaluation crops: ``"ground-truth boxes"`` or ``"detections: <file>"``."""
+        detections = getattr(self._val_dataset(), "detections", None)
+        return f"detections: {detections}" if detections else "ground-truth boxes"
 
     # ------------------------------------------------------------------ picture
     @torch.no_grad()

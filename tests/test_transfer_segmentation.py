@@ -395,3 +395,33 @@ def test_the_authors_parameter_groups():
     assert {(g["lr"], g["weight_decay"]) for g in plain.param_groups} == {(0.01, 5e-4)}
     with pytest.raises(ValueError, match="head_lr_mult"):
         SegmentationModule(net, 3, head_lr_mult=0)
+
+
+@pytest.mark.slow
+def test_epochs_0_evaluates_init_weights_without_training(tmp_path):
+    """``task.epochs=0 init_weights=<transfer checkpoint>`` (docs/transfer.md) evaluates without
+    training even though the recipe's length is trainer.max_steps (80K); results.json names the
+    checkpoint as the backbone's weights, with no random-initialisation warning."""
+    from hydra import compose, initialize_config_dir
+
+    from relnas.transfer.__main__ import build_task
+
+    write_fake_cityscapes(tmp_path / "data" / "cityscapes")
+    tiny = [o for o in TINY if not o.startswith("trainer.max_steps")] + ["task.model.input_size=[64,64]",
+                                                                         "task.module.ms_scales=[1.0]"]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="transfer", overrides=["+experiment=cityscapes_bisenet", *tiny])
+    assert cfg.trainer.max_steps == 80000 and cfg.trainer.max_epochs == -1
+    module = build_task(cfg, len(CITYSCAPES_CLASSES), list(CITYSCAPES_CLASSES))
+    ckpt = tmp_path / "finetuned.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, ckpt)
+    run_dir = tmp_path / "run"
+    # trainer.max_steps=3 stands for the recipe's 80K (a training run would take 3 steps, not hours)
+    r = run_transfer(run_dir, f"paths.data_dir={tmp_path / 'data'}", *tiny, "trainer.max_steps=3", "task.epochs=0",
+                     f"init_weights={ckpt}", "predictions.num_images=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["global_step"] == 0 and res["epochs_run"] == 0 and 0.0 <= res["metrics"]["miou"] <= 1.0
+    assert res["weights"] == str(ckpt) and res["pretrained"] is True and "weights_warning" not in res
+    assert res["backbone_info"]["weights_source"] == "init_weights"
+    assert "RANDOM INIT" not in r.stdout

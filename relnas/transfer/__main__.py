@@ -152,10 +152,18 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     backbone = backbone_from_config(cfg.backbone)
     module = build_task(cfg, int(dm.num_classes), list(dm.class_names), backbone=backbone)
 
+    train = int(cfg.task.get("epochs", 1)) > 0  # task.epochs=0: evaluate only, whatever trainer.max_steps says
+    bb = backbone.describe()
     ckpt_path: Optional[Path] = None
     if cfg.get("resume"):
         ckpt_path = find_checkpoint(cfg.resume)
-        check_checkpoint_fits(load_checkpoint_dict(ckpt_path), module, ckpt_path, "resume")
+        ckpt = load_checkpoint_dict(ckpt_path)
+        check_checkpoint_fits(ckpt, module, ckpt_path, "resume")
+        theirs = (ckpt.get("hyper_parameters") or {}).get("backbone") or {}
+        if theirs.get("name"):  # the backbone's provenance is the interrupted run's
+            bb = dict(theirs)
+        if not train:
+            module.load_state_dict(ckpt["state_dict"], strict=True)
         log.info("resuming from %s", ckpt_path)
     elif cfg.get("init_weights"):
         p = Path(str(cfg.init_weights)).expanduser()
@@ -167,13 +175,20 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
         if looks_like_authors(cls.task_name, ckpt):
             load_authors_weights(module.model, cls.task_name, ckpt, f"init_weights {str(p)!r}")
             log.info("initialised the task network from the authors' %s model %s", cls.task_name, p)
+            origin = f"the authors' {cls.task_name} model"
         else:
             check_checkpoint_fits(ckpt, module, p, "init_weights")
             module.load_state_dict(ckpt["state_dict"], strict=True)
             log.info("initialised the task network from %s", p)
+            origin = ((ckpt.get("hyper_parameters") or {}).get("backbone") or {}).get("weights")
+        # the whole network, backbone included, comes from the checkpoint: not a random backbone
+        bb = {k: v for k, v in bb.items() if k != "weights_warning"}
+        bb.update(weights=str(p), pretrained=True, weights_source="init_weights", weights_origin=origin)
+        log.info("backbone weights: from init_weights %s (any random-initialisation warning above no longer "
+                 "applies)", p)
+    module.hparams["backbone"] = dict(bb)  # what later checkpoints of this run record
 
     cost = model_cost(module, module.hparams.input_size)
-    bb = backbone.describe()
     print(f"task {cls.task_name}: backbone {bb['name']} ({'pretrained: ' + str(bb['weights']) if bb['pretrained'] else 'RANDOM INIT'}), "
           f"{cost['params_m']:.3f}M params, {cost['flops_m']:.1f}M FLOPs (multiply-adds) at "
           f"{cost['input_size'][0]}x{cost['input_size'][1]}", flush=True)
@@ -188,7 +203,10 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
             lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
             lg.log_hyperparams({f"model/{k}": v for k, v in cost.items() if k != "input_size"})
 
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    if train:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    else:
+        print("task.epochs=0: no training, evaluating the initial weights", flush=True)
 
     ckpt_cbs = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     best_cb = next((c for c in ckpt_cbs if c.monitor), None)

@@ -41,10 +41,14 @@ class MeanIoU(nn.Module):
         self.per_class.update(preds, target)
 
     def compute(self) -> Dict[str, object]:
-        """``{"miou": float, "per_class_iou": {name: float}}`` (fractions in [0, 1])."""
+        """``{"miou": float, "per_class_iou": {name: float or None}}`` (fractions in [0, 1]; ``None``
+        for a class neither labelled nor predicted on a labelled pixel, which the mean leaves out)."""
         per = self.per_class.compute().tolist()
+        with self.per_class.sync_context():  # every process's pixels under DDP (a no-op otherwise)
+            cm = self.per_class.confmat.clone()
+        present = (cm.sum(0) + cm.sum(1)).tolist()  # predicted + labelled pixels of each class
         return {"miou": float(self.mean.compute()),
-                "per_class_iou": {n: float(v) for n, v in zip(self.class_names, per)}}
+                "per_class_iou": {n: (float(v) if k > 0 else None) for n, v, k in zip(self.class_names, per, present)}}
 
     def reset(self) -> None:
         self.mean.reset()

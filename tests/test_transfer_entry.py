@@ -226,3 +226,13 @@ def test_last_checkpoint_every_epoch_when_validating_every_n_epochs(tmp_path):
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
     assert torch.load(last, weights_only=False)["epoch"] == 1  # the second epoch's end
+
+
+def test_bisenet_recipe_validates_its_final_weights():
+    """cityscapes_bisenet runs 80K iterations (about 430 epochs of 186): validation is scheduled in
+    iterations across epochs so that the last one falls on the final iteration and the best-checkpoint
+    choice (and the test) can see the final weights; every 20 epochs left the last 1,880 unvalidated."""
+    cfg = _compose("+experiment=cityscapes_bisenet", "backbone=RelativeNAS")
+    t = cfg.trainer
+    assert t.max_epochs == -1 and t.max_steps == 80000 and t.check_val_every_n_epoch is None
+    assert isinstance(t.val_check_interval, int) and t.max_steps % t.val_check_interval == 0

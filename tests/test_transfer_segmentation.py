@@ -265,7 +265,7 @@ def test_bisenet_outputs_and_head_size():
 TINY = ["backbone=RelativeNAS", "backbone.C=8", "backbone.layers=5", "task.data.crop_size=[64,64]",
         "task.data.batch_size=2", "task.data.num_workers=0", "task.data.pin_memory=false",
         "task.module.ms_scales=[1.0,1.5]", "task.scheduler.warmup_steps=1", "trainer.accelerator=cpu",
-        "trainer.max_steps=2", "trainer.check_val_every_n_epoch=1", "trainer.log_every_n_steps=1",
+        "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         "trainer.enable_model_summary=false", "logger=csv"]
 
 

@@ -302,7 +302,8 @@ class NaiveRunner:
     parameters; batches from a torchvision-style dataset with PIL transforms in 2 DataLoader
     workers (pinned memory); ``.item()`` on loss and accuracy every step; validation on the
     search-validation split with the training transform, in eval mode with autograd on; the Eq. 6
-    merge by walking the state dicts; ``cudnn.benchmark=True``; plain dilated convolutions."""
+    merge by walking the state dicts; ``cudnn.benchmark=True``; plain dilated convolutions; drop path
+    as the official code writes it (``operations.drop_path_reference``)."""
 
     def __init__(self, name: str, omega0: Dict[str, torch.Tensor], dm, args, device: torch.device):
         self.name, self.args, self.device = name, args, device
@@ -356,13 +357,16 @@ class NaiveRunner:
         return model, used, vobjs / vn
 
     def run(self, vectors: Sequence[np.ndarray]) -> float:
-        phase, bench = operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark
+        import relnas.search.weight_set as ws_mod
+
+        phase, bench, drop = operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark, ws_mod.drop_path
         operations.PHASE_DILATED_CONV = False  # the DARTS codebase runs the plain dilated kernels
+        ws_mod.drop_path = operations.drop_path_reference  # and its drop path as written (divide, then multiply)
         torch.backends.cudnn.benchmark = True   # as the authors' search script sets it
         try:
             return self._run(vectors)
         finally:
-            operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark = phase, bench
+            operations.PHASE_DILATED_CONV, torch.backends.cudnn.benchmark, ws_mod.drop_path = phase, bench, drop
 
     def _run(self, vectors: Sequence[np.ndarray]) -> float:
         sync(self.device)

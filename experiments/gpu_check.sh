@@ -17,7 +17,8 @@
 #      (30 min) and the authors' 13.9 s                                    -> $OUT/gen_default.txt
 #   2. (100 s) the same generation with search.executor=concurrent_pair       -> $OUT/gen_pair.txt
 #   3. (80 s)  the GPU tests (pytest -m gpu: graphed vs eager under pinned numerics, under default
-#      numerics with a measured tolerance, concurrent pair vs sequential, end to end)
+#      numerics with a measured tolerance, concurrent pair vs sequential, end to end; drop path
+#      against the official formula bit for bit)
 #                                                                          -> $OUT/gpu_tests.txt
 #   4. (180 s) experiments/bench_search.py --device cuda: the real search path (run_search composed
 #      from configs/search.yaml) for relnas (defaults), relnas-pair, relnas-bf16, relnas-bench, each
@@ -112,7 +113,7 @@ generation pair 100 search.executor=concurrent_pair
 stamp "3/4 GPU tests (timeout 80s)"
 t1=$(date +%s)
 if [ "$DEVICE" = cuda ] && $PY -c "import pytest" 2>/dev/null; then
-    timeout -k 5 $(( 80 * SCALE )) $PY -m pytest -q -m gpu tests/test_step_graph.py -p no:cacheprovider -rs -s 2>&1 | tail -n 40 > "$OUT/gpu_tests.txt"
+    timeout -k 5 $(( 80 * SCALE )) $PY -m pytest -q -m gpu tests/test_step_graph.py tests/test_networks.py -p no:cacheprovider -rs -s 2>&1 | tail -n 40 > "$OUT/gpu_tests.txt"
     rc=${PIPESTATUS[0]}
 else
     echo "GPU tests skipped (DEVICE=$DEVICE or no pytest)" > "$OUT/gpu_tests.txt"

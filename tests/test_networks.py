@@ -82,6 +82,82 @@ def test_drop_path():
     assert not torch.allclose(t1, t0a)
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal values, NaNs in the same places and zeros with the same sign."""
+    return (torch.equal(torch.nan_to_num(a, nan=7.0), torch.nan_to_num(b, nan=7.0))
+            and torch.equal(a.isnan(), b.isnan()) and torch.equal(torch.signbit(a), torch.signbit(b)))
+
+
+def _drop_path_run(fn, x0, g, drop_prob, seed):
+    x = x0.clone().requires_grad_(True)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    y = fn(x, drop_prob, gen)
+    y.backward(g)
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("drop_prob", [0.15, 0.2, 0.5, 0.3 * 7 / 49, 1 / 3])
+def test_drop_path_is_bit_identical_to_the_official_formula(dtype, drop_prob):
+    """drop_path (one kernel each way) against the official code's ``x.div(keep) * mask`` written
+    out (operations.drop_path_reference), values and gradients bit for bit, signed zeros of
+    dropped samples and non-finite inputs included."""
+    from relnas.nas.operations import drop_path, drop_path_reference
+
+    torch.manual_seed(0)
+    x0 = torch.randn(64, 5, 6, 6, dtype=torch.float64).mul(torch.logspace(-30, 30, 64, dtype=torch.float64)[:, None, None, None])
+    x0 = x0.to(dtype)
+    x0[0, 0, 0, :3] = torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=dtype)
+    x0[1, 0, 0, :2] = torch.tensor([0.0, -0.0], dtype=dtype)
+    g = torch.randn(x0.shape, dtype=dtype)
+    y_ref, gx_ref = _drop_path_run(drop_path_reference, x0, g, drop_prob, seed=3)
+    y, gx = _drop_path_run(drop_path, x0, g, drop_prob, seed=3)
+    dropped = (y_ref == 0).flatten(1).all(1)
+    assert 0 < int(dropped.sum()) < 64  # both kinds of samples are in the test
+    assert _same_bits(y, y_ref) and _same_bits(gx, gx_ref)
+    # the rescaling itself is checked by hand on the kept samples: x / keep, computed apart in the
+    # kernels' arithmetic type (float32 for float32 and bfloat16, float64 for float64)
+    kept = ~dropped
+    kept[0] = False  # the sample holding the non-finite inputs
+    op = torch.float64 if dtype == torch.float64 else torch.float32
+    assert torch.equal(y[kept], (x0[kept].to(op) / torch.tensor(1.0 - drop_prob, dtype=op)).to(dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_drop_path_is_bit_identical_to_the_official_formula_on_gpu(dtype):
+    from relnas.nas.operations import drop_path, drop_path_reference
+
+    torch.manual_seed(0)
+    x0 = torch.randn(256, 16, 32, 32, device="cuda", dtype=dtype)
+    g = torch.randn_like(x0)
+    for drop_prob in (0.15, 0.2, 0.3 * 7 / 49, 1 / 3):
+        y_ref, gx_ref = _drop_path_run(drop_path_reference, x0, g, drop_prob, seed=3)
+        y, gx = _drop_path_run(drop_path, x0, g, drop_prob, seed=3)
+        assert _same_bits(y, y_ref) and _same_bits(gx, gx_ref), drop_prob
+
+
+def test_drop_path_traces_with_fx_in_training_mode():
+    """create_feature_extractor traces train and eval graphs: a cell network with drop path on
+    traces (drop_path is an fx leaf) and its traced training graph draws the same masks."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    net = build_network("cifar", "RelativeNAS", 8, 5, 10, drop_path_prob=0.3)
+    fx_net = create_feature_extractor(net, return_nodes={"cells.4": "last"})
+    x = torch.randn(6, 3, 32, 32)
+    net.train(), fx_net.train()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        a = fx_net(x)["last"]
+        torch.manual_seed(5)
+        s0 = s1 = net.stem(x)
+        for cell in net.cells:
+            s0, s1 = s1, cell(s0, s1, net.drop_path_prob)
+    assert torch.equal(a, s1)
+    assert any(n.target.__name__ == "drop_path" for n in fx_net.graph.nodes if n.op == "call_function")
+
+
 def test_build_network_errors():
     with pytest.raises(KeyError, match="cifar"):
         build_network("mnist", "RelativeNAS", 8, 5, 10)

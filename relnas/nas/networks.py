@@ -7,11 +7,15 @@ None in eval mode or without an auxiliary head. Set ``net.drop_path_prob`` to ch
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from relnas.nas.genotypes import Genotype
 from relnas.nas.operations import FactorizedReduce, Identity, ReLUConvBN, create_op, drop_path
 from relnas.utils.registry import Registry
+
+# drop_path branches on the input's device: a leaf of torch.fx tracing here too (create_feature_extractor)
+torch.fx.wrap("drop_path")
 
 #: the evaluation networks by kind (``model.network``); build one from an :class:`relnas.nas.arch.ArchSpec`
 NETWORKS: Registry[type] = Registry("network")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
@@ -196,14 +197,50 @@ def create_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:
     return OPS[name](C, stride, affine)
 
 
-def drop_path(x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Zero each sample's output with probability ``drop_prob`` and rescale the kept ones.
-
-    Same arithmetic as the official code (a Bernoulli mask per sample, divide then multiply).
-    ``generator``: draw the mask from this generator (on ``x``'s device) instead of the global one.
-    """
+def drop_path_reference(x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The official code's drop path, as written there: a Bernoulli mask per sample, ``x`` divided
+    by the keep probability, then multiplied by the mask (two full-size kernels forward, two
+    backward). :func:`drop_path` computes the same bits with one each way."""
     if drop_prob <= 0.0:
         return x
     keep_prob = 1.0 - drop_prob
     mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep_prob, generator=generator)
     return x.div(keep_prob) * mask
+
+
+def _reciprocal(keep_prob: float, dtype: torch.dtype) -> float:
+    """``1 / keep_prob`` as CUDA computes it for ``x.div(keep_prob)``: in the kernel's arithmetic
+    type (float32 for float32 tensors), then a multiplication (PyTorch's ``div_true_kernel_cuda``)."""
+    if dtype == torch.float32:
+        return float(np.float32(1.0) / np.float32(keep_prob))
+    return 1.0 / keep_prob
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Zero each sample's output with probability ``drop_prob`` and rescale the kept ones.
+
+    Bit for bit the official code's arithmetic (:func:`drop_path_reference`: the same Bernoulli
+    draw per sample, ``x / keep`` times the mask, and the same gradient), with the rescaling folded
+    into the per-sample factor, so the full-size tensor is read and written once forward and once
+    backward instead of twice. How the factor reproduces the reference exactly depends on how the
+    device divides by a Python number: a CUDA kernel multiplies by the reciprocal rounded to the
+    tensor's arithmetic type, so there ``x * (mask * reciprocal)``; the CPU divides, so there
+    ``x / (keep / mask)`` (``keep`` for a kept sample; ``inf`` for a dropped one, and ``x / inf``
+    is a zero with ``x``'s sign, as ``(x / keep) * 0`` is). Other dtypes (half, bfloat16 under
+    autocast) take the reference's two steps. ``generator``: draw the mask from this generator
+    (on ``x``'s device) instead of the global one.
+
+    A leaf of ``torch.fx`` tracing (``torch.fx.wrap``): its device test runs on the actual input.
+    """
+    if drop_prob <= 0.0:
+        return x
+    keep_prob = 1.0 - drop_prob
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep_prob, generator=generator)
+    if x.dtype not in (torch.float32, torch.float64):
+        return x.div(keep_prob) * mask
+    if x.device.type == "cuda":
+        return x * mask.mul_(_reciprocal(keep_prob, x.dtype))
+    return x / mask.reciprocal_().mul_(keep_prob)
+
+
+torch.fx.wrap("drop_path")

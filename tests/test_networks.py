@@ -143,9 +143,9 @@ def test_drop_path_traces_with_fx_in_training_mode():
     traces (drop_path is an fx leaf) and its traced training graph draws the same masks."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    net = build_network("cifar", "RelativeNAS", 8, 5, 10, drop_path_prob=0.3)
+    net = build_network("cifar", "RelativeNAS", 4, 5, 10, drop_path_prob=0.3)
     fx_net = create_feature_extractor(net, return_nodes={"cells.4": "last"})
-    x = torch.randn(6, 3, 32, 32)
+    x = torch.randn(6, 3, 16, 16)
     net.train(), fx_net.train()
     with torch.no_grad():
         torch.manual_seed(5)

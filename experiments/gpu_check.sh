@@ -26,6 +26,8 @@
 #      authors' loop (naive, run first) on $NAIVE_CANDIDATES of them -> $OUT/bench.txt, $OUT/bench.md
 #      (a timeout keeps the variants finished so far: bench.txt lines, the summary's JSON)
 #   5. the summary table, printed last                                     -> $OUT/summary.md
+# STAGES (default "default pair tests bench") picks stages by name; "nhwc" (not in the default) is the
+# generation of stage 1 with search.channels_last=true on POP_NHWC (default 10) candidates, timeout 100 s.
 # plus $OUT/env.txt (versions, GPU). Each stage gets SIGTERM at its timeout and SIGKILL 5 s later
 # (Lightning turns SIGTERM into an exception only at its next check). Exit 3 when python3 lacks torch / lightning / hydra / CUDA.
 # DEVICE=cpu (with small sizes, e.g. NUM_TRAIN=64 POP=2 C=4 LAYERS=3 BENCH_CANDIDATES=2, and
@@ -46,6 +48,9 @@ LAYERS=${LAYERS:-8}
 BENCH_CANDIDATES=${BENCH_CANDIDATES:-4}
 NAIVE_CANDIDATES=${NAIVE_CANDIDATES:-2}
 BENCH_VARIANTS=${BENCH_VARIANTS:-relnas,relnas-pair,relnas-bf16,relnas-bench,naive}  # naive runs first
+STAGES=" ${STAGES:-default pair tests bench} "
+POP_NHWC=${POP_NHWC:-10}
+want() { [[ "$STAGES" == *" $1 "* ]]; }
 SCALE=${TIMEOUT_SCALE:-1}            # multiplies every stage timeout (a dry run on a slow CPU)
 RUNS=${RUNS:-/tmp/relnas_gpu_check}  # search run directories (not under $OUT: only 8 files come back)
 rm -rf "$RUNS"
@@ -105,11 +110,16 @@ generation() {
     stamp "generation $name exit $rc"
 }
 
-stamp "1/4 one paper-size generation, GPU defaults (timeout 140s)"
-generation default 140
-stamp "2/4 the same generation, both members of each pair at once (timeout 100s)"
-generation pair 100 search.executor=concurrent_pair
+if want default; then
+    stamp "1/4 one paper-size generation, GPU defaults (timeout 140s)"
+    generation default 140
+fi
+if want pair; then
+    stamp "2/4 the same generation, both members of each pair at once (timeout 100s)"
+    generation pair 100 search.executor=concurrent_pair
+fi
 
+if want tests; then
 stamp "3/4 GPU tests (timeout 80s)"
 t1=$(date +%s)
 if [ "$DEVICE" = cuda ] && $PY -c "import pytest" 2>/dev/null; then
@@ -122,7 +132,14 @@ fi
 tail -n 3 "$OUT/gpu_tests.txt"
 echo "gpu_tests $rc $(( $(date +%s) - t1 ))" >> "$STATUS"
 stamp "GPU tests exit $rc"
+fi
 
+if want nhwc; then
+    stamp "the generation in NHWC (search.channels_last=true), $POP_NHWC candidates (timeout 100s)"
+    POP=$POP_NHWC generation nhwc 100 search.channels_last=true
+fi
+
+if want bench; then
 stamp "4/4 benchmark: $BENCH_VARIANTS (timeout 180s)"
 t1=$(date +%s)
 timeout -k 5 $(( 180 * SCALE )) $PY experiments/bench_search.py --device "$DEVICE" --candidates "$BENCH_CANDIDATES" \
@@ -133,11 +150,12 @@ rc=$?
 tail -n 25 "$OUT/bench.txt"
 echo "bench $rc $(( $(date +%s) - t1 ))" >> "$STATUS"
 stamp "benchmark exit $rc"
+fi
 
 stamp "summary"
 OUT=$OUT RUNS=$RUNS POP=$POP STATUS=$STATUS $PY - <<'EOF' 2>&1 | tee "$OUT/summary.md"
 import csv, json, os, re
-runs, pop = os.environ["RUNS"], int(os.environ["POP"])
+runs = os.environ["RUNS"]
 out = os.environ["OUT"]
 TARGET, OFFICIAL = 1.8, 13.9
 print("| stage | exit | wall s | s/candidate | paper search (x1000) | vs 1.8 s target | authors' 13.9 s / this | s/candidate after the first unit |")
@@ -158,11 +176,14 @@ status = {}
 for line in open(os.environ["STATUS"]):
     name, rc, wall = line.split()
     status[name] = (rc, wall)
-for name in ("default", "pair"):
-    rc, wall = status.get(f"gen_{name}", ("-", "-"))
+for name in ("default", "pair", "nhwc"):
+    if f"gen_{name}" not in status:
+        continue
+    rc, wall = status[f"gen_{name}"]
     path = os.path.join(runs, name, "generations.csv")
     if os.path.exists(path):
         t = sum(float(r["time_s"]) for r in csv.DictReader(open(path)))
+        pop = sum(1 for _ in csv.DictReader(open(os.path.join(runs, name, "history.csv"))))  # candidates run
         per = t / pop
         print(f"| generation {name} ({pop} candidates) | {rc} | {wall} | **{per:.2f}** | {per * 1000 / 60:.1f} min | "
               f"{'met' if per <= TARGET else 'not met'} ({per / TARGET:.2f}x) | {OFFICIAL / per:.2f}x | "
@@ -172,11 +193,14 @@ for name in ("default", "pair"):
         bars = re.findall(r"(\d+)/(\d+) \[(\d+):(\d+)", log)
         done = f"{bars[-1][0]}/{bars[-1][1]} candidates in {int(bars[-1][2]) * 60 + int(bars[-1][3])} s" if bars else "-"
         print(f"| generation {name} (no generations.csv: {done}) | {rc} | {wall} | - | - | - | - | - |")
-rc, wall = status.get("gpu_tests", ("-", "-"))
-print(f"| GPU tests | {rc} | {wall} | | | | | |")
+if "gpu_tests" in status:
+    rc, wall = status["gpu_tests"]
+    print(f"| GPU tests | {rc} | {wall} | | | | | |")
 rc, wall = status.get("bench", ("-", "-"))
 path = os.path.join(runs, "bench.json")
-if os.path.exists(path):
+if "bench" not in status:
+    pass
+elif os.path.exists(path):
     b = json.load(open(path))
     naive = b["paper_s_per_candidate"].get("naive")
     for n, per in b["paper_s_per_candidate"].items():

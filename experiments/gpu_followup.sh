@@ -11,7 +11,8 @@
 #      H200; generation 1 carries the ~16 s process warm-up)        -> $OUT/variants.md, $OUT/<name>.log
 #   2. (130 s) the transfer recipes' training speed and projected recipe time per GPU for the
 #      RelativeNAS backbone (experiments/transfer_speed.py)        -> $OUT/transfer_speed.md
-# DEVICE=cpu TINY=1 runs both stages with small sizes (a dry run of the script).
+# DEVICE=cpu TINY=1 runs both stages with small sizes (a dry run of the script). STAGES (default
+# "kernel warmup variants transfer") picks stages by name.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(pwd)/gpu_followup_out}"
@@ -19,6 +20,8 @@ mkdir -p "$OUT"
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
+STAGES=" ${STAGES:-kernel warmup variants transfer} "
+want() { [[ "$STAGES" == *" $1 "* ]]; }
 T0=$(date +%s)
 stamp() { echo "[gpu_followup +$(( $(date +%s) - T0 ))s] $*"; }
 
@@ -32,9 +35,10 @@ profile() {
 }
 
 stamp "0/2 kernel profile of one training step per setting; the start-up of a search process"
-profile kernel_profile 75 "--batch 16 --C 4 --layers 3 --steps 1 --warmup 1 --candidates 1" "ms/step"
-profile warmup_profile 45 "--C 4 --layers 3 --batch 16 --eval-batch 32 --candidates 2 --steps 3 --val-steps 2" \
+want kernel && profile kernel_profile 75 "--batch 16 --C 4 --layers 3 --steps 1 --warmup 1 --candidates 1" "ms/step"
+want warmup && profile warmup_profile 45 "--C 4 --layers 3 --batch 16 --eval-batch 32 --candidates 2 --steps 3 --val-steps 2" \
     "CUDA context|candidate 1|\| 1 \||\| 2 \|"
+if want variants; then
 stamp "1/2 search settings, 2 generations each"
 if [ -n "${TINY:-}" ]; then
     small="NUM_TRAIN=64 POP=2 C=4 LAYERS=3"
@@ -44,9 +48,12 @@ fi
 env $small GENERATIONS=2 LIMIT=${LIMIT:-80} DEVICE="$DEVICE" OUT="$OUT" \
     VARIANTS="default= nhwc=search.channels_last=true bf16=trainer.precision=bf16-mixed nhwc_bf16=search.channels_last=true,trainer.precision=bf16-mixed" \
     bash experiments/gpu_variants.sh
+fi
+if want transfer; then
 stamp "2/2 transfer recipe speed"
 timeout -k 5 130 $PY experiments/transfer_speed.py --device "$DEVICE" --steps 10 --warmup 3 ${TINY:+--tiny} \
     --results "$OUT/transfer_speed.md" --json "$OUT/transfer_speed.json" > "$OUT/transfer_speed.txt" 2>&1
 echo "exit $?" >> "$OUT/transfer_speed.txt"
 grep -E "s/iter|exit|Error" "$OUT/transfer_speed.txt" | tail -n 6
+fi
 stamp "done"

@@ -158,6 +158,58 @@ def test_drop_path_traces_with_fx_in_training_mode():
     assert any(n.target.__name__ == "drop_path" for n in fx_net.graph.nodes if n.op == "call_function")
 
 
+@pytest.mark.parametrize("shape,channels_last", [((6, 16, 32, 32), True), ((6, 16, 32, 32), False),
+                                                 ((2, 24, 56, 56), True), ((5, 12, 8, 8), False)])
+def test_factorized_reduce_equals_the_strided_convs(shape, channels_last):
+    """FactorizedReduce's convs (pointwise_stride2_conv) against the official code's 1x1 stride-2
+    convolutions written out: values and input gradients bit for bit (even sizes); the weight
+    gradients sum the same products in the CPU kernel's own order, so they agree to fp32 rounding."""
+    import torch.nn.functional as F
+
+    from relnas.nas.operations import FactorizedReduce
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    m = FactorizedReduce(shape[1], 2 * shape[1]).to(memory_format=fmt)
+    x0 = torch.randn(shape).contiguous(memory_format=fmt)
+    g = torch.randn(shape[0], 2 * shape[1], shape[2] // 2, shape[3] // 2)
+
+    def official(x):
+        x = torch.relu(x)
+        return m.bn(torch.cat([F.conv2d(x, m.conv_1.weight, stride=2), F.conv2d(x[:, :, 1:, 1:], m.conv_2.weight, stride=2)], 1))
+
+    grads = []
+    for fn in (m, official):
+        x = x0.clone().requires_grad_(True)
+        m.zero_grad(set_to_none=True)
+        y = fn(x)
+        y.backward(g)
+        grads.append((y.detach(), x.grad, m.conv_1.weight.grad, m.conv_2.weight.grad))
+    (y, gx, gw1, gw2), (y_ref, gx_ref, gw1_ref, gw2_ref) = grads
+    assert torch.equal(y, y_ref) and torch.equal(gx, gx_ref)
+    for gw, ref in ((gw1, gw1_ref), (gw2, gw2_ref)):
+        torch.testing.assert_close(gw, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_factorized_reduce_backward_survives_the_cpu_channels_last_defect():
+    """torch 2.14's CPU weight gradient of a channels-last 1x1 stride-2 convolution corrupts the
+    heap for a (4, 8, 56, 56) input (the process aborts); FactorizedReduce must train there (an
+    ImageNet network at C=8 meets this shape). In a subprocess, so a crash fails this test only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from relnas.nas.operations import FactorizedReduce\n"
+        "m = FactorizedReduce(8, 16).to(memory_format=torch.channels_last)\n"
+        "x = torch.randn(4, 8, 56, 56).contiguous(memory_format=torch.channels_last).requires_grad_(True)\n"
+        "for _ in range(3):\n"
+        "    m(x).sum().backward()\n"
+        "print('trained')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "trained" in r.stdout, (r.returncode, r.stderr[-500:])
+
+
 def test_build_network_errors():
     with pytest.raises(KeyError, match="cifar"):
         build_network("mnist", "RelativeNAS", 8, 5, 10)

@@ -116,8 +116,30 @@ class Identity(nn.Module):
         return x
 
 
+def pointwise_stride2_conv(x: torch.Tensor, weight: torch.Tensor, offset: int) -> torch.Tensor:
+    """The 1x1 stride-2 convolution of ``x[:, :, offset:, offset:]`` (:class:`FactorizedReduce`).
+
+    A channels-last input on a CPU runs as a stride-1 convolution of the pixels the strided one
+    reads (``x[:, :, offset::2, offset::2]``): the same products and sums (values and input
+    gradients bit for bit on even sizes; the weight gradient sums in the kernel's own order), and
+    it avoids a defect of the CPU (oneDNN) weight gradient of channels-last 1x1 stride-2
+    convolutions in torch 2.14, which corrupts the heap for few input channels at some sizes (a
+    (4, 8, 56, 56) input aborts the process; ``tests/test_networks.py``). Other inputs (NCHW, as
+    the official code runs; other devices) take the strided convolution. A leaf of ``torch.fx``
+    tracing (the test runs on the actual input).
+    """
+    if x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return F.conv2d(x[:, :, offset::2, offset::2], weight)
+    return F.conv2d(x[:, :, offset:, offset:] if offset else x, weight, stride=2)
+
+
+torch.fx.wrap("pointwise_stride2_conv")
+
+
 class FactorizedReduce(nn.Module):
-    """ReLU, two 1x1 stride-2 convs (the second on the input shifted by one pixel), concat, BN."""
+    """ReLU, two 1x1 stride-2 convs (the second on the input shifted by one pixel), concat, BN.
+    The convs run through :func:`pointwise_stride2_conv` with the ``conv_1`` / ``conv_2`` weights
+    (the official parameter names)."""
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
         super().__init__()
@@ -130,7 +152,8 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+        out = torch.cat([pointwise_stride2_conv(x, self.conv_1.weight, 0),
+                         pointwise_stride2_conv(x, self.conv_2.weight, 1)], dim=1)
         return self.bn(out)
 
 

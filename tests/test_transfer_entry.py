@@ -116,6 +116,9 @@ def test_detection_end_to_end(detection_run):
     assert {k for k, v in r["per_class"].items() if v is not None} == {"bottle", "pottedplant", "car", "person"}
     assert r["global_step"] == 1 and r["wall_time_s"] > 0 and "cpu" in r["hardware"]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    # by default the final weights are tested: no choice made on the evaluation split
+    assert r["test_checkpoint"] == "final weights"
+    assert r["test_selection"]["rule"] == "final" and r["test_selection"]["selected_on_test_set"] is False
     from torchvision.io import read_image
 
     img = read_image(str(run_dir / "predictions.png"))
@@ -167,16 +170,35 @@ def test_prediction_grid_pads_mixed_sizes():
 def test_detection_resume(detection_run, tmp_path):
     data, run_dir, _ = detection_run
     resumed = tmp_path / "resumed"
-    p = subprocess.run(_detection_cmd(data, resumed, "task.epochs=2", f"resume={run_dir}", "predictions.num_images=0"),
+    p = subprocess.run(_detection_cmd(data, resumed, "task.epochs=2", f"resume={run_dir}", "predictions.num_images=0",
+                                      "test_checkpoint=best_test_epoch"),
                        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((resumed / "results.json").read_text())
     assert r["resumed_from"].endswith("last.ckpt") and r["epochs_run"] == 2 and r["global_step"] == 2
+    # test_checkpoint=best_test_epoch: the monitored checkpoint, said to be chosen on the evaluation split
+    sel = r["test_selection"]
+    assert sel["rule"] == "best_test_epoch" and sel["selected_on_test_set"] is True and "val/map" in sel["description"]
+    best = Path(sel["checkpoint"])
+    assert best.parent == resumed / "checkpoints" and best.is_file() and best.name != "last.ckpt"
+    assert r["test_checkpoint"] == sel["checkpoint"]
     # a checkpoint of another class count is refused in one line before training
     bad = subprocess.run(_detection_cmd(data, tmp_path / "bad", "task.epochs=2", f"resume={run_dir}",
                                         "task.model.extra_channels=[512,256,256,32]"),
                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: resume:")
+
+
+def test_test_checkpoint_rules():
+    from relnas.errors import ConfigError
+    from relnas.transfer.__main__ import resolve_test_checkpoint
+
+    assert resolve_test_checkpoint(None) == resolve_test_checkpoint("auto") == resolve_test_checkpoint("final") == "final"
+    assert resolve_test_checkpoint("best_test_epoch") == "best_test_epoch"
+    with pytest.raises(ConfigError, match="best_val needs a validation split held out"):
+        resolve_test_checkpoint("best_val")
+    with pytest.raises(ConfigError, match="unknown test_checkpoint='best'; choose one of auto, final, best_test_epoch"):
+        resolve_test_checkpoint("best")
 
 
 def test_inspect_task_errors_are_one_line(tmp_path):

@@ -9,8 +9,8 @@ Examples::
     python -m relnas.transfer +experiment=voc_ssdlite resume=outputs/transfer/<run>
 
 Config groups ``task`` (configs/task/) and ``backbone`` (configs/backbone/); trainer, logger and
-callbacks as ``relnas.train``. At the end the best checkpoint (the task's ``monitor`` metric) is
-evaluated on the test split, and ``results.json`` (task, backbone, weights, params and FLOPs at
+callbacks as ``relnas.train``. At the end the weights ``test_checkpoint`` names (:func:`resolve_test_checkpoint`:
+the final weights by default) are evaluated on the test split, and ``results.json`` (task, backbone, weights, params and FLOPs at
 the task's input size, metrics, per-class numbers, wall time, hardware) and ``predictions.png``
 (predictions next to ground truth on the first validation images) are written to the run dir.
 """
@@ -34,6 +34,27 @@ log = logging.getLogger(__name__)
 
 NO_BACKBONE = ("no backbone given: set backbone=<RelativeNAS | DARTS_V2 | NASNet | AmoebaNet | mobilenet_v2 | "
                "shufflenet_v2_x1_0 | mnasnet1_0> or backbone=cell backbone.name=<genotype file | search run>")
+
+
+TEST_RULES = ("auto", "final", "best_test_epoch")
+
+
+def resolve_test_checkpoint(rule: Optional[str]) -> str:
+    """Which weights a transfer run evaluates at the end (``test_checkpoint``). The transfer data
+    sets hold no validation split out of their training sets (VOC07 test, Cityscapes val and
+    COCO val2017 are the evaluation splits, and validation runs on them), so ``auto`` is
+    ``final``, the weights after the last step; ``best_test_epoch`` takes the checkpoint with the
+    best validation metric, i.e. chosen on the evaluation split itself (optimistic; for
+    comparison with tables reported that way). One-line ConfigError for anything else."""
+    from relnas.errors import ConfigError
+
+    rule = str(rule or "auto")
+    if rule == "best_val":
+        raise ConfigError("test_checkpoint=best_val needs a validation split held out from the training set, which the "
+                          "transfer data sets do not have: use test_checkpoint=final (default) or best_test_epoch")
+    if rule not in TEST_RULES:
+        raise ConfigError(f"unknown test_checkpoint={rule!r}; choose one of {', '.join(TEST_RULES)}")
+    return "final" if rule == "auto" else rule
 
 
 def _container(node: Any) -> Any:
@@ -152,6 +173,7 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     backbone = backbone_from_config(cfg.backbone)
     module = build_task(cfg, int(dm.num_classes), list(dm.class_names), backbone=backbone)
 
+    rule = resolve_test_checkpoint(cfg.get("test_checkpoint"))
     train = int(cfg.task.get("epochs", 1)) > 0  # task.epochs=0: evaluate only, whatever trainer.max_steps says
     bb = backbone.describe()
     ckpt_path: Optional[Path] = None
@@ -211,8 +233,13 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     ckpt_cbs = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     best_cb = next((c for c in ckpt_cbs if c.monitor), None)
     best_path = best_cb.best_model_path if best_cb is not None and best_cb.best_model_path else None
+    test_path = best_path if rule == "best_test_epoch" else None
+    if rule == "best_test_epoch" and test_path is None:
+        log.warning("test_checkpoint=best_test_epoch but no best checkpoint was kept (no training or no "
+                    "validation yet): testing the final weights")
+        rule = "final"
     if cfg.get("test_after_training", True) and not trainer.interrupted:
-        trainer.test(module, datamodule=dm, ckpt_path=best_path, verbose=False)
+        trainer.test(module, datamodule=dm, ckpt_path=test_path, verbose=False)
     final = module.final_metrics()
 
     picture = None
@@ -240,7 +267,13 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
         "flops_convention": "multiply-adds (FlopCounterMode FLOPs / 2) of one image at input_size",
         "metrics": final.get("metrics", {}),
         "per_class": final.get("per_class", {}),
-        "test_checkpoint": best_path or "final weights",
+        "test_checkpoint": test_path or "final weights",
+        "test_selection": {
+            "rule": rule, "checkpoint": test_path or f"final weights (step {int(trainer.global_step)})",
+            "selected_on_test_set": rule == "best_test_epoch",
+            "description": (f"checkpoint with the best {cls.monitor} ON THE EVALUATION SPLIT (selected on the "
+                            "reported set: optimistic)") if rule == "best_test_epoch"
+            else "weights after the last training step (no selection)"},
         "epochs": int(cfg.task.get("epochs", 0)),
         "epochs_run": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),

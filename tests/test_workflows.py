@@ -313,3 +313,4 @@ def test_sweep_summary_of_transfer_jobs_has_the_task_metric(tmp_path):
     # detection selects checkpoints by val/map: the summary's metric column is the run's map
     assert [(r["task.model.head"], r["status"], r["map"], r["wall_time_s"]) for r in csv_rows] == [
         ("authors", "ok", "0.31", "10.0"), ("torchvision", "ok", "0.27", "11.0")]
+    assert "test_top1_err" not in csv_rows[0]  # a classification column would stay empty

@@ -101,7 +101,10 @@ def summarize_sweep(sweep_dir: Path, swept: Sequence[str]) -> List[Dict[str, Any
 def write_summary(sweep_dir: Path, rows: List[Dict[str, Any]], swept: Sequence[str]) -> List[Path]:
     sweep_dir = Path(sweep_dir)
     metric = next((r["val_metric_name"] for r in rows if r.get("val_metric_name")), "val_metric")
-    fields = ["job", *swept, "status", metric, "test_top1_err", "wall_time_s", "dir"]
+    # training jobs have a test top-1 error; search and transfer jobs none (the column would stay empty)
+    classification = any(r.get("test_top1_err") is not None or r.get("val_metric_name") == "best_val_top1_err"
+                         for r in rows)
+    fields = ["job", *swept, "status", metric, *(["test_top1_err"] if classification else []), "wall_time_s", "dir"]
     out = []
     with open(sweep_dir / SUMMARY_CSV, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

@@ -35,6 +35,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
 class SSDLiteFeatures(nn.Module):
     """Backbone maps of stride 16 and 32 plus the extra inverted-residual blocks, as the ordered
     dict of maps SSD consumes (``"0"`` .. ``"5"``)."""
@@ -270,7 +274,8 @@ class DetectionModule(TransferModule):
                        [self.class_names[int(c)] + (" (difficult)" if d else "") for c, d in zip(gl, diff)],
                        [colors[int(c)] for c in gl])
             panels += [pred, gt]
-            titles += [f"prediction: {len(keep)} boxes, score >= {thr:g}", f"ground truth: {len(gl)} objects"]
+            titles += [f"prediction: {_count(len(keep), 'box', 'boxes')}, score >= {thr:g}",
+                       f"ground truth: {_count(len(gl), 'object', 'objects')}"]
         return prediction_grid(panels, ncol=2, titles=titles)
 
 

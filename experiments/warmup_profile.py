@@ -83,7 +83,8 @@ def profile(args) -> Dict:
     for k, v in enumerate(vectors):
         arch = ws.compile(encoding.decode(v))
         m = Member(ws, arch, lr=0.1, drop_prob=args.drop_path, seed=args.seed + k, momentum=0.9, weight_decay=3e-4,
-                   grad_clip=5.0, channels_last=channels_last, graph_backend=backend, graph_warmup=1)
+                   grad_clip=5.0, channels_last=channels_last, graph_backend=backend, graph_warmup=1,
+                   graph_stream=stream, graph_capture=args.capture)  # one side stream, as SearchModule keeps
         clock.mark(f"candidate {k + 1}: compile and optimizer")
         train, val = [], []
         for i in range(args.steps):
@@ -101,14 +102,15 @@ def profile(args) -> Dict:
         per_candidate.append({"train_s": train, "val_s": val, "graph_stats": stats, "capture_s": capture_s})
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
             "torch": torch.__version__, "imports_s": imports, "channels_last": channels_last,
-            "graphs": backend is not None, "phases": clock.rows, "candidates": per_candidate}
+            "graphs": backend is not None, "capture": args.capture, "phases": clock.rows, "candidates": per_candidate}
 
 
 def markdown(r: Dict, argv: List[str]) -> str:
     lines = [f"### warm-up profile, {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {r['device']}, "
              f"torch {r['torch']}", "",
              f"`python experiments/warmup_profile.py {' '.join(argv)}` (channels_last {r['channels_last']}, "
-             f"CUDA graphs {r['graphs']}); seconds, device synchronised after each:", "",
+             f"CUDA graphs {r['graphs']}, capture {r.get('capture', 'lean')}); seconds, device synchronised after each:",
+             "",
              f"- import torch and relnas: {r['imports_s']:.2f}"]
     lines += [f"- {name}: {s:.3f}" for name, s in r["phases"] if ": train step" not in name and ": val step" not in name]
     lines += ["", "| candidate | train steps (s) | val steps (s) | captures | capture s |", "|---|---|---|---|---|"]
@@ -133,6 +135,9 @@ def main(argv=None) -> int:
     p.add_argument("--drop-path", type=float, default=0.15)
     p.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--no-graphs", dest="graphs", action="store_false", help="eager steps on a GPU too")
+    p.add_argument("--capture", default="lean", choices=["lean", "torch"],
+                   help="how graphs are captured (search.graph_capture): lean, or torch.cuda.graph (which syncs and "
+                        "empties the allocator cache before each capture)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", default=None, help="append the markdown record to this file")
     p.add_argument("--json", default=None)

@@ -130,6 +130,7 @@ def test_search_batches_are_the_lightning_batches_after_set_seed():
     (["search.concurrent_pair=true", "search.executor=per_generation"], "concurrent_pair=true contradicts"),
     (["search.executor=concurrent_pair", "strategy=random"], r"1 member\(s\) per job"),
     (["search.cuda_graphs=sometimes"], "cuda_graphs must be true, false or auto"),
+    (["search.graph_capture=fast"], "graph_capture must be lean or torch, got 'fast'"),
 ])
 def test_concurrent_pair_and_cuda_graphs_values_are_checked(tmp_path, overrides, message):
     from relnas.search.run import ConfigError, check_config
@@ -172,6 +173,32 @@ def test_cuda_graphs_default_is_auto_and_eager_on_a_cpu(tmp_path):
     check_config(cfg)
     m = SearchModule(WeightSet(C=4, layers=3))
     assert m.cuda_graphs == "auto" and m._graph_backend() is None
+
+
+@pytest.mark.parametrize("capture", [None, "torch"])
+def test_graph_capture_mode_reaches_every_step_graph(tmp_path, capture):
+    """search.graph_capture (default lean) travels from the config to the module and to the
+    StepGraphs of the sequential path and of both pair members (emulated graphs on the CPU)."""
+    import hydra
+
+    from relnas.search.concurrent import PairTrainer
+
+    cfg = tiny_search_cfg(tmp_path, [f"search.graph_capture={capture}"] if capture else [])
+    expected = capture or "lean"
+    ws = WeightSet(C=4, layers=3, num_classes=10)
+    m = hydra.utils.instantiate(cfg.module, weight_set=ws, graph_backend="emulate")
+    assert m.graph_capture == expected
+    arch = ws.compile(encoding.decode(encoding.sample(np.random.default_rng(0), 1)[0]))
+    m.manual_backward = lambda loss: loss.backward()  # no Trainer here
+    m.begin_candidate(arch, lr=0.05, drop_prob=0.0, seed=1)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    for _ in range(2):
+        m.training_step((x, y), 0)
+    assert m.member.graphs["train"].capture == expected and m.member.graphs["train"].captured
+    assert m.pair_trainer().graph_capture == expected
+    with pytest.raises(ValueError, match="graph_capture must be one of lean, torch"):
+        SearchModule(ws, graph_capture="eager")
+    assert PairTrainer(ws).graph_capture == "lean"
 
 
 def test_pair_trainer_equals_the_members_one_after_the_other_with_drop_path():

@@ -148,7 +148,7 @@ def pinned_numerics():
     return numerics(deterministic=True, benchmark=False, tf32=False)
 
 
-def _two_candidates_on_gpu(drop_prob: float, seeds=(None, None)):
+def _two_candidates_on_gpu(drop_prob: float, seeds=(None, None), capture: str = "lean"):
     """A runner of two candidates in a row on one weight set (train with a smaller last batch,
     then validation under inference_mode), eager or graphed; returns (weights, losses, stats)."""
     import numpy as np
@@ -168,7 +168,7 @@ def _two_candidates_on_gpu(drop_prob: float, seeds=(None, None)):
     def run(graphs: bool):
         ws.load_state_dict(init)
         torch.manual_seed(1)  # same drop-path stream in both runs (seed None: the global generator)
-        m = SearchModule(ws, cuda_graphs=graphs, graph_backend="cuda" if graphs else None).to(dev)
+        m = SearchModule(ws, cuda_graphs=graphs, graph_backend="cuda" if graphs else None, graph_capture=capture).to(dev)
         m.manual_backward = lambda loss: loss.backward()  # no Trainer here
         losses, stats = [], []
         for arch, seed in zip(archs, seeds):
@@ -190,12 +190,14 @@ def _two_candidates_on_gpu(drop_prob: float, seeds=(None, None)):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("drop_prob,seeds", [(0.0, (None, None)), (0.2, (None, None)), (0.2, (5, 6))])
-def test_cuda_graph_candidates_match_eager_on_gpu(drop_prob, seeds):
+@pytest.mark.parametrize("drop_prob,seeds,capture", [(0.0, (None, None), "lean"), (0.2, (None, None), "lean"),
+                                                     (0.2, (5, 6), "lean"), (0.2, (5, 6), "torch")])
+def test_cuda_graph_candidates_match_eager_on_gpu(drop_prob, seeds, capture):
     """Real captures against eager steps, under pinned numerics. With drop path the replays draw
     from the same random stream as eager steps: the global generator (seeds None) or each
-    candidate's own generator, registered with its graphs (seeds given)."""
-    run = _two_candidates_on_gpu(drop_prob, seeds)
+    candidate's own generator, registered with its graphs (seeds given). Both capture modes
+    (search.graph_capture: lean, the default, and torch.cuda.graph)."""
+    run = _two_candidates_on_gpu(drop_prob, seeds, capture)
     with pinned_numerics():
         w_e, loss_e, _ = run(False)
         w_g, loss_g, stats = run(True)

@@ -105,7 +105,7 @@ class Member:
     def __init__(self, net: WeightSet, arch: Arch, lr: float, drop_prob: float, seed: Optional[int], *,
                  momentum: float, weight_decay: float, grad_clip: float, channels_last: bool,
                  graph_backend: Optional[str], graph_warmup: int, stream=None, graph_stream=None,
-                 backward: Optional[Callable[[torch.Tensor], None]] = None):
+                 backward: Optional[Callable[[torch.Tensor], None]] = None, graph_capture: str = "lean"):
         self.net, self.arch, self.lr, self.drop_prob = net, arch, lr, drop_prob
         self.grad_clip, self.channels_last = grad_clip, channels_last
         device = next(iter(net.tensors().values())).device
@@ -121,6 +121,7 @@ class Member:
         self._pool = None
         self._graph_stream = graph_stream
         self._backward = backward
+        self.graph_capture = graph_capture
         self.broken = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +163,7 @@ class Member:
             graph = self.graphs[kind] = StepGraph(step, eager_step=eager, warmup=self.graph_warmup,
                                                   backend=self.graph_backend, on_capture_failure=self._failed,
                                                   pool=self._pool, stream=self._graph_stream,
-                                                  generators=[self.generator])
+                                                  generators=[self.generator], capture=self.graph_capture)
         graph(x, y)
 
     def losses(self) -> torch.Tensor:
@@ -197,12 +198,13 @@ class PairTrainer:
 
     def __init__(self, weight_set: WeightSet, *, momentum: float = 0.9, weight_decay: float = 3e-4,
                  grad_clip: float = 5.0, channels_last: bool = True, graph_backend: Optional[str] = None,
-                 graph_warmup: int = 1):
+                 graph_warmup: int = 1, graph_capture: str = "lean"):
         if graph_backend is not None and graph_backend not in BACKENDS:
             raise ValueError(f"unknown graph_backend {graph_backend!r}; known: {', '.join(BACKENDS)}")
         self.weight_set = weight_set
         self.momentum, self.weight_decay, self.grad_clip = momentum, weight_decay, grad_clip
         self.channels_last, self.graph_backend, self.graph_warmup = channels_last, graph_backend, graph_warmup
+        self.graph_capture = graph_capture
         self._shadow: Optional[WeightSet] = None
         self._streams = None
         self.graph_stats = {"eager": 0, "captures": 0, "replays": 0}
@@ -245,7 +247,8 @@ class PairTrainer:
         members = [Member(nets[i], member_archs[i], lr, drop_prob, seeds[i], momentum=self.momentum,
                           weight_decay=self.weight_decay, grad_clip=self.grad_clip,
                           channels_last=self.channels_last, graph_backend=backend,
-                          graph_warmup=self.graph_warmup, stream=streams[i]) for i in range(2)]
+                          graph_warmup=self.graph_warmup, stream=streams[i],
+                          graph_capture=self.graph_capture) for i in range(2)]
         current = torch.cuda.current_stream() if cuda else None
         if cuda:
             for s in streams:

@@ -46,7 +46,7 @@ STRATEGY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "strategy"
 # config keys that do not change what a search computes (may differ on resume); the executor
 # keys are replaced by what they mean for the result (search.merge)
 NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs", "search.channels_last",
-                "search.graph_warmup", "search.strategy", "search.executor", "search.weight_set_update",
+                "search.graph_warmup", "search.graph_capture", "search.strategy", "search.executor", "search.weight_set_update",
                 "search.concurrent_pair", "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
 
 
@@ -114,6 +114,8 @@ def check_config(cfg: DictConfig) -> None:
             "search.executor=per_generation` (see docs/scale_out.md)")
     if s.get("channels_last", "auto") not in (True, False, "auto"):
         raise ConfigError(f"search.channels_last must be true, false or auto, got {s.get('channels_last')!r}")
+    if s.get("graph_capture", "lean") not in ("lean", "torch"):
+        raise ConfigError(f"search.graph_capture must be lean or torch, got {s.get('graph_capture')!r}")
     if s.get("cuda_graphs", "auto") not in (True, False, "auto"):
         raise ConfigError(f"search.cuda_graphs must be true, false or auto, got {s.get('cuda_graphs')!r}")
     if s.get("cuda_graphs", "auto") is not False:

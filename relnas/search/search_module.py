@@ -19,7 +19,7 @@ from typing import Optional, Union
 import lightning as L
 import torch
 
-from relnas.search.step_graph import BACKENDS, graph_totals
+from relnas.search.step_graph import BACKENDS, CAPTURE_MODES, graph_totals
 from relnas.search.concurrent import Member, PairTrainer
 from relnas.search.weight_set import Arch, WeightSet
 
@@ -43,13 +43,14 @@ def channels_last_for(setting: Union[bool, str], device_type: str) -> bool:
 class SearchModule(L.LightningModule):
     def __init__(self, weight_set: WeightSet, momentum: float = 0.9, weight_decay: float = 3e-4,
                  grad_clip: float = 5.0, channels_last: Union[bool, str] = True, cuda_graphs: Union[bool, str] = "auto",
-                 graph_warmup: int = 1, graph_backend: Optional[str] = None):
+                 graph_warmup: int = 1, graph_backend: Optional[str] = None, graph_capture: str = "lean"):
         """``channels_last``: NHWC inputs and weights (``True``), NCHW (``False``), or ``"auto"``:
         NHWC except on a CUDA device (:func:`channels_last_for`), decided when the fit starts.
         ``cuda_graphs``: capture each candidate's train and validation steps as CUDA graphs:
         ``"auto"`` (on when the module runs on a CUDA device), ``True`` (the same, with a warning
         on other devices) or ``False`` (eager). ``graph_warmup``: eager steps before the capture.
         ``graph_backend``: ``"emulate"`` runs the graph bookkeeping on any device (tests).
+        ``graph_capture``: ``"lean"`` or ``"torch"`` (:data:`relnas.search.step_graph.CAPTURE_MODES`).
         Both members of a pair at once: :meth:`run_pair`, called by the ``concurrent_pair``
         executor (:mod:`relnas.search.executors`).
 
@@ -63,6 +64,9 @@ class SearchModule(L.LightningModule):
             raise ValueError(f"cuda_graphs must be true, false or auto, got {cuda_graphs!r}")
         if channels_last not in (True, False, "auto"):
             raise ValueError(f"channels_last must be true, false or auto, got {channels_last!r}")
+        if graph_capture not in CAPTURE_MODES:
+            raise ValueError(f"graph_capture must be one of {', '.join(CAPTURE_MODES)}, got {graph_capture!r}")
+        self.graph_capture = graph_capture
         self.automatic_optimization = False
         self.weight_set = weight_set
         self.momentum, self.weight_decay, self.grad_clip = momentum, weight_decay, grad_clip
@@ -103,7 +107,7 @@ class SearchModule(L.LightningModule):
                              weight_decay=self.weight_decay, grad_clip=self.grad_clip,
                              channels_last=self.channels_last, graph_backend=backend,
                              graph_warmup=self.graph_warmup, graph_stream=self._graph_stream,
-                             backward=self.manual_backward)
+                             backward=self.manual_backward, graph_capture=self.graph_capture)
 
     def candidate_losses(self) -> tuple[float, float]:
         """(mean training loss, mean validation loss) of the current candidate; one host sync.
@@ -135,7 +139,8 @@ class SearchModule(L.LightningModule):
         if self._pair_trainer is None:
             self._pair_trainer = PairTrainer(self.weight_set, momentum=self.momentum, weight_decay=self.weight_decay,
                                              grad_clip=self.grad_clip, channels_last=self.channels_last,
-                                             graph_backend=self._graph_backend(), graph_warmup=self.graph_warmup)
+                                             graph_backend=self._graph_backend(), graph_warmup=self.graph_warmup,
+                                             graph_capture=self.graph_capture)
         return self._pair_trainer
 
     def run_pair(self, archs, seeds, lr: float, drop_prob: float, train_batches, val_batches, context=None):

@@ -33,6 +33,11 @@ import torch
 log = logging.getLogger(__name__)
 
 BACKENDS = ("cuda", "emulate")
+#: How a capture is entered: ``"lean"`` begins and ends it on the side stream directly;
+#: ``"torch"`` uses ``torch.cuda.graph``, which before every capture synchronises the device and
+#: empties the caching allocator (and the pinned host cache), so the next candidate's eager steps
+#: allocate their memory from the driver again. A search captures two graphs per candidate.
+CAPTURE_MODES = ("lean", "torch")
 GRAPH_STATS = ("eager", "captures", "replays")
 _Signature = Tuple[Tuple[Tuple[int, ...], torch.dtype, torch.device], ...]
 
@@ -67,6 +72,7 @@ class StepGraph:
             a new handle for the next candidate.
         stream: the side stream for warm-up and capture (default: a new one). Share one among the
             graphs of a pool: the allocator reuses a pool's blocks only on the stream they came from.
+        capture: ``"lean"`` (default) or ``"torch"``, see :data:`CAPTURE_MODES`; the same graph either way.
         generators: CUDA generators (``torch.Generator``) the step draws from besides the default one (e.g. a
             candidate's own drop-path stream). Each is registered with the graph before capture
             (``CUDAGraph.register_generator_state``), so every replay advances it as an eager
@@ -75,9 +81,13 @@ class StepGraph:
 
     def __init__(self, step: Callable[..., None], eager_step: Optional[Callable[..., None]] = None,
                  warmup: int = 1, backend: str = "cuda", on_capture_failure: Optional[Callable[[], None]] = None,
-                 pool: Any = None, stream: Any = None, generators: Sequence[torch.Generator] = ()):
+                 pool: Any = None, stream: Any = None, generators: Sequence[torch.Generator] = (),
+                 capture: str = "lean"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown StepGraph backend {backend!r}; known: {', '.join(BACKENDS)}")
+        if capture not in CAPTURE_MODES:
+            raise ValueError(f"unknown capture mode {capture!r}; known: {', '.join(CAPTURE_MODES)}")
+        self.capture = capture
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 (the optimizer's state must exist before capture), got {warmup}")
         self.step = step
@@ -155,8 +165,17 @@ class StepGraph:
                     graph.register_generator_state(gen)
             stream.wait_stream(current)
             # thread_local: CUDA calls of other threads (loggers, monitors) do not break the capture
-            with torch.cuda.graph(graph, pool=self.pool, stream=stream, capture_error_mode="thread_local"), autocast:
-                self.step(*static)
+            if self.capture == "torch":
+                with torch.cuda.graph(graph, pool=self.pool, stream=stream, capture_error_mode="thread_local"), \
+                        autocast:
+                    self.step(*static)
+            else:  # what torch.cuda.graph does, without its device sync and cache emptying
+                with torch.cuda.stream(stream), autocast:
+                    graph.capture_begin(*(() if self.pool is None else (self.pool,)), capture_error_mode="thread_local")
+                    try:
+                        self.step(*static)
+                    finally:
+                        graph.capture_end()
             current.wait_stream(stream)
             self.capture_seconds += time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly

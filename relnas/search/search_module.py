@@ -79,7 +79,7 @@ class SearchModule(L.LightningModule):
         self._graphs_broken = False      # a capture failed: the rest of the run is eager
         self._graph_stream = None        # one side stream for every candidate's warm-up and capture
         self.graph_stats = {"eager": 0, "captures": 0, "replays": 0}
-        self.capture_seconds = 0.0       # host time spent capturing (includes torch.cuda.graph's sync + empty_cache)
+        self.capture_seconds = 0.0       # host time spent capturing (with graph_capture=torch: torch.cuda.graph's sync + empty_cache too)
 
     # ------------------------------------------------------------------ candidate switching
     @property

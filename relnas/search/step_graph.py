@@ -103,7 +103,7 @@ class StepGraph:
         self._static: Tuple[torch.Tensor, ...] = ()
         self._stream = stream
         self.generators = tuple(g for g in generators if g is not None)
-        self.capture_seconds = 0.0  # host time spent in captures (torch.cuda.graph syncs and empties the cache)
+        self.capture_seconds = 0.0  # host time spent in captures (capture="torch": with torch.cuda.graph's sync and cache emptying)
 
     @property
     def captured(self) -> bool:

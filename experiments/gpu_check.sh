@@ -26,8 +26,9 @@
 #      authors' loop (naive, run first) on $NAIVE_CANDIDATES of them -> $OUT/bench.txt, $OUT/bench.md
 #      (a timeout keeps the variants finished so far: bench.txt lines, the summary's JSON)
 #   5. the summary table, printed last                                     -> $OUT/summary.md
-# STAGES (default "default pair tests bench") picks stages by name; "nhwc" (not in the default) is the
-# generation of stage 1 with search.channels_last=true on POP_NHWC (default 10) candidates, timeout 100 s.
+# STAGES (default "default pair tests bench") picks stages by name; "nhwc" and "torchcapture" (not in the
+# default) are the generation of stage 1 on POP_AB (default 10) candidates, timeout 100 s each, with
+# search.channels_last=true and with search.graph_capture=torch respectively.
 # plus $OUT/env.txt (versions, GPU). Each stage gets SIGTERM at its timeout and SIGKILL 5 s later
 # (Lightning turns SIGTERM into an exception only at its next check). Exit 3 when python3 lacks torch / lightning / hydra / CUDA.
 # DEVICE=cpu (with small sizes, e.g. NUM_TRAIN=64 POP=2 C=4 LAYERS=3 BENCH_CANDIDATES=2, and
@@ -49,7 +50,7 @@ BENCH_CANDIDATES=${BENCH_CANDIDATES:-4}
 NAIVE_CANDIDATES=${NAIVE_CANDIDATES:-2}
 BENCH_VARIANTS=${BENCH_VARIANTS:-relnas,relnas-pair,relnas-bf16,relnas-bench,naive}  # naive runs first
 STAGES=" ${STAGES:-default pair tests bench} "
-POP_NHWC=${POP_NHWC:-10}
+POP_AB=${POP_AB:-10}
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 SCALE=${TIMEOUT_SCALE:-1}            # multiplies every stage timeout (a dry run on a slow CPU)
 RUNS=${RUNS:-/tmp/relnas_gpu_check}  # search run directories (not under $OUT: only 8 files come back)
@@ -135,8 +136,12 @@ stamp "GPU tests exit $rc"
 fi
 
 if want nhwc; then
-    stamp "the generation in NHWC (search.channels_last=true), $POP_NHWC candidates (timeout 100s)"
-    POP=$POP_NHWC generation nhwc 100 search.channels_last=true
+    stamp "the generation in NHWC (search.channels_last=true), $POP_AB candidates (timeout 100s)"
+    POP=$POP_AB generation nhwc 100 search.channels_last=true
+fi
+if want torchcapture; then
+    stamp "the generation with search.graph_capture=torch, $POP_AB candidates (timeout 100s)"
+    POP=$POP_AB generation torchcapture 100 search.graph_capture=torch
 fi
 
 if want bench; then
@@ -176,7 +181,7 @@ status = {}
 for line in open(os.environ["STATUS"]):
     name, rc, wall = line.split()
     status[name] = (rc, wall)
-for name in ("default", "pair", "nhwc"):
+for name in ("default", "pair", "nhwc", "torchcapture"):
     if f"gen_{name}" not in status:
         continue
     rc, wall = status[f"gen_{name}"]

@@ -117,7 +117,7 @@ def test_detection_end_to_end(detection_run):
     assert r["global_step"] == 1 and r["wall_time_s"] > 0 and "cpu" in r["hardware"]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     # by default the final weights are tested: no choice made on the evaluation split
-    assert r["test_checkpoint"] == "final weights"
+    assert r["test_checkpoint"] == "final weights" and r["max_steps"] is None  # a run counted in epochs
     assert r["test_selection"]["rule"] == "final" and r["test_selection"]["selected_on_test_set"] is False
     from torchvision.io import read_image
 

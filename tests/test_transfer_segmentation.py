@@ -283,6 +283,7 @@ def test_cityscapes_bisenet_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((run_dir / "results.json").read_text())
     assert res["task"] == "segmentation" and res["num_classes"] == 19
+    assert res["max_steps"] == 2  # the run's length in iterations (TINY's trainer.max_steps)
     m = res["metrics"]
     assert 0.0 <= m["miou"] <= 1.0 and 0.0 <= m["miou_ms_flip"] <= 1.0 and m["ms_scales"] == [1.0, 1.5]
     assert list(res["per_class"]) == list(CITYSCAPES_CLASSES)

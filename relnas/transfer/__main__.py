@@ -57,6 +57,10 @@ def resolve_test_checkpoint(rule: Optional[str]) -> str:
     return "final" if rule == "auto" else rule
 
 
+def _positive_or_none(value: Any) -> Optional[int]:
+    return int(value) if value is not None and int(value) > 0 else None
+
+
 def _container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
@@ -275,6 +279,8 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
                             "reported set: optimistic)") if rule == "best_test_epoch"
             else "weights after the last training step (no selection)"},
         "epochs": int(cfg.task.get("epochs", 0)),
+        # the recipe's length when it is counted in iterations (cityscapes_bisenet: 80K); epochs is then a bound
+        "max_steps": _positive_or_none(cfg.trainer.get("max_steps")),
         "epochs_run": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
         "resumed_from": str(ckpt_path) if ckpt_path else None,

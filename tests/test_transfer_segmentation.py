@@ -306,6 +306,22 @@ def test_cli_missing_cityscapes_is_one_line(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
+def test_cli_epoch_validation_with_an_iteration_interval_is_one_line(tmp_path):
+    """cityscapes_bisenet validates every N iterations across epochs; asking for per-epoch
+    validation while keeping an interval longer than an epoch stops in one line saying which pair
+    of keys to set (Lightning's own message is a multi-line traceback)."""
+    write_fake_cityscapes(tmp_path / "data" / "cityscapes")
+    tiny = [o for o in TINY if not o.startswith("trainer.val_check_interval")]
+    r = run_transfer(tmp_path / "run", f"paths.data_dir={tmp_path / 'data'}", *tiny,
+                     "trainer.check_val_every_n_epoch=1", "trainer.val_check_interval=4000")
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = [line for line in r.stderr.strip().splitlines() if line.strip()][-1]
+    assert last.startswith("error: trainer.val_check_interval=4000 counts iterations across epochs only with "
+                           "trainer.check_val_every_n_epoch=null"), last
+    assert "Traceback" not in r.stderr
+
+
 # ---------------------------------------------------------------------- the authors' variants
 
 def test_ohem_min_kept_of_all_pixels_ranks_ignored_pixels_at_zero():

@@ -230,7 +230,15 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
             lg.log_hyperparams({f"model/{k}": v for k, v in cost.items() if k != "input_size"})
 
     if train:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        except ValueError as e:  # Lightning's check of an iteration-counted validation interval, in one line
+            if "val_check_interval" not in str(e) or trainer.global_step > 0:
+                raise
+            raise ConfigError(
+                f"trainer.val_check_interval={cfg.trainer.get('val_check_interval')} counts iterations across epochs "
+                "only with trainer.check_val_every_n_epoch=null; to validate every n epochs set "
+                "trainer.check_val_every_n_epoch=<n> trainer.val_check_interval=1.0") from e
     else:
         print("task.epochs=0: no training, evaluating the initial weights", flush=True)
 

@@ -17,8 +17,9 @@ their estimations can run at the same time:
   caller merges them with the usual Eq. 6 merge.
 
 The arithmetic of each member is the sequential search's (each member is a :class:`Member`, the
-class :class:`relnas.search.search_module.SearchModule` trains every candidate through), so on a CPU, where the two members simply alternate, the result equals the sequential
-order bit for bit; on a GPU it equals it up to floating-point order (kernel choice, atomics).
+class :class:`relnas.search.search_module.SearchModule` trains every candidate through), so on a
+CPU, where the two members simply alternate, the result equals the sequential order bit for bit;
+on a GPU it equals it up to floating-point order (kernel choice, atomics).
 """
 from __future__ import annotations
 

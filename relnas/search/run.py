@@ -35,6 +35,7 @@ from relnas.search.engine import STATE_FORMAT, SearchEngine, SearchSettings
 from relnas.search.executors import Executor, create_executor, executor_name, merge_order
 from relnas.search.recorders import OutputRecorder, recorders_for
 from relnas.search.state import CheckpointError, load_state
+from relnas.search.step_graph import CAPTURE_MODES
 from relnas.search.strategies import Strategy
 from relnas.utils.console import ignore_library_warnings
 from relnas.utils.instantiate import configured
@@ -114,8 +115,8 @@ def check_config(cfg: DictConfig) -> None:
             "search.executor=per_generation` (see docs/scale_out.md)")
     if s.get("channels_last", "auto") not in (True, False, "auto"):
         raise ConfigError(f"search.channels_last must be true, false or auto, got {s.get('channels_last')!r}")
-    if s.get("graph_capture", "lean") not in ("lean", "torch"):
-        raise ConfigError(f"search.graph_capture must be lean or torch, got {s.get('graph_capture')!r}")
+    if s.get("graph_capture", "lean") not in CAPTURE_MODES:
+        raise ConfigError(f"search.graph_capture must be {' or '.join(CAPTURE_MODES)}, got {s.get('graph_capture')!r}")
     if s.get("cuda_graphs", "auto") not in (True, False, "auto"):
         raise ConfigError(f"search.cuda_graphs must be true, false or auto, got {s.get('cuda_graphs')!r}")
     if s.get("cuda_graphs", "auto") is not False:

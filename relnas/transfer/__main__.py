@@ -156,6 +156,7 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     from relnas.utils.instantiate import is_rank_zero as _is_rank_zero
     from relnas.transfer.tasks.base import model_cost, save_png, write_results
     from relnas.utils import hardware_info, instantiate_callbacks, instantiate_loggers
+    from relnas.utils.selection import test_record
 
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
@@ -280,12 +281,8 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
         "metrics": final.get("metrics", {}),
         "per_class": final.get("per_class", {}),
         "test_checkpoint": test_path or "final weights",
-        "test_selection": {
-            "rule": rule, "checkpoint": test_path or f"final weights (step {int(trainer.global_step)})",
-            "selected_on_test_set": rule == "best_test_epoch",
-            "description": (f"checkpoint with the best {cls.monitor} ON THE EVALUATION SPLIT (selected on the "
-                            "reported set: optimistic)") if rule == "best_test_epoch"
-            else "weights after the last training step (no selection)"},
+        "test_selection": test_record(rule, test_path, 0, int(trainer.current_epoch), metric=cls.monitor,
+                                      protocol=""),
         "epochs": int(cfg.task.get("epochs", 0)),
         # the recipe's length when it is counted in iterations (cityscapes_bisenet: 80K); epochs is then a bound
         "max_steps": _positive_or_none(cfg.trainer.get("max_steps")),

@@ -15,11 +15,12 @@ from typing import Any, Dict, Optional
 
 RULES = ("auto", "final", "best_val", "best_test_epoch")
 
+#: ``{metric}``: what the checkpoints are ranked by (classification: top-1; transfer: the task's monitor)
 DESCRIPTIONS = {
     "final": "weights after the final epoch (no selection)",
-    "best_val": "checkpoint with the best top-1 on the validation split held out from the training set",
-    "best_test_epoch": "checkpoint of the epoch with the best top-1 ON THE TEST SPLIT (the authors' protocol: "
-                       "selected on the test set, optimistic; only for comparison with published tables)",
+    "best_val": "checkpoint with the best {metric} on the validation split held out from the training set",
+    "best_test_epoch": "checkpoint of the epoch with the best {metric} ON THE TEST SPLIT ({protocol}selected on the "
+                       "test set, optimistic; only for comparison with published tables)",
 }
 
 
@@ -45,8 +46,12 @@ def validation_split(val_size: int) -> str:
         "the test split (no images held out; validation metrics are test-set numbers)"
 
 
-def test_record(rule: str, checkpoint: Optional[str], val_size: int, epochs_run: int) -> Dict[str, Any]:
-    """The ``test_selection`` entry of results.json: the rule behind the headline test numbers."""
-    return {"rule": rule, "description": DESCRIPTIONS[rule], "checkpoint": checkpoint or f"final weights (epoch "
+def test_record(rule: str, checkpoint: Optional[str], val_size: int, epochs_run: int, metric: str = "top-1",
+                protocol: str = "the authors' protocol: ") -> Dict[str, Any]:
+    """The ``test_selection`` entry of results.json: the rule behind the headline test numbers.
+    ``metric`` names what checkpoints are ranked by; ``protocol`` prefixes the note on test-set
+    selection (the classification recipes' authors report that way)."""
+    return {"rule": rule, "description": DESCRIPTIONS[rule].format(metric=metric, protocol=protocol),
+            "checkpoint": checkpoint or f"final weights (epoch "
             f"{epochs_run})", "validation_split": validation_split(val_size),
             "selected_on_test_set": rule == "best_test_epoch"}

@@ -163,6 +163,7 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     cls = task_class(cfg.task)
+    rule = resolve_test_checkpoint(cfg.get("test_checkpoint"))  # settings first: before data and models
     if "data" not in cfg.task or "_target_" not in cfg.task.data:
         raise ConfigError(f"task {cls.task_name!r} has no data config (task.data._target_)")
     from relnas.transfer.backbones import check_backbone_name
@@ -178,7 +179,6 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     backbone = backbone_from_config(cfg.backbone)
     module = build_task(cfg, int(dm.num_classes), list(dm.class_names), backbone=backbone)
 
-    rule = resolve_test_checkpoint(cfg.get("test_checkpoint"))
     train = int(cfg.task.get("epochs", 1)) > 0  # task.epochs=0: evaluate only, whatever trainer.max_steps says
     bb = backbone.describe()
     ckpt_path: Optional[Path] = None

@@ -79,8 +79,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
 
         L.seed_everything(int(cfg.seed))
 
-    dm = instantiate_datamodule(cfg.data, stage="test")
-
+    # the weights' file first (cheap), then the data
     if cfg.get("checkpoint"):
         path = find_eval_checkpoint(cfg.checkpoint)
         ckpt = load_checkpoint_dict(path)
@@ -88,11 +87,22 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         if not hp or "state_dict" not in ckpt:
             raise ConfigError(f"checkpoint {str(path)!r} is not a relnas training checkpoint; "
                               f"for the official code's files use reference_checkpoint=")
+    elif not Path(str(cfg.reference_checkpoint)).expanduser().is_file():
+        raise ConfigError(f"reference_checkpoint {str(cfg.reference_checkpoint)!r} does not exist")
+
+    dm = instantiate_datamodule(cfg.data, stage="test")
+
+    if cfg.get("checkpoint"):
         arch = ArchSpec.from_dict({**hp, "image_size": dm.image_size})
         for key in ("num_classes", "in_channels"):
             if getattr(arch, key) != int(getattr(dm, key)):
                 raise ConfigError(f"checkpoint {str(path)!r} has {key}={getattr(arch, key)} but the data set gives "
                                   f"{getattr(dm, key)}: choose the data set it was trained on (data=<name>)")
+        trained_size = hp.get("image_size")
+        if trained_size is not None and int(trained_size) != int(dm.image_size):
+            # a CIFAR network runs on other sizes too, and would be tested on images it never saw
+            raise ConfigError(f"checkpoint {str(path)!r} was trained on {trained_size}x{trained_size} images but the "
+                              f"data set gives {dm.image_size}x{dm.image_size}: set data.image_size={trained_size}")
         arch.replace(auxiliary=False).check_input()  # the auxiliary head does not run in evaluation
         model = ClassifierModule.from_hparams(hp, **arch.to_dict())
         model.load_state_dict(ckpt["state_dict"], strict=True)
@@ -144,6 +154,8 @@ def main(cfg: DictConfig) -> Optional[float]:
 
     setup_console()
     results = run(cfg)
+    if results is None:  # a job of a multirun that stopped with its one-line error
+        return None
     return results.get("test_top1_err")
 
 

@@ -60,6 +60,72 @@ def check_resume_architecture(ckpt: Mapping[str, Any], arch: ArchSpec, path: Pat
                           f"({', '.join(diff)} differ) - {parts}")
 
 
+def carry_best_checkpoints(ckpt: Mapping[str, Any], callbacks: list) -> None:
+    """Resuming into another run directory: keep the best checkpoint of the run so far.
+
+    Lightning's ``ModelCheckpoint`` restores its best score only when the checkpoint directory is
+    unchanged; otherwise the first validation after the resume becomes the 'best', and a
+    checkpoint tested by ``test_checkpoint=best_val|best_test_epoch`` would be the best of the
+    resumed part only. For every monitoring ``ModelCheckpoint`` whose state in ``ckpt`` comes
+    from another directory, the best checkpoint file is copied into the new directory and the
+    stored state, pointed at the copy, is what the callback restores (the original run's files
+    are never touched)."""
+    import shutil
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    states = ckpt.get("callbacks") or {}
+    for cb in callbacks:
+        if not isinstance(cb, ModelCheckpoint) or not cb.monitor or not cb.dirpath:
+            continue
+        state = states.get(cb.state_key)
+        if not state or state.get("dirpath") == cb.dirpath:
+            continue
+        old = Path(str(state.get("best_model_path") or ""))
+        if state.get("best_model_score") is None or not old.is_file():
+            continue
+        new = Path(cb.dirpath) / old.name
+        new.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(old, new)
+        score = state["best_model_score"]
+        moved = {**state, "dirpath": cb.dirpath, "best_model_path": str(new), "kth_best_model_path": str(new),
+                 "kth_value": score, "best_k_models": {str(new): score}, "last_model_path": ""}
+        restore = cb.load_state_dict
+        cb.load_state_dict = lambda _state, _restore=restore, _moved=moved: _restore(_moved)
+        log.info("resume: best checkpoint so far %s copied to %s", old, new)
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """The numeric settings of a training run, checked before the genotype, the data or the model
+    are touched: each failure is one :class:`ConfigError` line naming the key and what is allowed."""
+    from relnas.utils.validate import check_float, check_int
+
+    model = cfg.get("model") or {}
+    opt = cfg.get("optimizer") or {}
+    sched = cfg.get("scheduler") or {}
+    trainer = cfg.get("trainer") or {}
+    try:
+        check_int("epochs", cfg.get("epochs"), minimum=1)
+        if trainer.get("max_epochs") is not None:
+            # -1 would be Lightning's endless training; 0 trains nothing
+            check_int("trainer.max_epochs", trainer.get("max_epochs"), minimum=1)
+        check_float("optimizer.lr", opt.get("lr"), 0.0, low_open=True)
+        if opt.get("momentum") is not None:
+            check_float("optimizer.momentum", opt.get("momentum"), 0.0, 1.0)
+        if opt.get("weight_decay") is not None:
+            check_float("optimizer.weight_decay", opt.get("weight_decay"), 0.0)
+        check_float("model.auxiliary_weight", model.get("auxiliary_weight", 0.0), 0.0)
+        check_float("model.drop_path_prob", model.get("drop_path_prob", 0.0), 0.0, 1.0)
+        check_float("model.label_smoothing", model.get("label_smoothing", 0.0), 0.0, 1.0)
+        check_float("trainer.gradient_clip_val", trainer.get("gradient_clip_val"), 0.0, low_open=True,
+                    optional=True, hint="null disables clipping")
+        check_float("scheduler.warmup_epochs", sched.get("warmup_epochs", 0), 0.0)
+        check_float("scheduler.eta_min", sched.get("eta_min", 0.0), 0.0)
+        check_float("scheduler.final_lr", sched.get("final_lr", 0.0), 0.0)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _err(acc: Optional[float]) -> Optional[float]:
     return None if acc is None else round(100.0 * (1.0 - float(acc)), 4)
 
@@ -84,6 +150,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
 
+    check_train_config(cfg)
     genotype = resolve_genotype(cfg.genotype)  # a wrong genotype fails before the data is loaded
     from relnas.models.classifier import SCHEDULERS
 
@@ -106,9 +173,11 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     arch.check_input()
 
     ckpt_path: Optional[Path] = None
+    resumed: Optional[Mapping[str, Any]] = None
     if cfg.get("resume"):
         ckpt_path = find_checkpoint(cfg.resume)
-        check_resume_architecture(load_checkpoint_dict(ckpt_path), arch, ckpt_path)
+        resumed = load_checkpoint_dict(ckpt_path)
+        check_resume_architecture(resumed, arch, ckpt_path)
         log.info("resuming from %s", ckpt_path)
 
     model = build_model(cfg, arch)
@@ -118,6 +187,9 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     identity = run_identity(cfg)
     loggers = instantiate_loggers(configure_logger_cfg(cfg.get("logger"), identity))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    if resumed is not None:
+        carry_best_checkpoints(resumed, callbacks)
+        resumed = None  # the trainer reads the file itself
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -202,6 +274,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> Optional[float]:
     results = run(cfg)
+    if results is None:  # a job of a multirun that stopped with its one-line error
+        return None
     err = results.get("test_top1_err")
     return None if err is None else float(err)  # for Hydra sweepers (minimise)
 

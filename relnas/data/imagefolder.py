@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from relnas.errors import DatasetNotFoundError
+from relnas.errors import DataError, DatasetNotFoundError
 
 __all__ = ["ImageFolderDataModule", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -170,13 +170,44 @@ class ImageFolderDataModule(L.LightningDataModule):
             self._seed = int(state_dict["seed"])
             self._generator.set_state(state_dict["generator"])
 
+    def _folder(self, root: Path, transform: Any, classes: list[str] | None = None) -> Any:
+        """``ImageFolder(root)``; with ``classes`` (the training tree's), labelled by the training
+        tree's class indices, so that a tree missing a class keeps every other class's label
+        (torchvision numbers each tree's own folders). Trees without class folders, with classes
+        the training tree lacks, or without images fail in one line."""
+        from torchvision.datasets import ImageFolder
+
+        found = sorted(e.name for e in root.iterdir() if e.is_dir())
+        if not found:
+            raise DatasetNotFoundError(
+                f"image folder {root} has no class folders; expected an ImageFolder tree {root}/<class>/<image> "
+                f"(ImageNet's validation images must be sorted into one folder per class, as train/ is)")
+        if classes is not None:
+            extra = sorted(set(found) - set(classes))
+            if extra:
+                more = f" (and {len(extra) - 5} more)" if len(extra) > 5 else ""
+                raise DataError(f"image folder {root} has class folders the training tree "
+                                f"{self.root / self.train_dir} lacks: {', '.join(extra[:5])}{more}; both trees "
+                                f"must use the training tree's classes")
+        try:
+            ds = ImageFolder(str(root), transform=transform)
+        except FileNotFoundError as e:  # torchvision: no image files in the class folders
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DatasetNotFoundError(f"image folder {root}: {first}") from None
+        if classes is not None and list(ds.classes) != list(classes):
+            index = {c: i for i, c in enumerate(classes)}
+            ds.samples = [(path, index[ds.classes[t]]) for path, t in ds.samples]
+            ds.imgs = ds.samples
+            ds.targets = [t for _, t in ds.samples]
+            ds.classes, ds.class_to_idx = list(classes), index
+        return ds
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        from torchvision.datasets import ImageFolder
-
         train_root = self._tree(self.train_dir)
-        train_full = ImageFolder(str(train_root), transform=self.train_transform())
+        train_full = self._folder(train_root, self.train_transform())
+        classes = list(train_full.classes)
         self.source = str(train_root.parent)
         logging.getLogger(__name__).info("data: image folders under %s (%d training images)", self.source,
                                          len(train_full))
@@ -186,14 +217,14 @@ class ImageFolderDataModule(L.LightningDataModule):
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
             tr, va = perm[:k].sort().values.tolist(), perm[k:].sort().values.tolist()
             # val_augment (the official search): the search-validation images get the training augmentation
-            train_eval = train_full if self.val_augment else ImageFolder(str(train_root), transform=self.eval_transform())
+            train_eval = train_full if self.val_augment else self._folder(train_root, self.eval_transform())
             self.train_set = Subset(train_full, tr)
             self.val_set = Subset(train_eval, va)
         else:
             self.train_set = train_full
-            self.val_set = ImageFolder(str(self._tree(self.val_dir)), transform=self.eval_transform())
+            self.val_set = self._folder(self._tree(self.val_dir), self.eval_transform(), classes)
         try:
-            self.test_set = ImageFolder(str(self._tree(self.val_dir)), transform=self.eval_transform())
+            self.test_set = self._folder(self._tree(self.val_dir), self.eval_transform(), classes)
         except DatasetNotFoundError:
             if self.train_portion is None:
                 raise

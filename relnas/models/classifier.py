@@ -221,10 +221,13 @@ class ClassifierModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def best_val(self) -> Optional[Dict[str, float]]:
-        """The validation epoch with the highest top-1 accuracy (its top-5 alongside)."""
+        """The validation epoch with the highest top-1 accuracy (its top-5 alongside); of equal
+        top-1 accuracies the earliest, the epoch whose checkpoint the best-checkpoint callback
+        (``ModelCheckpoint(monitor="val/acc1", mode="max")``, replaced only on a strict
+        improvement) keeps, so that results.json's best epoch is the checkpoint it names."""
         if not self.val_history:
             return None
-        return max(self.val_history, key=lambda h: (h["acc1"], h["acc5"]))
+        return max(self.val_history, key=lambda h: h["acc1"])  # max() keeps the first of equal keys
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["val_history"] = list(self.val_history)

@@ -58,11 +58,12 @@ def instantiate_datamodule(cfg_data: Optional[DictConfig], prepare: bool = True,
     missing data set fails here, with its one-line :class:`DatasetNotFoundError`."""
     if cfg_data is None or "_target_" not in cfg_data:
         raise ConfigError("no data set configured: choose one with data=<name> (see configs/data/)")
-    dm = instantiate(cfg_data)
+    what = f"data ({cfg_data.get('_target_')})"
+    dm = configured(what, instantiate, cfg_data)  # e.g. data.batch_size=0: one line
     if prepare:
         if is_rank_zero():
             dm.prepare_data()
-        dm.setup(stage)
+        configured(what, dm.setup, stage)  # e.g. data.val_size larger than the training set
     return dm
 
 

@@ -1,0 +1,262 @@
+"""relnas.train / relnas.evaluate at the boundary: nonsense settings and data options fail in one
+line before any work, failing jobs of a multirun, ImageFolder trees whose class folders differ,
+which checkpoint is the best one (ties, and after a resume into a new run directory)."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from cli_helpers import cli_env
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = str(ROOT / "configs")
+
+TINY = [
+    "data=synthetic", "data.num_train=96", "data.num_test=32", "data.batch_size=32", "data.eval_batch_size=64",
+    "model.C=4", "model.layers=3", "model.auxiliary=false", "model.drop_path_prob=0.0", "logger=none",
+    "trainer.accelerator=cpu", "trainer.enable_model_summary=false", "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+def _compose(tmp_path: Path, *overrides: str, config: str = "train"):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose(config_name=config, overrides=[f"paths.output_dir={tmp_path}",
+                                                      f"paths.data_dir={tmp_path / 'nodata'}", *overrides])
+
+
+def _cli(module: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+# ---------------------------------------------------------------------- nonsense values
+
+@pytest.mark.parametrize("override, key", [
+    ("epochs=0", "epochs"),
+    ("epochs=-1", "epochs"),  # was: Lightning's endless training, then a crash on a negative drop path
+    ("trainer.max_epochs=-1", "trainer.max_epochs"),
+    ("optimizer.lr=-1", "optimizer.lr"),  # was: torch's ValueError traceback
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.momentum=1.5", "optimizer.momentum"),
+    ("optimizer.weight_decay=-0.1", "optimizer.weight_decay"),
+    ("model.auxiliary_weight=-1", "model.auxiliary_weight"),  # was: accepted silently
+    ("model.label_smoothing=2", "model.label_smoothing"),  # was: a traceback after the sanity check
+    ("model.drop_path_prob=1.5", "model.drop_path_prob"),
+    ("trainer.gradient_clip_val=-5", "trainer.gradient_clip_val"),
+    ("scheduler.warmup_epochs=-1", "scheduler.warmup_epochs"),
+])
+def test_nonsense_training_values_fail_in_one_line_before_the_data(tmp_path, override, key):
+    from relnas.errors import ConfigError
+    from relnas.train import train
+
+    # CIFAR-10 is absent here: a check made after loading the data would fail on the data set instead
+    cfg = _compose(tmp_path, "data=cifar10", "trainer.accelerator=cpu", "logger=none", override)
+    with pytest.raises(ConfigError) as e:
+        train(cfg)
+    msg = str(e.value)
+    assert msg.startswith(f"{key} must be") and "\n" not in msg, msg
+
+
+def test_the_shipped_experiments_pass_the_checks(tmp_path):
+    from relnas.train import check_train_config
+
+    for exp in ("cifar10", "cifar100", "imagenet", "fashion_mnist", "quickstart"):
+        check_train_config(_compose(tmp_path, f"+experiment={exp}"))
+    check_train_config(_compose(tmp_path, "+experiment=imagenet", "scheduler.name=official_imagenet"))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.batch_size=0", "batch sizes must be >= 1, got 0"),
+    ("data.cutout=-3", "crop_padding and cutout must be >= 0, got 4 and -3"),
+    ("data.val_size=1000", "val_size=1000 must be smaller than the training set (96)"),
+])
+def test_data_option_errors_are_one_config_error_line(tmp_path, override, expected):
+    from relnas.errors import ConfigError
+    from relnas.train import train
+
+    with pytest.raises(ConfigError) as e:
+        train(_compose(tmp_path, *TINY, override))
+    msg = str(e.value)
+    assert msg.startswith("data (relnas.data.SyntheticDataModule): ") and expected in msg and "\n" not in msg, msg
+
+
+def test_data_option_error_on_the_command_line_is_one_error_line(tmp_path):
+    p = _cli("relnas.train", tmp_path, f"hydra.run.dir={tmp_path / 'run'}", *TINY, "data.batch_size=0")
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and "Error executing job" not in p.stderr, p.stderr[-2000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: data (relnas.data.SyntheticDataModule): batch sizes must be >= 1, got 0 and 64"]
+
+
+# ---------------------------------------------------------------------- multirun
+
+@pytest.mark.parametrize("module, args", [
+    ("relnas.train", ["genotype=NoSuchCell1,NoSuchCell2"]),
+    ("relnas.evaluate", ["checkpoint=/no/such/run1,/no/such/run2", "data=synthetic"]),
+])
+def test_failing_jobs_of_a_multirun_give_their_error_lines_and_the_summary(tmp_path, module, args):
+    """Each failed job printed its line and then died in ``main`` (``None.get``): a traceback, and
+    Hydra stopped the sweep before the summary was written."""
+    sweep = tmp_path / "sweep"
+    p = _cli(module, tmp_path, "-m", *args, "trainer.accelerator=cpu", "logger=none", f"hydra.sweep.dir={sweep}")
+    out = p.stdout + p.stderr
+    assert "Traceback" not in out and "AttributeError" not in out, out[-3000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3, p.stderr[-3000:]  # one per job, then the sweep's own line
+    assert errors[-1].startswith("error: 2 of 2 jobs failed"), errors
+    assert p.returncode == 1
+    rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
+    assert [r["status"] for r in rows] == ["missing", "missing"]
+
+
+# ---------------------------------------------------------------------- ImageFolder trees
+
+def _tree(root: Path, layout: dict[str, int]) -> None:
+    from PIL import Image
+
+    for cls, n in layout.items():
+        d = root / cls
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(d / f"{cls}_{i}.png")
+
+
+def _imagefolder(root: Path):
+    from relnas.data import ImageFolderDataModule
+
+    return ImageFolderDataModule(data_dir=str(root), image_size=8, num_workers=0, batch_size=2, eval_batch_size=2)
+
+
+def test_imagefolder_val_tree_missing_a_class_keeps_the_training_labels(tmp_path):
+    _tree(tmp_path / "train", {"n01": 2, "n02": 2, "n03": 2})
+    _tree(tmp_path / "val", {"n01": 1, "n03": 2})  # no n02 folder
+    dm = _imagefolder(tmp_path)
+    dm.setup("fit")
+    assert dm.num_classes == 3
+    # n03 is the third training class (index 2); torchvision alone numbers the val tree's own
+    # folders, which made n03 class 1 (n02's label) without a word
+    for ds in (dm.val_set, dm.test_set):
+        labels = {Path(path).parent.name: t for path, t in ds.samples}
+        assert labels == {"n01": 0, "n03": 2}
+        assert sorted(ds.targets) == [0, 2, 2]
+        assert [int(y) for _, y in (ds[i] for i in range(len(ds)))] == sorted(ds.targets)
+
+
+def test_imagefolder_same_classes_unchanged(tmp_path):
+    _tree(tmp_path / "train", {"a": 1, "b": 1})
+    _tree(tmp_path / "val", {"a": 1, "b": 2})
+    dm = _imagefolder(tmp_path)
+    dm.setup("fit")
+    assert sorted(dm.val_set.targets) == [0, 1, 1]
+
+
+def test_imagefolder_val_class_the_training_tree_lacks_fails_in_one_line(tmp_path):
+    from relnas.errors import DataError
+
+    _tree(tmp_path / "train", {"a": 1, "b": 1})
+    _tree(tmp_path / "val", {"a": 1, "zz": 1})
+    with pytest.raises(DataError, match=r"has class folders the training tree .* lacks: zz;"):
+        _imagefolder(tmp_path).setup("fit")
+
+
+def test_imagefolder_flat_val_tree_fails_in_one_line(tmp_path):
+    """ImageNet's val/ as distributed (50,000 images, no class folders)."""
+    from PIL import Image
+
+    from relnas.errors import DatasetNotFoundError
+
+    _tree(tmp_path / "train", {"a": 1, "b": 1})
+    (tmp_path / "val").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(DatasetNotFoundError, match=r"has no class folders"):
+        _imagefolder(tmp_path).setup("fit")
+
+
+def test_imagefolder_class_folder_without_images_fails_as_a_relnas_error(tmp_path):
+    from relnas.errors import DatasetNotFoundError
+
+    _tree(tmp_path / "train", {"a": 1, "b": 0})
+    _tree(tmp_path / "val", {"a": 1})
+    with pytest.raises(DatasetNotFoundError, match=r"image folder .*train"):
+        _imagefolder(tmp_path).setup("fit")
+
+
+# ---------------------------------------------------------------------- the best checkpoint
+
+def test_best_val_of_equal_top1_is_the_earliest_epoch():
+    """ModelCheckpoint(monitor=val/acc1, mode=max) replaces its best only on a strict improvement,
+    so of two epochs with the same top-1 it keeps the earlier one; results.json's best epoch must
+    be that one (it was the later one when its top-5 was higher)."""
+    from relnas.models.classifier import ClassifierModule
+
+    m = ClassifierModule(genotype="RelativeNAS", C=4, layers=3, num_classes=10, auxiliary=False)
+    m.val_history = [{"epoch": 0, "acc1": 0.25, "acc5": 0.5}, {"epoch": 1, "acc1": 0.5, "acc5": 0.6},
+                     {"epoch": 2, "acc1": 0.5, "acc5": 0.9}, {"epoch": 3, "acc1": 0.375, "acc5": 1.0}]
+    assert m.best_val() == {"epoch": 1, "acc1": 0.5, "acc5": 0.6}
+
+
+def test_resume_into_a_new_run_directory_keeps_the_best_checkpoint_so_far(tmp_path):
+    """After a resume into another directory Lightning's ModelCheckpoint forgot the best score, so
+    the best of the resumed epochs only was tested (test_checkpoint=best_val)."""
+    from relnas.train import train
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = [*TINY, "data.val_size=32", "epochs=3"]
+    train(_compose(first, *common, "trainer.max_epochs=1"))
+    old_best = first / "checkpoints" / "best_epoch000.ckpt"
+    assert old_best.is_file()
+    # make epoch 0's score unbeatable (top-1 of 1.0), so it stays the best of the whole run
+    last = first / "checkpoints" / "last.ckpt"
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    states = [s for k, s in ck["callbacks"].items() if "val/acc1" in k]
+    assert len(states) == 1 and states[0]["best_model_path"] == str(old_best)
+    states[0]["best_model_score"] = torch.tensor(1.0)
+    states[0]["best_k_models"] = {str(old_best): torch.tensor(1.0)}
+    ck["val_history"] = [{"epoch": 0, "acc1": 1.0, "acc5": 1.0}]
+    torch.save(ck, last)
+
+    res = train(_compose(second, *common, "trainer.max_epochs=2", f"resume={first}"))
+    copied = second / "checkpoints" / "best_epoch000.ckpt"
+    assert res["epochs_run"] == 2 and res["best_val_epoch"] == 0 and res["best_val_top1_err"] == 0.0
+    assert res["best_checkpoint"] == str(copied) and res["test_selection"]["checkpoint"] == str(copied)
+    assert copied.is_file() and not (second / "checkpoints" / "best_epoch001.ckpt").exists()
+    assert old_best.is_file()  # the first run's files are left alone
+    assert json.loads((second / "results.json").read_text())["best_checkpoint"] == str(copied)
+
+
+# ---------------------------------------------------------------------- relnas.evaluate
+
+def test_evaluate_refuses_a_data_image_size_other_than_the_trained_one(tmp_path):
+    """A CIFAR network without its auxiliary head runs on 16x16 images too: a checkpoint trained
+    on 32x32 (e.g. the quickstart's Fashion-MNIST padded to 32) was tested on other images
+    without a word when data.image_size was left at the data set's default."""
+    from relnas.errors import ConfigError
+    from relnas.evaluate import evaluate
+    from relnas.train import train
+
+    run = tmp_path / "run"
+    train(_compose(run, *TINY, "epochs=1", "test_after_training=false"))
+    ev = [f"checkpoint={run}", "data=synthetic", "data.num_train=96", "data.num_test=32", "trainer.accelerator=cpu"]
+    with pytest.raises(ConfigError, match=r"was trained on 32x32 images but the data set gives 16x16: "
+                                          r"set data.image_size=32$"):
+        evaluate(_compose(tmp_path / "e1", *ev, "data.image_size=16", config="evaluate"))
+    res = evaluate(_compose(tmp_path / "e2", *ev, config="evaluate"))
+    assert res["network"]["image_size"] == 32 and res["test_top1_err"] is not None
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "reference_checkpoint"])
+def test_evaluate_missing_weights_fail_before_the_data(tmp_path, which):
+    from relnas.errors import ConfigError
+    from relnas.evaluate import evaluate
+
+    # CIFAR-10 is absent: a weights check made after the data would report the data set instead
+    cfg = _compose(tmp_path, f"{which}={tmp_path / 'nothing.ckpt'}", "trainer.accelerator=cpu", config="evaluate")
+    with pytest.raises(ConfigError, match=r"does not exist"):
+        evaluate(cfg)

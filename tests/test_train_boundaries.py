@@ -260,3 +260,48 @@ def test_evaluate_missing_weights_fail_before_the_data(tmp_path, which):
     cfg = _compose(tmp_path, f"{which}={tmp_path / 'nothing.ckpt'}", "trainer.accelerator=cpu", config="evaluate")
     with pytest.raises(ConfigError, match=r"does not exist"):
         evaluate(cfg)
+
+
+# ---------------------------------------------------------------------- CIFAR files that do not read
+
+def _cifar100(root: Path, label_key: str = "fine_labels") -> Path:
+    import pickle
+
+    import numpy as np
+
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True)
+    for f, n in (("train", 6), ("test", 4)):
+        with open(d / f, "wb") as fh:
+            pickle.dump({"data": np.zeros((n, 3072), dtype=np.uint8), label_key: list(range(n))}, fh)
+    return d
+
+
+def test_truncated_cifar_batch_is_one_data_error_line(tmp_path):
+    from relnas.data import CIFAR100DataModule
+    from relnas.errors import DataError
+
+    d = _cifar100(tmp_path)
+    (d / "train").write_bytes((d / "train").read_bytes()[:500])  # an interrupted copy
+    with pytest.raises(DataError) as e:  # was the unpickler's traceback
+        CIFAR100DataModule(data_dir=str(tmp_path)).setup("fit")
+    msg = str(e.value)
+    assert msg.startswith(f"CIFAR-100: {d / 'train'} is not a readable CIFAR python batch (") and "\n" not in msg
+
+
+def test_cifar10_batches_in_the_cifar100_folder_name_the_missing_labels(tmp_path):
+    from relnas.data import CIFAR100DataModule
+    from relnas.errors import DataError
+
+    _cifar100(tmp_path, label_key="labels")  # CIFAR-10's key
+    with pytest.raises(DataError, match=r"\(no 'fine_labels' entry\)"):  # was KeyError: 'fine_labels'
+        CIFAR100DataModule(data_dir=str(tmp_path)).setup("fit")
+
+
+def test_well_formed_fake_cifar100_still_loads(tmp_path):
+    from relnas.data import CIFAR100DataModule
+
+    _cifar100(tmp_path)
+    dm = CIFAR100DataModule(data_dir=str(tmp_path), batch_size=2)
+    dm.setup("fit")
+    assert dm.num_classes == 100 and dm.source == str((tmp_path / "cifar-100-python").resolve())

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from relnas.data.base import TensorDataModule
-from relnas.errors import DatasetNotFoundError
+from relnas.errors import DataError, DatasetNotFoundError
 
 __all__ = [
     "CIFAR10DataModule", "CIFAR100DataModule", "FashionMNISTDataModule", "DigitsDataModule",
@@ -69,10 +69,21 @@ class CIFAR10DataModule(TensorDataModule):
     def _read(self, files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for f in files:
-            with open(self.folder / f, "rb") as fh:
-                entry = pickle.load(fh, encoding="latin1")
-            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.extend(entry[self.label_key])
+            try:
+                with open(self.folder / f, "rb") as fh:
+                    entry = pickle.load(fh, encoding="latin1")
+                x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                y = [int(v) for v in entry[self.label_key]]
+                if len(y) != len(x):
+                    raise ValueError(f"{len(x)} images but {len(y)} labels")
+            except Exception as e:  # truncated / not a CIFAR batch: one line, not the unpickler's traceback
+                what = f"no {e.args[0]!r} entry" if isinstance(e, KeyError) and e.args else \
+                    (" ".join(str(e).split()) or type(e).__name__)
+                raise DataError(f"{self._pretty}: {self.folder / f} is not a readable CIFAR python batch ({what}); "
+                                f"expected a pickled dict with 'data' (N x 3072 uint8) and '{self.label_key}' as in "
+                                f"torchvision's {self.base_folder}: download it again") from None
+            xs.append(x)
+            ys.extend(y)
         return torch.from_numpy(np.concatenate(xs)), torch.tensor(ys, dtype=torch.int64)
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -208,6 +209,30 @@ def _check_health(engine: SearchEngine, s: DictConfig) -> None:
         raise
 
 
+def _interrupted(e: BaseException, engine: SearchEngine, run_dir: Path, dist: search_dist.DistContext) -> SystemExit:
+    """The exit of a search stopped by a signal, after one line that says what is saved and how to
+    continue. Lightning turns SIGTERM into ``SIGTERMException``, a ``SystemExit`` without a code
+    (status 0: a scheduler or a shell script would take the stopped search for a finished one), and
+    Ctrl-C into ``SystemExit(1)``; the status becomes 128 + the signal (143 for SIGTERM, 130 for
+    SIGINT), as for a process the signal ended."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(e, SIGTERMException):
+        what, code = "SIGTERM", 128 + signal.SIGTERM
+    elif isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and e.code == 1):
+        what, code = "SIGINT (Ctrl-C)", 128 + signal.SIGINT
+    else:  # another exit (its own status) before the search's end
+        what, code = f"an exit ({e.code!r})", (e.code if isinstance(e.code, int) and e.code else 1)
+    if dist.is_main:
+        total = engine.strategy.generations
+        saved = (f"they are saved in {run_dir / 'search_state.pt'}; continue with "
+                 f"`python -m relnas.search resume={run_dir}` and the same overrides" if engine.generation
+                 else "no generation was complete, nothing is saved: start the search again")
+        log.error("the search was interrupted by %s in generation %d of %d (%d of %d complete): %s",
+                  what, min(engine.generation + 1, total), total, engine.generation, total, saved)
+    return SystemExit(code)
+
+
 def _uses_cuda(cfg: DictConfig) -> bool:
     """Whether the search's Trainer will run on a CUDA device (its accelerator setting)."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
@@ -287,8 +312,10 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         with warnings.catch_warnings():
             ignore_library_warnings()  # expected here: per-candidate optimizers, per-generation logging
             trainer.fit(module, datamodule=datamodule)
-    except BaseException:
+    except BaseException as e:
         close_loggers(loggers, "failed")
+        if isinstance(e, (KeyboardInterrupt, SystemExit)) and not engine.done:
+            raise _interrupted(e, engine, run_dir, dist) from e
         raise
     if not engine.done:
         close_loggers(loggers, "failed")

@@ -1,0 +1,37 @@
+"""A search stopped by a signal (SIGTERM from a scheduler or `timeout`, Ctrl-C) must not look like a
+success: non-zero exit status, and one line that says how to continue it."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import pytest
+
+from relnas.search.engine import SearchEngine
+from relnas.search.run import run_search
+from relnas.search.state import load_state
+from search_helpers import tiny_search_cfg
+
+
+def test_sigterm_mid_search_exits_non_zero_and_names_the_resume_command(tmp_path, monkeypatch, caplog):
+    real_end = SearchEngine._end_generation
+
+    def end_generation(self):
+        real_end(self)
+        if self.generation == 1:  # the first generation is saved; the signal arrives in the second
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(SearchEngine, "_end_generation", end_generation)
+    cfg = tiny_search_cfg(tmp_path, ["search.population_size=2", "search.generations=3"])
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as e:
+        run_search(cfg, tmp_path)
+    # Lightning's SIGTERMException is a SystemExit without a code, i.e. status 0: a stopped search
+    # would read as a finished one to a shell script or a scheduler
+    assert e.value.code not in (None, 0)
+    assert e.value.code == 128 + signal.SIGTERM
+    state, _ = load_state(tmp_path)
+    assert state["generation"] == 1
+    assert not (tmp_path / "genotype.json").exists()
+    lines = [r.getMessage() for r in caplog.records if f"resume={tmp_path}" in r.getMessage()]
+    assert len(lines) == 1 and "SIGTERM" in lines[0] and "1 of 3" in lines[0], lines

@@ -60,6 +60,34 @@ def check_resume_architecture(ckpt: Mapping[str, Any], arch: ArchSpec, path: Pat
                           f"({', '.join(diff)} differ) - {parts}")
 
 
+#: the hyper-parameters of a run's schedule and loss that a resumed run must keep: the restored
+#: scheduler state keeps the checkpoint's length (a cosine with the old T_max would rise again
+#: after it), while drop path and the loss would follow the new values
+RESUME_FIXED = ("epochs", "scheduler", "drop_path_prob", "auxiliary_weight", "label_smoothing")
+
+
+def check_resume_schedule(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], path: Path) -> None:
+    """Fail with one line naming the :data:`RESUME_FIXED` settings where checkpoint and config
+    differ (``trainer.max_epochs`` may differ: it only says where this part of the run stops)."""
+    stored = ckpt.get("hyper_parameters") or {}
+    diff = {k: (stored[k], hparams[k]) for k in RESUME_FIXED
+            if k in stored and k in hparams and _plain(stored[k]) != _plain(hparams[k])}
+    if diff:
+        names = {"epochs": "epochs", "scheduler": "scheduler"}
+        parts = "; ".join(f"{names.get(k, 'model.' + k)}: checkpoint {_plain(a)!r} vs config {_plain(b)!r}"
+                          for k, (a, b) in diff.items())
+        raise ConfigError(f"resume: checkpoint {str(path)!r} was trained with other settings - {parts}; resume with "
+                          f"the run's own settings (a resumed run continues its schedule, it cannot change it)")
+
+
+def _plain(v: Any) -> Any:
+    if OmegaConf.is_config(v):
+        return OmegaConf.to_container(v, resolve=True)
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
 def carry_best_checkpoints(ckpt: Mapping[str, Any], callbacks: list) -> None:
     """Resuming into another run directory: keep the best checkpoint of the run so far.
 
@@ -181,6 +209,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         log.info("resuming from %s", ckpt_path)
 
     model = build_model(cfg, arch)
+    if resumed is not None:
+        check_resume_schedule(resumed, model.hparams, ckpt_path)
 
     from relnas.utils.loggers import close_loggers, configure_logger_cfg, run_identity
 

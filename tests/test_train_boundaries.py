@@ -305,3 +305,23 @@ def test_well_formed_fake_cifar100_still_loads(tmp_path):
     dm = CIFAR100DataModule(data_dir=str(tmp_path), batch_size=2)
     dm.setup("fit")
     assert dm.num_classes == 100 and dm.source == str((tmp_path / "cifar-100-python").resolve())
+
+
+def test_resume_with_another_schedule_fails_in_one_line(tmp_path):
+    """The restored CosineAnnealingLR keeps the checkpoint's T_max: resumed with a longer
+    ``epochs`` its learning rate rose again after the old length, while drop path followed the
+    new one. A resume must keep the run's schedule; trainer.max_epochs may still stop it early."""
+    from relnas.errors import ConfigError
+    from relnas.train import train
+
+    first = tmp_path / "first"
+    train(_compose(first, *TINY, "epochs=3", "trainer.max_epochs=1", "test_after_training=false"))
+    with pytest.raises(ConfigError) as e:
+        train(_compose(tmp_path / "second", *TINY, "epochs=5", "model.drop_path_prob=0.2", f"resume={first}"))
+    msg = str(e.value)
+    assert "epochs: checkpoint 3 vs config 5" in msg and "model.drop_path_prob: checkpoint 0.0 vs config 0.2" in msg
+    assert "scheduler" not in msg.split(" - ")[1] and "\n" not in msg
+    # the same settings resume (and stop where trainer.max_epochs says)
+    res = train(_compose(tmp_path / "third", *TINY, "epochs=3", "trainer.max_epochs=2", f"resume={first}",
+                         "test_after_training=false"))
+    assert res["epochs_run"] == 2

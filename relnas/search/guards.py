@@ -24,6 +24,8 @@ def validate_search_numbers(cfg: DictConfig) -> None:
     """Sizes, learning rates and regularisation of a search config; raises ValueError (one line).
     Sections absent from ``cfg`` (a partial config in a test) are not checked."""
     s = cfg.search
+    if "seed" in cfg:  # seeds numpy's SeedSequence and the data split: a non-negative integer
+        check_int("seed", cfg.get("seed"), 0)
     if OmegaConf.select(cfg, "supernet") is not None:
         check_int("supernet.C", OmegaConf.select(cfg, "supernet.C"), 1)
         check_int("supernet.layers", OmegaConf.select(cfg, "supernet.layers"), 1)

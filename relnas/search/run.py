@@ -267,7 +267,7 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         data_kwargs["subset"] = int(s.subset)
     if s.get("val_augment", False):  # validate with the training augmentation (the authors' search)
         data_kwargs["val_augment"] = True
-    datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
+    datamodule = _build(cfg.data, "data", **data_kwargs)  # its argument checks fail in one line
     datamodule.setup("fit")  # loads the data once here (the source is logged, sizes are checked)
     extra = {"data_source": getattr(datamodule, "source", None)}  # result.json stays deterministic
     identity = run_identity(cfg)

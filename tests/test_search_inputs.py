@@ -1,0 +1,23 @@
+"""Bad values at the search's boundary that are not the search's own keys (the seed, the data set's
+constructor arguments): one-line ConfigError before any work, as for the search.* keys."""
+from __future__ import annotations
+
+import pytest
+
+from relnas.errors import ConfigError
+from relnas.search.run import run_search
+from relnas.search.state import STATE_FILE
+from search_helpers import tiny_search_cfg
+
+
+@pytest.mark.parametrize("override,message", [
+    ("seed=-1", r"seed must be an integer >= 0, got -1"),           # numpy's SeedSequence refused it (traceback)
+    ("seed=abc", r"seed must be an integer >= 0, got 'abc'"),       # int('abc') in the data module (Hydra's error)
+    ("data.cutout=-3", r"^data \(relnas.data.SyntheticDataModule\): .*cutout must be >= 0"),
+    ("data.num_train=0", r"^data \(relnas.data.SyntheticDataModule\): .*num_train"),
+])
+def test_bad_seed_and_data_arguments_fail_in_one_line_before_work(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        run_search(tiny_search_cfg(tmp_path, [override]), tmp_path)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / STATE_FILE).exists()

@@ -102,6 +102,8 @@ def carry_best_checkpoints(ckpt: Mapping[str, Any], callbacks: list) -> None:
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from relnas.utils.instantiate import is_rank_zero
+
     states = ckpt.get("callbacks") or {}
     for cb in callbacks:
         if not isinstance(cb, ModelCheckpoint) or not cb.monitor or not cb.dirpath:
@@ -113,8 +115,9 @@ def carry_best_checkpoints(ckpt: Mapping[str, Any], callbacks: list) -> None:
         if state.get("best_model_score") is None or not old.is_file():
             continue
         new = Path(cb.dirpath) / old.name
-        new.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(old, new)
+        if is_rank_zero():  # one copy (DDP: every rank points its callback at it)
+            new.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(old, new)
         score = state["best_model_score"]
         moved = {**state, "dirpath": cb.dirpath, "best_model_path": str(new), "kth_best_model_path": str(new),
                  "kth_value": score, "best_k_models": {str(new): score}, "last_model_path": ""}

@@ -104,6 +104,11 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"search.train_portion must be in (0, 1), got {tp!r}")
     strategy = build_strategy(cfg)
     build_executor(cfg, strategy, search_dist.DistContext(rank=0, world_size=search_dist.requested_world_size()))
+    budget = s.get("budget")
+    if isinstance(budget, int) and strategy.budget != budget:  # RelativeNAS runs whole generations only
+        log.warning("search.budget=%d is not a multiple of search.population_size=%d: strategy %s runs %d generations "
+                    "= %d estimations (a baseline given the same search.budget runs %d)", budget,
+                    strategy.population_size, strategy.name, strategy.generations, strategy.budget, budget)
     trainer_strategy = str(cfg.trainer.get("strategy", "auto") or "auto")
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
     if trainer_strategy not in ("auto", "single_device") or (isinstance(devices, int) and devices > 1) or \

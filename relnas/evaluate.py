@@ -6,7 +6,9 @@ Two sources of weights:
   architecture comes from the checkpoint (``genotype``/``model`` are ignored). For a run
   directory the weights behind its headline test number are used (``results.json``'s
   ``test_selection``: the selected checkpoint, or ``checkpoints/last.ckpt`` for the final
-  weights); without that record, ``checkpoints/best*.ckpt``, else ``checkpoints/last.ckpt``.
+  weights); without that record (an interrupted run), the checkpoint its ``test_checkpoint``
+  rule would have chosen (``.hydra/config.yaml``): ``checkpoints/best*.ckpt`` for ``best_val`` /
+  ``best_test_epoch``, else ``checkpoints/last.ckpt`` (so by default nothing chosen on the test split).
 * ``reference_checkpoint=<official .pt>``: weights from the official code; the architecture is
   given by ``genotype`` and ``model.*`` (defaults: the paper's CIFAR-10 network).
 
@@ -39,6 +41,21 @@ from relnas.utils.task import task
 log = logging.getLogger(__name__)
 
 
+def _run_test_rule(run_dir: Path) -> str:
+    """The ``test_checkpoint`` rule of a train run from its ``.hydra/config.yaml`` (``final``
+    when it cannot be read: the choice that looks at no held-out data)."""
+    from omegaconf import OmegaConf
+
+    from relnas.utils.selection import resolve_test_rule
+
+    try:
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        val_size = int(OmegaConf.select(cfg, "data.val_size", default=0) or 0)
+        return resolve_test_rule(OmegaConf.select(cfg, "test_checkpoint", default="auto"), val_size)
+    except Exception:  # no or an unreadable config, an unknown rule
+        return "final"
+
+
 def find_eval_checkpoint(path: str) -> Path:
     """A ``.ckpt`` file, or the checkpoint behind a train run directory's headline test number."""
     p = Path(path).expanduser()
@@ -57,12 +74,15 @@ def find_eval_checkpoint(path: str) -> Path:
             return Path(str(chosen))
         if selection.get("rule") == "final" and (p / "checkpoints" / "last.ckpt").is_file():
             return p / "checkpoints" / "last.ckpt"
+    # no test record (an interrupted run): the rule the run would have applied, from its config;
+    # never the best-on-validation checkpoint when validation was the test split
     ck = p / "checkpoints"
     best = sorted(ck.glob("best*.ckpt")) if ck.is_dir() else []
-    if best:
+    last = ck / "last.ckpt"
+    if best and (_run_test_rule(p) != "final" or not last.is_file()):
         return best[-1]
-    if (ck / "last.ckpt").is_file():
-        return ck / "last.ckpt"
+    if last.is_file():
+        return last
     raise ConfigError(f"checkpoint: {str(p)!r} is a directory without checkpoints/*.ckpt (is it a train run directory?)")
 
 

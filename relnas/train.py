@@ -63,7 +63,8 @@ def check_resume_architecture(ckpt: Mapping[str, Any], arch: ArchSpec, path: Pat
 #: the hyper-parameters of a run's schedule and loss that a resumed run must keep: the restored
 #: scheduler state keeps the checkpoint's length (a cosine with the old T_max would rise again
 #: after it), while drop path and the loss would follow the new values
-RESUME_FIXED = ("epochs", "scheduler", "drop_path_prob", "auxiliary_weight", "label_smoothing")
+#: (and the image size, which the network's weights do not fix)
+RESUME_FIXED = ("epochs", "scheduler", "drop_path_prob", "auxiliary_weight", "label_smoothing", "image_size")
 
 
 def check_resume_schedule(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], path: Path) -> None:
@@ -73,7 +74,7 @@ def check_resume_schedule(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], p
     diff = {k: (stored[k], hparams[k]) for k in RESUME_FIXED
             if k in stored and k in hparams and _plain(stored[k]) != _plain(hparams[k])}
     if diff:
-        names = {"epochs": "epochs", "scheduler": "scheduler"}
+        names = {"epochs": "epochs", "scheduler": "scheduler", "image_size": "data.image_size"}
         parts = "; ".join(f"{names.get(k, 'model.' + k)}: checkpoint {_plain(a)!r} vs config {_plain(b)!r}"
                           for k, (a, b) in diff.items())
         raise ConfigError(f"resume: checkpoint {str(path)!r} was trained with other settings - {parts}; resume with "

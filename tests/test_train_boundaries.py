@@ -321,7 +321,30 @@ def test_resume_with_another_schedule_fails_in_one_line(tmp_path):
     msg = str(e.value)
     assert "epochs: checkpoint 3 vs config 5" in msg and "model.drop_path_prob: checkpoint 0.0 vs config 0.2" in msg
     assert "scheduler" not in msg.split(" - ")[1] and "\n" not in msg
+    # the same network on other images (the synthetic data set makes any size)
+    with pytest.raises(ConfigError, match=r"data.image_size: checkpoint 32 vs config 16"):
+        train(_compose(tmp_path / "second", *TINY, "epochs=3", "data.image_size=16", f"resume={first}"))
     # the same settings resume (and stop where trainer.max_epochs says)
     res = train(_compose(tmp_path / "third", *TINY, "epochs=3", "trainer.max_epochs=2", f"resume={first}",
                          "test_after_training=false"))
     assert res["epochs_run"] == 2
+
+
+@pytest.mark.parametrize("config, expected", [
+    ("data:\n  val_size: 0\ntest_checkpoint: auto\n", "last.ckpt"),  # validation = the test split
+    ("data:\n  val_size: 500\ntest_checkpoint: auto\n", "best_epoch004.ckpt"),  # held out: best_val
+    ("data:\n  val_size: 0\ntest_checkpoint: best_test_epoch\n", "best_epoch004.ckpt"),  # asked for
+    (None, "last.ckpt"),  # no config: nothing chosen on any split
+])
+def test_evaluate_interrupted_run_dir_uses_the_runs_test_rule(tmp_path, config, expected):
+    """A run directory without results.json (interrupted): its best*.ckpt, kept by validation top-1,
+    was evaluated even when validation was the test split (val_size=0), i.e. selected on the test set."""
+    from relnas.evaluate import find_eval_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("best_epoch004.ckpt", "last.ckpt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    if config is not None:
+        (tmp_path / ".hydra").mkdir()
+        (tmp_path / ".hydra" / "config.yaml").write_text(config)
+    assert find_eval_checkpoint(str(tmp_path)) == tmp_path / "checkpoints" / expected

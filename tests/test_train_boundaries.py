@@ -348,3 +348,21 @@ def test_evaluate_interrupted_run_dir_uses_the_runs_test_rule(tmp_path, config, 
         (tmp_path / ".hydra").mkdir()
         (tmp_path / ".hydra" / "config.yaml").write_text(config)
     assert find_eval_checkpoint(str(tmp_path)) == tmp_path / "checkpoints" / expected
+
+
+def test_sweep_summary_counts_evaluation_jobs(tmp_path):
+    """`relnas.evaluate -m ...` writes eval_results.json, which the summary did not read: every
+    job was 'missing' and the finished sweep exited with '2 of 2 jobs failed'."""
+    from relnas.utils.sweep import job_record, write_summary
+
+    for job, err in (("0", 12.5), ("1", 7.25)):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "eval_results.json").write_text(json.dumps({"test_top1_err": err, "wall_time_s": 3.0}))
+    rows = [{"job": int(j), "dir": str(tmp_path / j), "seed": j, **job_record(tmp_path / j)} for j in ("0", "1")]
+    assert [(r["status"], r["val_metric"]) for r in rows] == [("ok", 12.5), ("ok", 7.25)]
+    write_summary(tmp_path, rows, ["seed"])
+    with open(tmp_path / "sweep_summary.csv") as f:
+        header = next(csv.reader(f))
+    assert header == ["job", "seed", "status", "test_top1_err", "wall_time_s", "dir"]
+    got = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
+    assert [r["test_top1_err"] for r in got] == ["12.5", "7.25"]

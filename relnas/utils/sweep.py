@@ -41,10 +41,11 @@ def _num(x: Any) -> Optional[float]:
 
 def job_record(job_dir: Path) -> Dict[str, Any]:
     """What one job of a sweep produced, from its result file (search: result.json and run.json,
-    training: results.json); status ``missing`` when it wrote none (it failed or is still running)."""
+    training: results.json, evaluation: eval_results.json); status ``missing`` when it wrote none (it
+    failed or is still running)."""
     rec: Dict[str, Any] = {"status": "missing", "val_metric": None, "val_metric_name": None, "test_top1_err": None,
                            "wall_time_s": None}
-    search, train = job_dir / "result.json", job_dir / "results.json"
+    search, train, evaluation = job_dir / "result.json", job_dir / "results.json", job_dir / "eval_results.json"
     try:
         if search.is_file():
             r = json.loads(search.read_text())
@@ -61,6 +62,10 @@ def job_record(job_dir: Path) -> Dict[str, Any]:
                 rec.update(status="ok", val_metric=_num(r.get("best_val_top1_err")),
                            val_metric_name="best_val_top1_err", test_top1_err=_num(r.get("test_top1_err")),
                            wall_time_s=_num(r.get("wall_time_s")))
+        elif evaluation.is_file():  # relnas.evaluate: its headline number is the test error
+            r = json.loads(evaluation.read_text())
+            rec.update(status="ok", val_metric=_num(r.get("test_top1_err")), val_metric_name="test_top1_err",
+                       wall_time_s=_num(r.get("wall_time_s")))
     except (OSError, ValueError) as e:
         rec["status"] = f"unreadable ({e})"
     return rec
@@ -104,7 +109,8 @@ def write_summary(sweep_dir: Path, rows: List[Dict[str, Any]], swept: Sequence[s
     # training jobs have a test top-1 error; search and transfer jobs none (the column would stay empty)
     classification = any(r.get("test_top1_err") is not None or r.get("val_metric_name") == "best_val_top1_err"
                          for r in rows)
-    fields = ["job", *swept, "status", metric, *(["test_top1_err"] if classification else []), "wall_time_s", "dir"]
+    test_col = classification and metric != "test_top1_err"  # evaluation jobs: it is the headline column already
+    fields = ["job", *swept, "status", metric, *(["test_top1_err"] if test_col else []), "wall_time_s", "dir"]
     out = []
     with open(sweep_dir / SUMMARY_CSV, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -131,7 +137,8 @@ def plot_summary(path: Path, rows: List[Dict[str, Any]], swept: Sequence[str], m
         xs = [r["job"] for r in rows]
         xlabel = "job"
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    names = {"val_loss": "validation loss of the found cell", "best_val_top1_err": "best validation top-1 error (%)"}
+    names = {"val_loss": "validation loss of the found cell", "best_val_top1_err": "best validation top-1 error (%)",
+             "test_top1_err": "test top-1 error (%)"}
     for ax, key, label in ((axes[0], "val_metric", names.get(metric, metric.replace("_", " "))),
                            (axes[1], "wall_time_s", "wall time (s)")):
         pts = sorted((x, r[key]) for x, r in zip(xs, rows) if r.get(key) is not None)

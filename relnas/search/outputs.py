@@ -6,7 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -42,13 +42,30 @@ def _json_safe(x: float) -> Any:
     return x if math.isfinite(x) else None
 
 
-def write_population(path: Path, population: Dict[int, np.ndarray], losses: Dict[int, float]) -> Path:
+def write_population(path: Path, population: Dict[int, np.ndarray], losses: Dict[int, float],
+                     last: Optional[Dict[int, Dict[str, Any]]] = None) -> Path:
+    """The population as a JSON list, best first: each individual's vector and genotype, and its most
+    recent estimate (``val_loss``, ``diverged``; ``role`` from ``last``, its most recent history row).
+
+    A slow learner of the last generation has moved after its estimate: when its genotype changed,
+    ``estimated`` is false and ``estimated_genotype`` names the genotype whose loss ``val_loss`` is
+    (the listed one was never estimated); ``estimated`` is true when the loss is that of the listed
+    genotype."""
     from relnas.search.encoding import decode
 
-    items = [{"individual": int(i), "val_loss": _json_safe(float(losses.get(i, math.inf))),
-              "diverged": i in losses and not math.isfinite(float(losses[i])),
-              "vector": [float(v) for v in vec], "genotype": decode(vec).to_dict()}
-             for i, vec in population.items()]
+    items = []
+    for i, vec in population.items():
+        genotype = decode(vec)
+        item: Dict[str, Any] = {"individual": int(i), "val_loss": _json_safe(float(losses.get(i, math.inf))),
+                                "diverged": i in losses and not math.isfinite(float(losses[i]))}
+        row = (last or {}).get(int(i))
+        if row is not None:
+            item["role"] = str(row.get("role", ""))
+            item["estimated"] = str(row.get("genotype")) == str(genotype)
+            if not item["estimated"]:
+                item["estimated_genotype"] = str(row.get("genotype"))
+        item.update({"vector": [float(v) for v in vec], "genotype": genotype.to_dict()})
+        items.append(item)
     items.sort(key=lambda d: math.inf if d["val_loss"] is None else d["val_loss"])
     path.write_text(json.dumps(items, indent=1) + "\n")
     return path

@@ -100,8 +100,9 @@ class OutputRecorder:
         write_csv(self.run_dir / "history.csv", mark_diverged(engine.history), HISTORY_FIELDS)
         write_csv(self.run_dir / "generations.csv", engine.summaries, GENERATION_FIELDS)
         # each individual's most recent estimate (RelativeNAS: the last generation; baselines: its only one)
-        losses = {int(r["individual"]): float(r["val_loss"]) for r in engine.history}
-        write_population(self.run_dir / "population.json", engine.strategy.population(), losses)
+        last = {int(r["individual"]): r for r in engine.history}
+        losses = {i: float(r["val_loss"]) for i, r in last.items()}
+        write_population(self.run_dir / "population.json", engine.strategy.population(), losses, last)
 
     def on_generation_end(self, engine: SearchEngine) -> None:
         self._tables(engine)

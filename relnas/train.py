@@ -199,15 +199,14 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         rule = resolve_test_rule(cfg.get("test_checkpoint", "auto"), val_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    ckpt_path = find_checkpoint(cfg.resume) if cfg.get("resume") else None  # before the data is loaded
     print(f"genotype: {genotype}", flush=True)
     dm = instantiate_datamodule(cfg.data)
     arch = ArchSpec.from_config(cfg.model, genotype, dm)
     arch.check_input()
 
-    ckpt_path: Optional[Path] = None
     resumed: Optional[Mapping[str, Any]] = None
-    if cfg.get("resume"):
-        ckpt_path = find_checkpoint(cfg.resume)
+    if ckpt_path is not None:
         resumed = load_checkpoint_dict(ckpt_path)
         check_resume_architecture(resumed, arch, ckpt_path)
         log.info("resuming from %s", ckpt_path)

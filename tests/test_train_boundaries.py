@@ -366,3 +366,13 @@ def test_sweep_summary_counts_evaluation_jobs(tmp_path):
     assert header == ["job", "seed", "status", "test_top1_err", "wall_time_s", "dir"]
     got = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
     assert [r["test_top1_err"] for r in got] == ["12.5", "7.25"]
+
+
+def test_missing_resume_checkpoint_fails_before_the_data(tmp_path):
+    from relnas.errors import ConfigError
+    from relnas.train import train
+
+    # CIFAR-10 is absent: a resume check made after the data would report the data set instead
+    cfg = _compose(tmp_path, "data=cifar10", "trainer.accelerator=cpu", "logger=none", f"resume={tmp_path / 'old'}")
+    with pytest.raises(ConfigError, match=r"^resume: checkpoint .* does not exist$"):
+        train(cfg)

@@ -63,20 +63,32 @@ def check_resume_architecture(ckpt: Mapping[str, Any], arch: ArchSpec, path: Pat
 #: the hyper-parameters of a run's schedule and loss that a resumed run must keep: the restored
 #: scheduler state keeps the checkpoint's length (a cosine with the old T_max would rise again
 #: after it), while drop path and the loss would follow the new values
-#: (and the image size, which the network's weights do not fix)
+#: (and the image size, which the network's weights do not fix; the optimizer's settings are
+#: compared with its restored state, see :func:`check_resume_schedule`)
 RESUME_FIXED = ("epochs", "scheduler", "drop_path_prob", "auxiliary_weight", "label_smoothing", "image_size")
 
 
-def check_resume_schedule(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], path: Path) -> None:
-    """Fail with one line naming the :data:`RESUME_FIXED` settings where checkpoint and config
-    differ (``trainer.max_epochs`` may differ: it only says where this part of the run stops)."""
+def check_resume_schedule(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], path: Path,
+                          optimizer: Optional[Mapping[str, Any]] = None) -> None:
+    """Fail with one line naming the :data:`RESUME_FIXED` settings, and the SGD settings of
+    ``optimizer`` (lr, momentum, weight decay, nesterov: the restored optimizer state keeps the
+    checkpoint's), where checkpoint and config differ (``trainer.max_epochs`` may differ: it only
+    says where this part of the run stops)."""
     stored = ckpt.get("hyper_parameters") or {}
-    diff = {k: (stored[k], hparams[k]) for k in RESUME_FIXED
+    names = {"epochs": "epochs", "scheduler": "scheduler", "image_size": "data.image_size"}
+    diff = {names.get(k, "model." + k): (stored[k], hparams[k]) for k in RESUME_FIXED
             if k in stored and k in hparams and _plain(stored[k]) != _plain(hparams[k])}
+    groups = [g for s in (ckpt.get("optimizer_states") or []) for g in (s.get("param_groups") or [])]
+    if optimizer and groups:
+        group = groups[0]
+        saved = {"lr": group.get("initial_lr", group.get("lr")), "momentum": group.get("momentum"),
+                 "weight_decay": group.get("weight_decay"), "nesterov": group.get("nesterov")}
+        for key, value in saved.items():
+            mine = optimizer.get(key)
+            if value is not None and mine is not None and float(value) != float(mine):
+                diff[f"optimizer.{key}"] = (value, mine)
     if diff:
-        names = {"epochs": "epochs", "scheduler": "scheduler", "image_size": "data.image_size"}
-        parts = "; ".join(f"{names.get(k, 'model.' + k)}: checkpoint {_plain(a)!r} vs config {_plain(b)!r}"
-                          for k, (a, b) in diff.items())
+        parts = "; ".join(f"{k}: checkpoint {_plain(a)!r} vs config {_plain(b)!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"resume: checkpoint {str(path)!r} was trained with other settings - {parts}; resume with "
                           f"the run's own settings (a resumed run continues its schedule, it cannot change it)")
 
@@ -213,7 +225,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
 
     model = build_model(cfg, arch)
     if resumed is not None:
-        check_resume_schedule(resumed, model.hparams, ckpt_path)
+        check_resume_schedule(resumed, model.hparams, ckpt_path, _plain(cfg.get("optimizer")))
 
     from relnas.utils.loggers import close_loggers, configure_logger_cfg, run_identity
 

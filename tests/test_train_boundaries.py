@@ -324,6 +324,11 @@ def test_resume_with_another_schedule_fails_in_one_line(tmp_path):
     # the same network on other images (the synthetic data set makes any size)
     with pytest.raises(ConfigError, match=r"data.image_size: checkpoint 32 vs config 16"):
         train(_compose(tmp_path / "second", *TINY, "epochs=3", "data.image_size=16", f"resume={first}"))
+    # the optimizer's state comes back from the checkpoint: another lr / weight decay would be ignored
+    with pytest.raises(ConfigError, match=r"optimizer.lr: checkpoint 0.025 vs config 0.05; "
+                                          r"optimizer.weight_decay: checkpoint 0.0003 vs config 0;"):
+        train(_compose(tmp_path / "second", *TINY, "epochs=3", "optimizer.lr=0.05", "optimizer.weight_decay=0",
+                       f"resume={first}"))
     # the same settings resume (and stop where trainer.max_epochs says)
     res = train(_compose(tmp_path / "third", *TINY, "epochs=3", "trainer.max_epochs=2", f"resume={first}",
                          "test_after_training=false"))

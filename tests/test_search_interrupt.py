@@ -35,3 +35,28 @@ def test_sigterm_mid_search_exits_non_zero_and_names_the_resume_command(tmp_path
     assert not (tmp_path / "genotype.json").exists()
     lines = [r.getMessage() for r in caplog.records if f"resume={tmp_path}" in r.getMessage()]
     assert len(lines) == 1 and "SIGTERM" in lines[0] and "1 of 3" in lines[0], lines
+
+
+def test_resume_with_another_precision_or_module_setting_is_refused(tmp_path):
+    """trainer.precision and the module's optimizer keys change what every later candidate computes;
+    a resume that changes them is a different search (README: it fails and names the keys)."""
+    import torch
+
+    from relnas.errors import ConfigError
+    from relnas.search.state import save_state
+
+    base = ["search.population_size=2", "search.generations=1"]
+    run_search(tiny_search_cfg(tmp_path, base), tmp_path)
+    for change, key in (("trainer.precision=bf16-mixed", "trainer.precision"),
+                        ("module.momentum=0.5", "module.momentum"),
+                        ("module.grad_clip=1.0", "module.grad_clip")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            run_search(tiny_search_cfg(tmp_path, base + [change, f"resume={tmp_path}"]))
+    # the run-time keys of the module stay free, as their search.* sources are
+    run_search(tiny_search_cfg(tmp_path, base + ["search.channels_last=false", f"resume={tmp_path}"]))
+    # a checkpoint written before these keys were recorded still resumes
+    state = torch.load(tmp_path / "search_state.pt", weights_only=False)
+    state["config"] = {k: v for k, v in state["config"].items()
+                       if not (k.startswith("module.") or k == "trainer.precision")}
+    save_state(tmp_path, state)
+    run_search(tiny_search_cfg(tmp_path, base + [f"resume={tmp_path}"]))

@@ -49,6 +49,10 @@ def validate_search_numbers(cfg: DictConfig) -> None:
                              f"search.train_portion={tp}; use a larger subset")
 
 
+# keys compared on resume that older checkpoints lack (not recorded then, so not compared for them)
+RECORDED_LATER = ("module.", "trainer.precision")
+
+
 # keys a resumed search may change, with the condition under which it may
 def resume_blockers(saved: Dict[str, Any], current: Dict[str, Any], strategy: str) -> Tuple[List[str], List[str]]:
     """Split the keys that differ between the checkpoint's config and the current one into
@@ -57,8 +61,8 @@ def resume_blockers(saved: Dict[str, Any], current: Dict[str, Any], strategy: st
     blocking, extension = [], []
     for k in sorted(set(saved) | set(current)):
         a, b = saved.get(k, "<unset>"), current.get(k, "<unset>")
-        if a == b:
-            continue
+        if a == b or (k not in saved and k.startswith(RECORDED_LATER)):
+            continue  # equal, or a key that a checkpoint of an older relnas did not record
         line = f"{k} ({a!r} -> {b!r})"
         if (k in ("search.generations", "strategy.generations") and strategy == "relativenas"
                 and isinstance(a, int) and isinstance(b, int)

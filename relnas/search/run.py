@@ -49,7 +49,9 @@ STRATEGY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "strategy"
 # keys are replaced by what they mean for the result (search.merge)
 NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs", "search.channels_last",
                 "search.graph_warmup", "search.graph_capture", "search.strategy", "search.executor", "search.weight_set_update",
-                "search.concurrent_pair", "data.data_dir", "data.download", "data.on_device", "data.num_workers"}
+                "search.concurrent_pair", "data.data_dir", "data.download", "data.on_device", "data.num_workers",
+                "module.cuda_graphs", "module.channels_last", "module.graph_warmup", "module.graph_capture",
+                "module.graph_backend"}
 
 
 # ---------------------------------------------------------------------- config
@@ -154,8 +156,10 @@ def semantic_config(cfg: DictConfig) -> Dict[str, Any]:
             flat[prefix] = node
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("seed", "search", "strategy", "supernet", "data"):
+    for key in ("seed", "search", "strategy", "supernet", "data", "module"):
         walk({key: container.get(key)}, "")
+    trainer = container.get("trainer") or {}
+    flat["trainer.precision"] = str(trainer.get("precision", "32-true"))  # the candidates' arithmetic
     out = {k: v for k, v in flat.items() if k not in NON_SEMANTIC}
     out["search.merge"] = merge_order(executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update"),
                              cfg.search.get("concurrent_pair")))

@@ -60,3 +60,20 @@ def test_resume_with_another_precision_or_module_setting_is_refused(tmp_path):
                        if not (k.startswith("module.") or k == "trainer.precision")}
     save_state(tmp_path, state)
     run_search(tiny_search_cfg(tmp_path, base + [f"resume={tmp_path}"]))
+
+
+def test_resume_refusal_says_what_to_do(tmp_path):
+    """The refusal names the differing keys, where the first run's overrides are, and for a baseline
+    asked for more generations, that only a RelativeNAS search can be extended."""
+    from relnas.errors import ConfigError
+
+    base = ["strategy=random", "search.population_size=2", "search.generations=1"]
+    run_search(tiny_search_cfg(tmp_path, base), tmp_path)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- strategy=random\n")  # as Hydra leaves it
+    with pytest.raises(ConfigError) as e:
+        run_search(tiny_search_cfg(tmp_path, base[:-1] + ["search.generations=2", f"resume={tmp_path}"]))
+    message = str(e.value)
+    assert "search.generations (1 -> 2)" in message
+    assert str(tmp_path / ".hydra" / "overrides.yaml") in message
+    assert "only a relativenas search" in message.lower()

@@ -180,10 +180,19 @@ def _read_resume(cfg: DictConfig, semantic: Dict[str, Any]) -> tuple[Dict[str, A
     if state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"resume: {path} was written by an older relnas (search state format "
                               f"{state.get('format', 1)}, this one reads {STATE_FORMAT}); start the search again")
-    changed, extension = guards.resume_blockers(state["config"], semantic, build_strategy(cfg).name)
+    strategy_name = build_strategy(cfg).name
+    changed, extension = guards.resume_blockers(state["config"], semantic, strategy_name)
     if changed:
+        hints = []
+        if any(k.split(" ")[0] in ("search.generations", "strategy.generations") for k in changed):
+            hints.append("only a relativenas search without search.budget can be extended by a larger "
+                         "search.generations" if strategy_name != "relativenas" or semantic.get("search.budget")
+                         is not None else "search.generations may only grow")
+        overrides = run_dir / ".hydra" / "overrides.yaml"
+        hints.append(f"resume with the original values (the first run's overrides: {overrides})"
+                     if overrides.is_file() else "resume with the original values")
         raise ConfigError("resume: the configuration differs from the one the search started with in: "
-                          + "; ".join(changed))
+                          + "; ".join(changed) + "; " + "; ".join(hints))
     log.info("resuming %s from %s (after generation %d)%s", run_dir, path.name, state["generation"],
              f"; extending the search: {', '.join(extension)}" if extension else "")
     return state, run_dir

@@ -77,3 +77,13 @@ def test_resume_refusal_says_what_to_do(tmp_path):
     assert "search.generations (1 -> 2)" in message
     assert str(tmp_path / ".hydra" / "overrides.yaml") in message
     assert "only a relativenas search" in message.lower()
+
+
+def test_a_finished_search_can_be_judged_again_with_another_max_diverged_share(tmp_path):
+    """search.max_diverged_share only decides whether the finished search is accepted (nothing it
+    computes): a search refused for its diverged share can be accepted on resume with a looser
+    share, instead of being refused as a changed configuration and run again from scratch."""
+    base = ["search.population_size=2", "search.generations=1"]
+    first = run_search(tiny_search_cfg(tmp_path, base), tmp_path)
+    again = run_search(tiny_search_cfg(tmp_path, base + ["search.max_diverged_share=0.9", f"resume={tmp_path}"]))
+    assert again["genotype"] == first["genotype"] and again["val_loss"] == first["val_loss"]

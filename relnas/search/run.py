@@ -51,7 +51,7 @@ NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "se
                 "search.graph_warmup", "search.graph_capture", "search.strategy", "search.executor", "search.weight_set_update",
                 "search.concurrent_pair", "data.data_dir", "data.download", "data.on_device", "data.num_workers",
                 "module.cuda_graphs", "module.channels_last", "module.graph_warmup", "module.graph_capture",
-                "module.graph_backend"}
+                "module.graph_backend", "search.max_diverged_share"}
 
 
 # ---------------------------------------------------------------------- config

@@ -202,6 +202,7 @@ def test_best_val_of_equal_top1_is_the_earliest_epoch():
     assert m.best_val() == {"epoch": 1, "acc1": 0.5, "acc5": 0.6}
 
 
+@pytest.mark.slow
 def test_resume_into_a_new_run_directory_keeps_the_best_checkpoint_so_far(tmp_path):
     """After a resume into another directory Lightning's ModelCheckpoint forgot the best score, so
     the best of the resumed epochs only was tested (test_checkpoint=best_val)."""

@@ -87,3 +87,26 @@ def test_a_finished_search_can_be_judged_again_with_another_max_diverged_share(t
     first = run_search(tiny_search_cfg(tmp_path, base), tmp_path)
     again = run_search(tiny_search_cfg(tmp_path, base + ["search.max_diverged_share=0.9", f"resume={tmp_path}"]))
     assert again["genotype"] == first["genotype"] and again["val_loss"] == first["val_loss"]
+
+
+def test_sigterm_during_the_last_generation_end_is_not_a_silent_success(tmp_path, monkeypatch, caplog):
+    """A signal that lands while the last generation is recorded: every generation is saved, the
+    outputs (genotype.json) are not written yet; the exit is not 0 and says that a resume writes them."""
+    real_end = SearchEngine._end_generation
+
+    def end_generation(self):
+        real_end(self)
+        if self.done:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(SearchEngine, "_end_generation", end_generation)
+    base = ["search.population_size=2", "search.generations=1"]
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as e:
+        run_search(tiny_search_cfg(tmp_path, base), tmp_path)
+    assert e.value.code == 128 + signal.SIGTERM
+    assert not (tmp_path / "genotype.json").exists()
+    lines = [r.getMessage() for r in caplog.records if f"resume={tmp_path}" in r.getMessage()]
+    assert len(lines) == 1 and "SIGTERM" in lines[0] and "after its last generation" in lines[0], lines
+    monkeypatch.setattr(SearchEngine, "_end_generation", real_end)
+    run_search(tiny_search_cfg(tmp_path, base + [f"resume={tmp_path}"]))
+    assert (tmp_path / "genotype.json").is_file()

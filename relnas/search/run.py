@@ -241,7 +241,10 @@ def _interrupted(e: BaseException, engine: SearchEngine, run_dir: Path, dist: se
         what, code = "SIGINT (Ctrl-C)", 128 + signal.SIGINT
     else:  # another exit (its own status) before the search's end
         what, code = f"an exit ({e.code!r})", (e.code if isinstance(e.code, int) and e.code else 1)
-    if dist.is_main:
+    if dist.is_main and engine.done:  # stopped between the last generation's checkpoint and the outputs
+        log.error("the search was interrupted by %s after its last generation, before its outputs were written: "
+                  "`python -m relnas.search resume=%s` and the same overrides writes them", what, run_dir)
+    elif dist.is_main:
         total = engine.strategy.generations
         saved = (f"they are saved in {run_dir / 'search_state.pt'}; continue with "
                  f"`python -m relnas.search resume={run_dir}` and the same overrides" if engine.generation
@@ -332,7 +335,7 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
             trainer.fit(module, datamodule=datamodule)
     except BaseException as e:
         close_loggers(loggers, "failed")
-        if isinstance(e, (KeyboardInterrupt, SystemExit)) and not engine.done:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise _interrupted(e, engine, run_dir, dist) from e
         raise
     if not engine.done:

@@ -128,3 +128,29 @@ def test_passthrough():
     g = get_genotype("NASNet")
     assert get_genotype(g) is g
     assert get_genotype(g.to_dict()) == g
+
+
+def test_genotype_from_a_failed_or_unfinished_search_dir_says_why(tmp_path):
+    """A failed search writes result.json (status failed, the reason) and no genotype.json; the
+    message said only 'a directory without a genotype.json (is it a search run directory?)'."""
+    import json as _json
+
+    import pytest as _pytest
+
+    from relnas.errors import GenotypeNotFoundError
+    from relnas.nas.genotypes import get_genotype
+
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "result.json").write_text(_json.dumps({"status": "failed", "reason": "every candidate diverged"}))
+    with _pytest.raises(GenotypeNotFoundError, match=r"failed and found no genotype \(result.json: every candidate "
+                                                     r"diverged\)"):
+        get_genotype(str(failed))
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "search_state.pt").write_bytes(b"")
+    with _pytest.raises(GenotypeNotFoundError, match=r"without a genotype.json yet \(unfinished\? resume="):
+        get_genotype(str(unfinished))
+    (tmp_path / "other").mkdir()
+    with _pytest.raises(GenotypeNotFoundError, match=r"is a directory without a genotype.json"):
+        get_genotype(str(tmp_path / "other"))

@@ -85,7 +85,11 @@ def check_resume_schedule(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], p
                  "weight_decay": group.get("weight_decay"), "nesterov": group.get("nesterov")}
         for key, value in saved.items():
             mine = optimizer.get(key)
-            if value is not None and mine is not None and float(value) != float(mine):
+            try:
+                differs = value is not None and mine is not None and float(value) != float(mine)
+            except (TypeError, ValueError):  # not numbers: nothing to compare
+                differs = False
+            if differs:
                 diff[f"optimizer.{key}"] = (value, mine)
     if diff:
         parts = "; ".join(f"{k}: checkpoint {_plain(a)!r} vs config {_plain(b)!r}" for k, (a, b) in diff.items())

@@ -121,25 +121,31 @@ def carry_best_checkpoints(ckpt: Mapping[str, Any], callbacks: list) -> None:
 
     from relnas.utils.instantiate import is_rank_zero
 
+    def restore_as(cb: ModelCheckpoint, moved: Dict[str, Any]) -> None:
+        restore = cb.load_state_dict
+        cb.load_state_dict = lambda _state, _restore=restore, _moved=moved: _restore(_moved)
+
     states = ckpt.get("callbacks") or {}
     for cb in callbacks:
-        if not isinstance(cb, ModelCheckpoint) or not cb.monitor or not cb.dirpath:
+        if not isinstance(cb, ModelCheckpoint) or not cb.dirpath:
             continue
         state = states.get(cb.state_key)
         if not state or state.get("dirpath") == cb.dirpath:
             continue
         old = Path(str(state.get("best_model_path") or ""))
-        if state.get("best_model_score") is None or not old.is_file():
+        if not cb.monitor or state.get("best_model_score") is None or not old.is_file():
+            # nothing to carry (e.g. last.ckpt's callback): restored as its own directory's state,
+            # without Lightning's warning that the best score is lost (Lightning never deletes the
+            # old run's files: they lie outside this directory)
+            restore_as(cb, {**state, "dirpath": cb.dirpath})
             continue
         new = Path(cb.dirpath) / old.name
         if is_rank_zero():  # one copy (DDP: every rank points its callback at it)
             new.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(old, new)
         score = state["best_model_score"]
-        moved = {**state, "dirpath": cb.dirpath, "best_model_path": str(new), "kth_best_model_path": str(new),
-                 "kth_value": score, "best_k_models": {str(new): score}, "last_model_path": ""}
-        restore = cb.load_state_dict
-        cb.load_state_dict = lambda _state, _restore=restore, _moved=moved: _restore(_moved)
+        restore_as(cb, {**state, "dirpath": cb.dirpath, "best_model_path": str(new), "kth_best_model_path": str(new),
+                        "kth_value": score, "best_k_models": {str(new): score}, "last_model_path": ""})
         log.info("resume: best checkpoint so far %s copied to %s", old, new)
 
 

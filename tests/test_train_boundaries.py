@@ -223,7 +223,14 @@ def test_resume_into_a_new_run_directory_keeps_the_best_checkpoint_so_far(tmp_pa
     ck["val_history"] = [{"epoch": 0, "acc1": 1.0, "acc5": 1.0}]
     torch.save(ck, last)
 
-    res = train(_compose(second, *common, "trainer.max_epochs=2", f"resume={first}"))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = train(_compose(second, *common, "trainer.max_epochs=2", f"resume={first}"))
+    # Lightning's "The dirpath has changed ... best_model_score ... won't be reloaded" would now be wrong
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    assert last.is_file()  # the first run's last.ckpt too
     copied = second / "checkpoints" / "best_epoch000.ckpt"
     assert res["epochs_run"] == 2 and res["best_val_epoch"] == 0 and res["best_val_top1_err"] == 0.0
     assert res["best_checkpoint"] == str(copied) and res["test_selection"]["checkpoint"] == str(copied)

@@ -129,6 +129,35 @@ def test_relnas_train_checkpoint_and_run_dir(tmp_path):
         build_backbone("DARTS_V2", weights=str(tmp_path / "nope.pt"), C=8, layers=5)
 
 
+def test_run_dir_gives_the_checkpoint_behind_the_reported_number(tmp_path):
+    """An ImageNet run validates on the val split it reports: its best-on-validation checkpoint is
+    an epoch chosen on that split, so a run directory gives the weights the run itself tested."""
+    import json
+
+    hp = {"network": "imagenet", "genotype": get_genotype("DARTS_V2").to_dict(), "C": 8, "layers": 5}
+    nets = {}
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("best_epoch001.ckpt", "last.ckpt"):
+        net = build_network("imagenet", "DARTS_V2", C=8, layers=5, num_classes=10, auxiliary=True)
+        nets[name] = net
+        torch.save({"state_dict": {"net." + k: v for k, v in net.state_dict().items()}, "hyper_parameters": hp},
+                   run / "checkpoints" / name)
+    # no test record (an interrupted run, no config): the final weights, not the best-on-val epoch
+    bb = build_backbone("DARTS_V2", weights=str(run), C=8, layers=5)
+    assert bb.weights.endswith("last.ckpt")
+    torch.testing.assert_close(bb.stem0[0].weight, nets["last.ckpt"].stem0[0].weight)
+    # a finished run that tested its best checkpoint (test_checkpoint=best_val): that one
+    best = run / "checkpoints" / "best_epoch001.ckpt"
+    (run / "results.json").write_text(json.dumps({"test_selection": {"rule": "best_val", "checkpoint": str(best)}}))
+    bb = build_backbone("DARTS_V2", weights=str(run), C=8, layers=5)
+    assert bb.weights == str(best)
+    torch.testing.assert_close(bb.stem0[0].weight, nets["best_epoch001.ckpt"].stem0[0].weight)
+    # the default rule recorded: the final weights
+    (run / "results.json").write_text(json.dumps({"test_selection": {"rule": "final", "checkpoint": None}}))
+    assert build_backbone("DARTS_V2", weights=str(run), C=8, layers=5).weights.endswith("last.ckpt")
+
+
 def test_frozen_bn_same_outputs():
     bb = _tiny().eval()
     _randomise_bn(bb)

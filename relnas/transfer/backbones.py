@@ -18,8 +18,8 @@ and no auxiliary head.
 
 Weights (``weights=``):
 
-* cell networks: a ``relnas.train`` ImageNet run directory (its ``checkpoints/best*.ckpt`` or
-  ``last.ckpt``), a Lightning ``.ckpt`` of it, or a plain state dict in the official code's format
+* cell networks: a ``relnas.train`` ImageNet run directory (the checkpoint behind its reported
+  test number, as ``relnas.evaluate`` picks it: by default ``checkpoints/last.ckpt``), a Lightning ``.ckpt`` of it, or a plain state dict in the official code's format
   (``.pt``/``.pth``, also wrapped in ``{"state_dict": ...}``, ``module.`` prefixes allowed);
 * torchvision networks: a weights enum name (``DEFAULT``, ``IMAGENET1K_V1``, or
   ``MobileNet_V2_Weights.IMAGENET1K_V1``) whose file is in the torch hub cache (nothing is
@@ -183,15 +183,25 @@ class CellBackbone(Backbone):
 
 
 def _find_run_checkpoint(p: Path) -> Path:
-    ck = p / "checkpoints"
-    best = sorted(ck.glob("best*.ckpt")) if ck.is_dir() else []
-    for cand in [*best, ck / "last.ckpt", p / "last.ckpt"]:
-        if cand.is_file():
-            return cand
+    """The checkpoint of a weights directory: for a ``relnas.train`` run, the one behind its
+    reported test number (``relnas.evaluate``'s rule: the run's ``test_selection``, else its
+    ``test_checkpoint`` rule, so never an epoch picked on the ImageNet val split unless the run
+    asked for it); else a single ``.pt``/``.pth`` file."""
+    from relnas.errors import ConfigError
+
+    if (p / "checkpoints").is_dir():
+        from relnas.evaluate import find_eval_checkpoint
+
+        try:
+            return find_eval_checkpoint(str(p))
+        except ConfigError:
+            pass
+    if (p / "last.ckpt").is_file():
+        return p / "last.ckpt"
     pts = sorted([*p.glob("*.pt"), *p.glob("*.pth"), *p.glob("*.pth.tar")])
     if len(pts) == 1:
         return pts[0]
-    raise BackboneError(f"backbone weights: directory {str(p)!r} holds no checkpoints/best*.ckpt, checkpoints/last.ckpt "
+    raise BackboneError(f"backbone weights: directory {str(p)!r} holds no checkpoints/*.ckpt "
                         f"or single .pt/.pth file (expected a relnas.train ImageNet run directory)")
 
 

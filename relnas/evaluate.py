@@ -36,7 +36,7 @@ from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec
 from relnas.utils.instantiate import instantiate, instantiate_datamodule
 from relnas.utils.io import load_checkpoint_dict, write_json
-from relnas.utils.task import task
+from relnas.utils.task import entry_point, task
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
 run = task(evaluate)
 
 
+@entry_point("evaluate")  # unknown config-group choices: one line, exit 2
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 def main(cfg: DictConfig) -> Optional[float]:
     from relnas.utils.console import setup_console

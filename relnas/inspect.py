@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec
 from relnas.nas.profile import network_summary
-from relnas.utils.task import task
+from relnas.utils.task import entry_point, task
 
 
 def arch_from_config(cfg: DictConfig) -> ArchSpec:
@@ -92,6 +92,7 @@ def inspect(cfg: DictConfig) -> Dict[str, Any]:
     }
 
 
+@entry_point("inspect")  # unknown config-group choices: one line, exit 2
 @hydra.main(version_base="1.3", config_path="../configs", config_name="inspect")
 def main(cfg: DictConfig) -> None:
     if cfg.get("task") is not None:  # a whole transfer-task network (relnas.transfer.inspect)

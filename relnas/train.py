@@ -29,7 +29,7 @@ from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec, resolve_genotype
 from relnas.utils.instantiate import instantiate, instantiate_datamodule
 from relnas.utils.io import load_checkpoint_dict, write_json
-from relnas.utils.task import task
+from relnas.utils.task import entry_point, task
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     return train(cfg)
 
 
+@entry_point("train")  # unknown config-group choices: one line, exit 2
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> Optional[float]:
     results = run(cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from relnas.utils.task import task
+from relnas.utils.task import entry_point, task
 
 log = logging.getLogger("relnas.search")
 
@@ -31,6 +31,7 @@ def search(cfg: DictConfig) -> float:
     return float(result["val_loss"])
 
 
+@entry_point("search")  # unknown config-group choices: one line, exit 2
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="search")
 def main(cfg: DictConfig) -> float:
     return search(cfg)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from relnas.transfer.authors import load_authors_weights, looks_like_authors
 from relnas.utils.instantiate import configured
-from relnas.utils.task import task
+from relnas.utils.task import entry_point, task
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     return transfer(cfg)
 
 
+@entry_point("transfer")  # unknown config-group choices: one line, exit 2
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="transfer")
 def main(cfg: DictConfig) -> None:
     run(cfg)

@@ -6,13 +6,23 @@ traceback is logged at debug level: ``hydra.verbose=relnas`` shows it). In a Hyd
 failed job prints its line and returns, so that the other jobs still run; the sweep callback
 (:class:`relnas.utils.sweep.SweepCallback`) exits with status 1 after its summary. Any other exception is
 a bug and propagates unchanged.
+
+``entry_point(config_name)`` goes on top of each ``@hydra.main``: before Hydra runs, a command-line
+choice of a config group that has no such config (``strategy=foo``, ``+experiment=nope``,
+``-m data=digits,nope``) stops with one line ``error: unknown strategy 'foo': choose one of ...``
+and exit status 2 (Hydra would print a dozen lines and exit 1, in a multirun only after the jobs
+before it ran). The groups and their choices are Hydra's own (its config search path, plugins
+included); whatever this check cannot judge is left to Hydra.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
-from typing import Callable, TypeVar
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, TypeVar
 
 from relnas.errors import RelnasError
 
@@ -22,6 +32,9 @@ R = TypeVar("R")
 EXIT_ERROR = 2
 
 log = logging.getLogger("relnas")
+
+#: the primary config directory of the entry points (their ``@hydra.main`` config_path)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def fail(error: BaseException) -> None:
@@ -48,3 +61,116 @@ def task(fn: Callable[..., R]) -> Callable[..., R]:
             return None  # type: ignore[return-value]  # a failed job of a multirun
 
     return wrapper
+
+
+# ---------------------------------------------------------------------- config-group choices
+
+def group_choices(overrides: Sequence[Any]) -> Iterator[Tuple[Any, str, str]]:
+    """``(override, key, choice)`` for each plain choice that the parsed Hydra ``overrides`` give a
+    key: ``key=choice``, ``+key=``, ``++key=``, ``key@pkg=``, ``~key=choice``, each name of a list
+    (``key=[a,b]``) and of a comma sweep or ``choice(...)`` (``key=a,b``). Values that are not names
+    (numbers, null, dicts, interpolations) and the other sweeps (``glob``, ``range``...) are
+    skipped: Hydra judges them. Whether ``key`` is a config group is the caller's question."""
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    def names(value: Any) -> Iterator[str]:
+        if isinstance(value, str):
+            if "${" not in value:
+                yield value
+        elif isinstance(value, list):
+            for v in value:
+                yield from names(v)
+
+    for o in overrides:
+        value = o.value()
+        if o.is_sweep_override():
+            if not isinstance(value, ChoiceSweep):
+                continue
+            value = list(value.list)
+        for name in names(value):
+            yield o, str(o.key_or_group), name
+
+
+def unknown_choice(args: Sequence[str], config_name: str, config_dir: Path = CONFIG_DIR) -> Optional[str]:
+    """The one-line message for the first unknown config-group choice on the command line ``args``
+    (Hydra's arguments, e.g. ``sys.argv[1:]``), or None: all known, or nothing this check can judge
+    (``--config-path``, a bad flag or override syntax, a Hydra that works differently: Hydra reports)."""
+    import contextlib
+    import io
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path, get_args_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            ns = get_args_parser().parse_args(list(args))
+    except SystemExit:  # a bad flag (or --version): Hydra's argument parser answers
+        return None
+    if ns.config_path is not None or ns.shell_completion or ns.experimental_rerun is not None:
+        return None
+    if not config_dir.is_dir():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Hydra warns about search path entries itself
+        search_path = create_config_search_path(str(config_dir))
+        if ns.config_dir is not None:  # as Hydra adds it
+            from hydra.core.config_search_path import SearchPathQuery
+
+            extra = os.path.abspath(ns.config_dir)
+            if not os.path.isdir(extra):
+                return None
+            search_path.prepend(provider="command-line", path=f"file://{extra}",
+                                anchor=SearchPathQuery(provider="schema"))
+        loader = ConfigLoaderImpl(config_search_path=search_path)
+        # the overrides parsed and hydra.searchpath (primary config or command line) applied, as Hydra does
+        try:
+            parsed, repo = loader._parse_overrides_and_create_caching_repo(ns.config_name or config_name,
+                                                                           list(ns.overrides))
+        except Exception:  # noqa: BLE001 - bad override syntax, a bad hydra.searchpath...: Hydra says why
+            return None
+    for override, group, choice in group_choices(parsed):
+        if not repo.group_exists(group) or isinstance(override.value(), dict):
+            continue  # a config key (data.batch_size=3): Hydra's
+        if repo.config_exists(f"{group}/{choice}"):
+            continue
+        options = repo.get_group_options(group)
+        where = config_dir / group
+        hint = ""
+        if where.is_dir():
+            try:
+                hint = f" ({where.relative_to(Path.cwd())}/)"
+            except ValueError:
+                hint = f" ({where}/)"
+        return (f"unknown {group} {choice!r}: choose one of {', '.join(options) or '(none)'}{hint}")
+    return None
+
+
+def check_choices(config_name: str, args: Optional[Sequence[str]] = None) -> None:
+    """Exit with one line and :data:`EXIT_ERROR` when the command line picks an unknown
+    config-group choice (see :func:`unknown_choice`); return otherwise."""
+    try:
+        message = unknown_choice(sys.argv[1:] if args is None else args, config_name)
+    except Exception as e:  # noqa: BLE001 - this check only improves a message: Hydra has the last word
+        log.debug("config-group choices not checked: %s", e, exc_info=e)
+        return
+    if message is not None:
+        from relnas.errors import ConfigError
+
+        fail(ConfigError(message))
+
+
+def entry_point(config_name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Decorator for a ``@hydra.main`` function of config ``config_name``: called from the command
+    line (no arguments), it first checks the config-group choices (:func:`check_choices`); called
+    with a config, it passes straight through as ``hydra.main`` does."""
+
+    def decorate(main: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(main)
+        def wrapper(*args: Any, **kwargs: Any) -> R:
+            if not args and not kwargs:
+                check_choices(config_name)
+            return main(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,120 @@
+"""Boundary errors of the command-line entry points: one line ``error: ...`` and exit status 2.
+
+Unknown config-group choices (``strategy=foo``, ``+experiment=nope``, ``-m data=digits,nope``) are
+refused before Hydra runs, by every entry point; choices Hydra accepts (its own groups, plugins,
+config keys) still pass.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+def _cli(module, args, cwd, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _options(group):
+    """The choices of a group of configs/, from the files (independent of the code under test)."""
+    return ", ".join(sorted(p.stem for p in (CONFIGS / group).glob("*.yaml")))
+
+
+def _parse(*args):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from relnas.utils.task import group_choices
+
+    return [(key, choice) for _, key, choice in group_choices(OverridesParser.create().parse_overrides(list(args)))]
+
+
+# ---------------------------------------------------------------------- parsing (no config repository)
+
+def test_group_choices_reads_every_override_syntax():
+    assert _parse("strategy=foo", "+experiment=nope", "++data=x", "data@pkg=y", "hydra/launcher=slurm") == [
+        ("strategy", "foo"), ("experiment", "nope"), ("data", "x"), ("data", "y"), ("hydra/launcher", "slurm")]
+    assert _parse("data=digits,nope", "strategy=choice(random,bad)", "logger=[csv,wandb]") == [
+        ("data", "digits"), ("data", "nope"), ("strategy", "random"), ("strategy", "bad"), ("logger", "csv"),
+        ("logger", "wandb")]
+    assert _parse("~logger", "~data=cifar10") == [("data", "cifar10")]  # a bare deletion names no choice
+    # not names: numbers, null, interpolations, sweep functions other than choice
+    assert _parse("data.batch_size=3", "data=null", "data=${oc.env:X}", "data=glob(*)", "seed=range(1,3)") == []
+
+
+# ---------------------------------------------------------------------- against a config repository
+
+@pytest.fixture()
+def confdir(tmp_path):
+    d = tmp_path / "conf"
+    for group, names in {"db": ["mysql", "sqlite"], "db/extra": ["one"], "exp": ["small"]}.items():
+        (d / group).mkdir(parents=True)
+        for n in names:
+            (d / group / f"{n}.yaml").write_text("x: 1\n")
+    (d / "main.yaml").write_text("defaults:\n  - db: mysql\n  - _self_\nn: 1\n")
+    return d
+
+
+def test_unknown_choice_names_the_group_and_its_choices(confdir, monkeypatch):
+    from relnas.utils.task import unknown_choice
+
+    monkeypatch.chdir(confdir.parent)
+    expected = "unknown db 'oracle': choose one of mysql, sqlite (conf/db/)"
+    for args in (["db=oracle"], ["+db=oracle"], ["++db=oracle"], ["db@other=oracle"], ["~db=oracle"],
+                 ["-m", "db=sqlite,oracle"], ["-m", "db=choice(oracle)"], ["n=2", "db=[mysql,oracle]"]):
+        assert unknown_choice(args, "main", confdir) == expected, args
+    assert unknown_choice(["+exp=big"], "main", confdir) == "unknown exp 'big': choose one of small (conf/exp/)"
+    # Hydra's own groups are checked against Hydra's choices (no folder of ours: no hint)
+    msg = unknown_choice(["hydra/sweeper=nope"], "main", confdir)
+    assert msg is not None and msg.startswith("unknown hydra/sweeper 'nope': choose one of ") and "basic" in msg
+
+
+def test_what_hydra_accepts_passes(confdir):
+    from relnas.utils.task import unknown_choice
+
+    for args in (["db=sqlite"], ["+exp=small"], ["db/extra=one"], ["~db"], ["db=extra/one"], ["n=3"], ["db.x=2"],
+                 ["-m", "db=mysql,sqlite", "n=1,2"], ["-m", "db=glob(*)"], ["hydra/launcher=basic"],
+                 ["hydra/job_logging=disabled"], ["nosuchkey=3"], ["db=sqlite.yaml"],
+                 ["--config-path", "/elsewhere", "db=oracle"],  # another primary config: Hydra judges
+                 ["--bogus-flag"], ["db=[unclosed"]):  # not parsable: Hydra says why
+        assert unknown_choice(args, "main", confdir) is None, args
+
+
+def test_plugin_groups_pass():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from relnas.utils.task import unknown_choice
+
+    for choice in ("slurm", "submitit_slurm", "submitit_local", "basic"):
+        assert unknown_choice([f"hydra/launcher={choice}"], "search") is None
+
+
+# ---------------------------------------------------------------------- the real entry points
+
+@pytest.mark.parametrize("module,args,group,choice", [
+    ("relnas.search", ["strategy=foo"], "strategy", "foo"),
+    ("relnas.search", ["-m", "data=digits,nope"], "data", "nope"),
+    ("relnas.train", ["data=nope"], "data", "nope"),
+    ("relnas.transfer", ["+experiment=nope"], "experiment", "nope"),
+    ("relnas.evaluate", ["trainer=nope"], "trainer", "nope"),
+    ("relnas.inspect", ["backbone=nope"], "backbone", "nope"),
+])
+def test_an_unknown_choice_is_one_line_and_exit_2(tmp_path, module, args, group, choice):
+    sweep = tmp_path / "sweep"
+    r = _cli(module, [*args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={sweep}"], REPO)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [
+        f"error: unknown {group} '{choice}': choose one of {_options(group)} (configs/{group}/)"]
+    assert not sweep.exists() and not (tmp_path / "run").exists()  # refused before any job started
+
+
+def test_hydra_and_plugin_choices_still_run(tmp_path):
+    r = _cli("relnas.search", ["hydra/launcher=slurm", "data.batch_size=3", "--cfg", "hydra"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "submitit" in r.stdout

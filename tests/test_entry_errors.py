@@ -118,3 +118,32 @@ def test_hydra_and_plugin_choices_still_run(tmp_path):
     r = _cli("relnas.search", ["hydra/launcher=slurm", "data.batch_size=3", "--cfg", "hydra"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "submitit" in r.stdout
+
+
+# ---------------------------------------------------------------------- a failed job of a multirun
+
+@pytest.mark.parametrize("module,args,key", [
+    ("relnas.search", ["search.population_size=3,5", "data=synthetic", "data.num_train=64", "supernet.C=4",
+                       "supernet.layers=3"], "search.population_size"),
+    ("relnas.train", ["genotype=nope1,nope2"], "genotype"),
+    ("relnas.evaluate", ["checkpoint=/nonexistent/a.ckpt,/nonexistent/b.ckpt"], "checkpoint"),
+    ("relnas.transfer", ["task=detection", "seed=1,2"], "seed"),
+])
+def test_a_failed_job_of_a_multirun_is_failed_with_its_reason_in_the_summary(tmp_path, module, args, key):
+    import csv
+
+    sweep = tmp_path / "sweep"
+    r = _cli(module, ["-m", *args, "trainer.accelerator=cpu", "logger=none", f"paths.data_dir={tmp_path}/nodata",
+                      f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]
+    errors = [line[len("error: "):] for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in r.stderr and len(errors) == 3, r.stderr[-2000:]  # one per job, then the sweep's
+    assert errors[2] == "2 of 2 jobs failed or left no result (jobs 0, 1; see sweep_summary.csv)"
+    rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
+    values = [a.split("=", 1)[1].split(",") for a in args if a.startswith(f"{key}=")][0]
+    assert [(row[key], row["status"], row["reason"]) for row in rows] == [
+        (values[0], "failed", errors[0]), (values[1], "failed", errors[1])]
+    for job, reason in enumerate(errors[:2]):
+        import json
+
+        assert json.loads((sweep / str(job) / "failure.json").read_text()) == {"status": "failed", "reason": reason}

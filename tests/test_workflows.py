@@ -253,7 +253,8 @@ def test_a_failing_job_does_not_stop_the_sweep_but_fails_it(tmp_path):
     assert errors == ["error: supernet.C must be a positive integer, got 0",
                       "error: 1 of 2 jobs failed or left no result (jobs 0; see sweep_summary.csv)"], r.stderr[-2000:]
     rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
-    assert [(row["supernet.C"], row["status"]) for row in rows] == [("0", "missing"), ("4", "ok")]
+    assert [(row["supernet.C"], row["status"], row["reason"]) for row in rows] == [
+        ("0", "failed", "supernet.C must be a positive integer, got 0"), ("4", "ok", "")]
     assert (sweep / "1" / "genotype.json").is_file()  # the job after the failed one ran
 
 
@@ -296,6 +297,29 @@ def test_console_each_line_once_without_adverts_and_above_the_bar(capsys):
         light.handlers[:] = saved[2]
         light.propagate = saved[3]
         light.filters[:] = saved[4]
+
+
+def test_sweep_summary_says_which_jobs_failed_and_why(tmp_path):
+    from relnas.utils.sweep import summarize_sweep, write_summary
+
+    jobs = {
+        "0": {"results.json": {"best_val_top1_err": 12.5, "test_top1_err": 13.0, "wall_time_s": 5.0}},
+        "1": {"failure.json": {"status": "failed", "reason": "data.batch_size must be positive, got 0"}},
+        "2": {"result.json": {"status": "failed", "reason": "every candidate of the last\ngeneration diverged"}},
+        "3": {},  # crashed or still running: nothing written
+    }
+    for job, files in jobs.items():
+        d = tmp_path / job
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(f"- data.batch_size={job}\n")
+        for name, content in files.items():
+            (d / name).write_text(json.dumps(content))
+    rows = summarize_sweep(tmp_path, ["data.batch_size"])
+    write_summary(tmp_path, rows, ["data.batch_size"])
+    csv_rows = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
+    assert [(r["data.batch_size"], r["status"], r["reason"]) for r in csv_rows] == [
+        ("0", "ok", ""), ("1", "failed", "data.batch_size must be positive, got 0"),
+        ("2", "failed", "every candidate of the last generation diverged"), ("3", "missing", "")]
 
 
 def test_sweep_summary_of_transfer_jobs_has_the_task_metric(tmp_path):

@@ -1,8 +1,9 @@
 """Hydra callback of every relnas app (configs/hydra/default.yaml): each job leaves no W&B run
 open, and a multirun ends with a sweep summary.
 
-``<sweep dir>/sweep_summary.csv`` has one row per job: its number, folder, swept values, status,
-its headline metric (search: the found genotype's validation loss; training: the best validation
+``<sweep dir>/sweep_summary.csv`` has one row per job: its number, folder, swept values, status
+(``ok``; ``failed``, with the job's one-line error in ``reason``, from its ``failure.json`` or a failed
+search's ``result.json``; ``missing`` when the job left no result), its headline metric (search: the found genotype's validation loss; training: the best validation
 top-1 error; transfer: the task's metric on its evaluation split, e.g. ``map``, ``miou``, ``AP``),
 test error (training), and wall time. ``sweep_summary.png`` plots the validation metric and the
 wall time of each job against the swept values (against the job number when more than one key is
@@ -29,6 +30,8 @@ except ImportError:  # pragma: no cover - hydra < 1.1
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_PNG = "sweep_summary.png"
+#: a failed job's record in its directory (:func:`relnas.utils.task.fail` in a multirun)
+FAILURE_JSON = "failure.json"
 
 
 def _num(x: Any) -> Optional[float]:
@@ -41,10 +44,11 @@ def _num(x: Any) -> Optional[float]:
 
 def job_record(job_dir: Path) -> Dict[str, Any]:
     """What one job of a sweep produced, from its result file (search: result.json and run.json,
-    training: results.json, evaluation: eval_results.json); status ``missing`` when it wrote none (it
-    failed or is still running)."""
-    rec: Dict[str, Any] = {"status": "missing", "val_metric": None, "val_metric_name": None, "test_top1_err": None,
-                           "wall_time_s": None}
+    training: results.json, evaluation: eval_results.json); status ``failed`` with its ``reason``
+    when it stopped with a one-line error (its failure.json, or a failed search's result.json),
+    ``missing`` when it wrote nothing (it crashed or is still running)."""
+    rec: Dict[str, Any] = {"status": "missing", "reason": None, "val_metric": None, "val_metric_name": None,
+                           "test_top1_err": None, "wall_time_s": None}
     search, train, evaluation = job_dir / "result.json", job_dir / "results.json", job_dir / "eval_results.json"
     try:
         if search.is_file():
@@ -52,6 +56,8 @@ def job_record(job_dir: Path) -> Dict[str, Any]:
             run = json.loads((job_dir / "run.json").read_text()) if (job_dir / "run.json").is_file() else {}
             rec.update(status=r.get("status", "ok"), val_metric=_num(r.get("val_loss")), val_metric_name="val_loss",
                        wall_time_s=_num(run.get("time_s")))
+            if r.get("reason"):
+                rec["reason"] = " ".join(str(r["reason"]).split())
         elif train.is_file():
             r = json.loads(train.read_text())
             if "task" in r and isinstance(r.get("metrics"), dict):  # relnas.transfer: the task's monitored metric
@@ -68,7 +74,46 @@ def job_record(job_dir: Path) -> Dict[str, Any]:
                        wall_time_s=_num(r.get("wall_time_s")))
     except (OSError, ValueError) as e:
         rec["status"] = f"unreadable ({e})"
+    failure = job_dir / FAILURE_JSON
+    if failure.is_file():  # written by this run of the job (the task wrapper removes an older one)
+        try:
+            f = json.loads(failure.read_text())
+            rec.update(status=str(f.get("status") or "failed"), reason=" ".join(str(f.get("reason") or "").split()))
+        except (OSError, ValueError, AttributeError) as e:
+            rec.update(status="failed", reason=f"unreadable {FAILURE_JSON} ({e})")
     return rec
+
+
+def _job_dir() -> Optional[Path]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - not in a Hydra job
+        return None
+
+
+def record_failure(reason: str) -> None:
+    """Write ``<job dir>/failure.json`` (status ``failed`` and the one-line ``reason``) for the sweep
+    summary; nothing outside a Hydra job."""
+    d = _job_dir()
+    if d is None:
+        return
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / FAILURE_JSON).write_text(json.dumps({"status": "failed", "reason": reason}, indent=2) + "\n")
+    except OSError as e:
+        log.warning("could not record the failure in %s: %s", d / FAILURE_JSON, e)
+
+
+def clear_failure() -> None:
+    """Remove the job directory's failure.json of an earlier run (a multirun job run again)."""
+    d = _job_dir() if in_multirun() else None
+    if d is not None:
+        try:
+            (d / FAILURE_JSON).unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _transfer_metric(task: str) -> str:
@@ -110,7 +155,7 @@ def write_summary(sweep_dir: Path, rows: List[Dict[str, Any]], swept: Sequence[s
     classification = any(r.get("test_top1_err") is not None or r.get("val_metric_name") == "best_val_top1_err"
                          for r in rows)
     test_col = classification and metric != "test_top1_err"  # evaluation jobs: it is the headline column already
-    fields = ["job", *swept, "status", metric, *(["test_top1_err"] if test_col else []), "wall_time_s", "dir"]
+    fields = ["job", *swept, "status", "reason", metric, *(["test_top1_err"] if test_col else []), "wall_time_s", "dir"]
     out = []
     with open(sweep_dir / SUMMARY_CSV, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")

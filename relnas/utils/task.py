@@ -3,9 +3,10 @@
 ``task(fn)`` returns ``fn`` with the expected failures (:class:`relnas.errors.RelnasError`) turned
 into one line ``error: <message>`` on stderr and exit status 2, without a traceback (the
 traceback is logged at debug level: ``hydra.verbose=relnas`` shows it). In a Hydra multirun a
-failed job prints its line and returns, so that the other jobs still run; the sweep callback
-(:class:`relnas.utils.sweep.SweepCallback`) exits with status 1 after its summary. Any other exception is
-a bug and propagates unchanged.
+failed job prints its line, records it in ``<job dir>/failure.json`` (``{"status": "failed",
+"reason": <the line>}``, read by the sweep summary) and returns, so that the other jobs still run;
+the sweep callback (:class:`relnas.utils.sweep.SweepCallback`) exits with status 1 after its
+summary. Any other exception is a bug and propagates unchanged.
 
 ``entry_point(config_name)`` goes on top of each ``@hydra.main``: before Hydra runs, a command-line
 choice of a config group that has no such config (``strategy=foo``, ``+experiment=nope``,
@@ -42,9 +43,10 @@ def fail(error: BaseException) -> None:
     log.debug("stopped by %s", type(error).__name__, exc_info=error)
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"error: {message}", file=sys.stderr, flush=True)
-    from relnas.utils.sweep import in_multirun
+    from relnas.utils.sweep import in_multirun, record_failure
 
     if in_multirun():
+        record_failure(message)  # the sweep summary shows it
         return  # a job of a multirun: the other jobs still run; the sweep exits 1 after its summary
     sys.exit(EXIT_ERROR)
 
@@ -54,6 +56,9 @@ def task(fn: Callable[..., R]) -> Callable[..., R]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs) -> R:
+        from relnas.utils.sweep import clear_failure
+
+        clear_failure()  # a job directory run again: its earlier failure is not this run's
         try:
             return fn(*args, **kwargs)
         except RelnasError as e:

@@ -147,3 +147,58 @@ def test_a_failed_job_of_a_multirun_is_failed_with_its_reason_in_the_summary(tmp
         import json
 
         assert json.loads((sweep / str(job) / "failure.json").read_text()) == {"status": "failed", "reason": reason}
+
+
+# ---------------------------------------------------------------------- Fashion-MNIST's data directory
+
+SYSTEM_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _fmnist_cfg(tmp_path, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="search", overrides=["data=fashion_mnist", f"paths.root_dir={tmp_path}",
+                                                       *overrides])
+    return cfg.data
+
+
+def test_a_chosen_fashion_mnist_dir_that_does_not_exist_fails_in_one_line(tmp_path):
+    missing = tmp_path / "nonexistent"
+    r = _cli("relnas.search", ["data=fashion_mnist", f"data.data_dir={missing}", "search.population_size=2",
+                               "search.generations=1", "search.subset=64", "supernet.C=4", "supernet.layers=3",
+                               "search.plots=false", "search.progress=false", "trainer.accelerator=cpu",
+                               "logger=none", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert str(missing) in lines[0] and "does not exist" in lines[0]
+    assert f"{missing}/FashionMNIST/raw" in lines[0] and "train-images-idx3-ubyte" in lines[0]
+    assert not (tmp_path / "run" / "genotype.json").exists()
+
+
+def test_the_same_through_the_config_and_the_default_dir_keeps_the_system_copy(tmp_path, caplog):
+    from hydra.utils import instantiate
+
+    from relnas.errors import DatasetNotFoundError
+
+    for override in (f"data.data_dir={tmp_path}/nope", f"paths.data_dir={tmp_path}/nope"):
+        dm = instantiate(_fmnist_cfg(tmp_path, override, "+data.subset=64"))
+        with pytest.raises(DatasetNotFoundError, match=f"{tmp_path}/nope does not exist"):
+            dm.setup()
+    if not SYSTEM_FMNIST.is_dir():
+        pytest.skip("no system copy of Fashion-MNIST")
+    # the default data directory (<root_dir>/data, absent here): the system copy stands in, as documented
+    dm = instantiate(_fmnist_cfg(tmp_path, "+data.subset=64"))
+    with caplog.at_level("INFO", logger="relnas.data.base"):
+        dm.setup()
+    assert dm.source == f"{SYSTEM_FMNIST} (the system copy)"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    # a chosen directory that exists but lacks the files: the system copy, with a warning naming both
+    (tmp_path / "other").mkdir()
+    caplog.clear()
+    dm = instantiate(_fmnist_cfg(tmp_path, f"data.data_dir={tmp_path}/other", "+data.subset=64"))
+    with caplog.at_level("INFO", logger="relnas.data.base"):
+        dm.setup()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(tmp_path / "other") in warnings[0] and str(SYSTEM_FMNIST) in warnings[0]

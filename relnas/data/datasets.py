@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 
 from relnas.data.base import TensorDataModule
 from relnas.errors import DataError, DatasetNotFoundError
+
+log = logging.getLogger("relnas.data.base")  # where the data modules report their source
 
 __all__ = [
     "CIFAR10DataModule", "CIFAR100DataModule", "FashionMNISTDataModule", "DigitsDataModule",
@@ -149,22 +152,33 @@ class FashionMNISTDataModule(TensorDataModule):
     ``/usr/share/datasets/fashion-mnist`` (Debian package ``fashion-mnist``); nothing is
     downloaded unless ``download=true`` (torchvision's downloader, into ``<data_dir>``).
 
+    The system copy stands in for the *default* data directory (``default_data_dir``, the
+    config's ``paths.default_data_dir``). A ``data_dir`` the user chose (``data.data_dir``,
+    ``paths.data_dir``, ``RELNAS_DATA``) that does not exist is an error (one line naming it and
+    the expected layout), not a reason to read other files; one that exists without the files
+    falls back to the system copy with a warning naming both.
+
     Args:
         image_size: 28 (native) or larger: the images are zero-padded evenly to this size
             (e.g. 32 for the CIFAR network's auxiliary head).
         search_system_dirs: also look in the system directories.
+        default_data_dir: the default data directory; a ``data_dir`` that differs from it was chosen
+            by the user and must exist (unless ``download``). None (the Python default): any
+            ``data_dir`` may be missing, the system copy stands in.
     """
 
     name = "fashion_mnist"
     default_mean = (0.2860,)
     default_std = (0.3530,)
 
-    def __init__(self, *args: Any, image_size: int = 28, search_system_dirs: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, image_size: int = 28, search_system_dirs: bool = True,
+                 default_data_dir: str | os.PathLike | None = None, **kwargs: Any) -> None:
         image_size = int(image_size)
         if image_size < 28 or (image_size - 28) % 2:
             raise ValueError(f"fashion_mnist image_size must be 28 + an even number of pixels, got {image_size}")
         self._image_size = image_size
         self.search_system_dirs = bool(search_system_dirs)
+        self.default_data_dir = None if default_data_dir is None else str(default_data_dir)
         super().__init__(*args, **kwargs)
 
     @property
@@ -179,10 +193,20 @@ class FashionMNISTDataModule(TensorDataModule):
     def image_size(self) -> int:
         return self._image_size
 
+    @property
+    def chosen_data_dir(self) -> bool:
+        """Whether ``data_dir`` was chosen by the user (it differs from ``default_data_dir``)."""
+        if self.default_data_dir is None:
+            return False
+        return Path(self.data_dir).expanduser().resolve() != Path(self.default_data_dir).expanduser().resolve()
+
+    def _missing_chosen_dir(self) -> bool:
+        return self.chosen_data_dir and not Path(self.data_dir).expanduser().exists()
+
     def candidate_dirs(self) -> list[Path]:
         root = Path(self.data_dir).expanduser()
         dirs = [root / "FashionMNIST" / "raw", root / "fashion-mnist", root / "fashion_mnist", root]
-        if self.search_system_dirs:
+        if self.search_system_dirs and not self._missing_chosen_dir():
             dirs += [Path(d) for d in FASHION_MNIST_SYSTEM_DIRS]
         return dirs
 
@@ -215,6 +239,14 @@ class FashionMNISTDataModule(TensorDataModule):
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         files = self.locate()
+        root = Path(self.data_dir).expanduser()
+        if files is None and self._missing_chosen_dir():
+            names = ", ".join(_FMNIST_FILES.values())
+            raise DatasetNotFoundError(
+                f"the Fashion-MNIST data directory {root} does not exist (data.data_dir, paths.data_dir or "
+                f"RELNAS_DATA); put the IDX files ({names}; plain or .gz) in {root / 'FashionMNIST' / 'raw'}, set "
+                f"data.download=true on a connected machine, or leave the data directory at its default "
+                f"{self.default_data_dir} (where the system copy {FASHION_MNIST_SYSTEM_DIRS[0]} stands in)")
         if files is None:
             looked = ", ".join(str(d) for d in self.candidate_dirs())
             raise DatasetNotFoundError(
@@ -225,6 +257,9 @@ class FashionMNISTDataModule(TensorDataModule):
         folder = files["train_images"].parent
         system = any(str(folder).startswith(d) for d in FASHION_MNIST_SYSTEM_DIRS)
         self.source = f"{folder} (the system copy)" if system else str(folder)
+        if system and self.chosen_data_dir:
+            log.warning("Fashion-MNIST is not in the chosen data directory %s (looked in %s/FashionMNIST/raw, "
+                        "fashion-mnist, fashion_mnist and itself): using the system copy %s", root, root, folder)
 
         def images(p: Path) -> torch.Tensor:
             x = torch.from_numpy(read_idx(p).astype(np.uint8, copy=False)).unsqueeze(1)

@@ -208,6 +208,27 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
     assert (a / "history.csv").read_text() == (b / "history.csv").read_text()
 
 
+def test_resume_from_another_project_root_or_an_older_checkpoint_is_not_a_change(tmp_path):
+    """Where the data sets live is not part of the search: a Fashion-MNIST search resumed from another
+    working directory (another paths.root_dir, hence another default data directory), or from a
+    checkpoint written before data.default_data_dir existed, continues."""
+    from relnas.search.guards import resume_blockers
+    from relnas.search.run import semantic_config
+    from relnas.utils.compose import compose_config
+
+    def semantic(root):
+        return semantic_config(compose_config("search", ["data=fashion_mnist", f"paths.root_dir={root}"],
+                                              output_dir=tmp_path / "run"))
+
+    saved, current = semantic("/first/checkout"), semantic("/second/checkout")
+    assert resume_blockers(saved, current, "relativenas") == ([], [])
+    older = {k: v for k, v in saved.items() if k != "data.default_data_dir"}
+    assert resume_blockers(older, current, "relativenas") == ([], [])
+    # the guard still sees a real change of the data
+    changed = dict(current, **{"data.image_size": 32})
+    assert resume_blockers(saved, changed, "relativenas")[0] == ["data.image_size (28 -> 32)"]
+
+
 def test_resume_with_changed_search_config_names_the_keys(tmp_path):
     run_search(tiny_search_cfg(tmp_path, ["search.generations=1", "search.population_size=2"]), tmp_path)
     cfg = tiny_search_cfg(tmp_path, ["search.generations=1", "search.population_size=2", "search.lr=0.5",

@@ -49,7 +49,7 @@ STRATEGY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "strategy"
 # keys are replaced by what they mean for the result (search.merge)
 NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs", "search.channels_last",
                 "search.graph_warmup", "search.graph_capture", "search.strategy", "search.executor", "search.weight_set_update",
-                "search.concurrent_pair", "data.data_dir", "data.download", "data.on_device", "data.num_workers",
+                "search.concurrent_pair", "data.data_dir", "data.default_data_dir", "data.download", "data.on_device", "data.num_workers",
                 "module.cuda_graphs", "module.channels_last", "module.graph_warmup", "module.graph_capture",
                 "module.graph_backend", "search.max_diverged_share"}
 

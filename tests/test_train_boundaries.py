@@ -113,7 +113,8 @@ def test_failing_jobs_of_a_multirun_give_their_error_lines_and_the_summary(tmp_p
     assert errors[-1].startswith("error: 2 of 2 jobs failed"), errors
     assert p.returncode == 1
     rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
-    assert [r["status"] for r in rows] == ["missing", "missing"]
+    # each job recorded its own error line (failure.json), which the summary shows as the reason
+    assert [(r["status"], r["reason"]) for r in rows] == [("failed", e[len("error: "):]) for e in errors[:2]]
 
 
 # ---------------------------------------------------------------------- ImageFolder trees
@@ -376,7 +377,7 @@ def test_sweep_summary_counts_evaluation_jobs(tmp_path):
     write_summary(tmp_path, rows, ["seed"])
     with open(tmp_path / "sweep_summary.csv") as f:
         header = next(csv.reader(f))
-    assert header == ["job", "seed", "status", "test_top1_err", "wall_time_s", "dir"]
+    assert header == ["job", "seed", "status", "reason", "test_top1_err", "wall_time_s", "dir"]
     got = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
     assert [r["test_top1_err"] for r in got] == ["12.5", "7.25"]
 

@@ -183,13 +183,13 @@ def test_the_same_through_the_config_and_the_default_dir_keeps_the_system_copy(t
     from relnas.errors import DatasetNotFoundError
 
     for override in (f"data.data_dir={tmp_path}/nope", f"paths.data_dir={tmp_path}/nope"):
-        dm = instantiate(_fmnist_cfg(tmp_path, override, "+data.subset=64"))
+        dm = instantiate(_fmnist_cfg(tmp_path, override, "data.subset=64"))
         with pytest.raises(DatasetNotFoundError, match=f"{tmp_path}/nope does not exist"):
             dm.setup()
     if not SYSTEM_FMNIST.is_dir():
         pytest.skip("no system copy of Fashion-MNIST")
     # the default data directory (<root_dir>/data, absent here): the system copy stands in, as documented
-    dm = instantiate(_fmnist_cfg(tmp_path, "+data.subset=64"))
+    dm = instantiate(_fmnist_cfg(tmp_path, "data.subset=64"))
     with caplog.at_level("INFO", logger="relnas.data.base"):
         dm.setup()
     assert dm.source == f"{SYSTEM_FMNIST} (the system copy)"
@@ -197,7 +197,7 @@ def test_the_same_through_the_config_and_the_default_dir_keeps_the_system_copy(t
     # a chosen directory that exists but lacks the files: the system copy, with a warning naming both
     (tmp_path / "other").mkdir()
     caplog.clear()
-    dm = instantiate(_fmnist_cfg(tmp_path, f"data.data_dir={tmp_path}/other", "+data.subset=64"))
+    dm = instantiate(_fmnist_cfg(tmp_path, f"data.data_dir={tmp_path}/other", "data.subset=64"))
     with caplog.at_level("INFO", logger="relnas.data.base"):
         dm.setup()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -229,6 +229,25 @@ def test_resume_from_another_project_root_or_an_older_checkpoint_is_not_a_change
     assert resume_blockers(saved, changed, "relativenas")[0] == ["data.image_size (28 -> 32)"]
 
 
+def test_data_subset_is_a_plain_key_and_older_checkpoints_still_resume(tmp_path):
+    """data.subset is a key of every tensor data config (no ++ needed). A checkpoint written before
+    the key existed (its run used all the images) resumes when the key is left at null, and not
+    when a subset is asked for."""
+    from relnas.search.guards import resume_blockers
+    from relnas.search.run import semantic_config
+    from relnas.utils.compose import compose_config
+
+    for data in ("cifar10", "cifar100", "digits", "fashion_mnist", "synthetic"):
+        cfg = compose_config("train", [f"data={data}", "data.subset=500"], output_dir=tmp_path / data)
+        assert cfg.data.subset == 500
+    current = semantic_config(compose_config("search", ["data=synthetic"], output_dir=tmp_path / "s"))
+    assert current["data.subset"] is None
+    older = {k: v for k, v in current.items() if k != "data.subset"}
+    assert resume_blockers(older, current, "relativenas") == ([], [])
+    subset = semantic_config(compose_config("search", ["data=synthetic", "data.subset=64"], output_dir=tmp_path / "t"))
+    assert resume_blockers(older, subset, "relativenas")[0] == ["data.subset ('<unset>' -> 64)"]
+
+
 def test_resume_with_changed_search_config_names_the_keys(tmp_path):
     run_search(tiny_search_cfg(tmp_path, ["search.generations=1", "search.population_size=2"]), tmp_path)
     cfg = tiny_search_cfg(tmp_path, ["search.generations=1", "search.population_size=2", "search.lr=0.5",

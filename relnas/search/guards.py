@@ -52,6 +52,10 @@ def validate_search_numbers(cfg: DictConfig) -> None:
 # keys compared on resume that older checkpoints lack (not recorded then, so not compared for them)
 RECORDED_LATER = ("module.", "trainer.precision")
 
+# config keys added later, with the value every run before them had: an older checkpoint without the key
+# equals a current config that leaves it at that value
+ADDED_WITH_DEFAULT = {"data.subset": None}
+
 
 # keys a resumed search may change, with the condition under which it may
 def resume_blockers(saved: Dict[str, Any], current: Dict[str, Any], strategy: str) -> Tuple[List[str], List[str]]:
@@ -63,6 +67,8 @@ def resume_blockers(saved: Dict[str, Any], current: Dict[str, Any], strategy: st
         a, b = saved.get(k, "<unset>"), current.get(k, "<unset>")
         if a == b or (k not in saved and k.startswith(RECORDED_LATER)):
             continue  # equal, or a key that a checkpoint of an older relnas did not record
+        if k not in saved and k in ADDED_WITH_DEFAULT and b == ADDED_WITH_DEFAULT[k]:
+            continue  # a key the data configs gained later, left at the value the older run had
         line = f"{k} ({a!r} -> {b!r})"
         if (k in ("search.generations", "strategy.generations") and strategy == "relativenas"
                 and isinstance(a, int) and isinstance(b, int)

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec, resolve_genotype
-from relnas.utils.instantiate import instantiate, instantiate_datamodule
+from relnas.utils.instantiate import instantiate, instantiate_datamodule, plain
 from relnas.utils.io import load_checkpoint_dict, write_json
 from relnas.utils.task import entry_point, task
 
@@ -77,7 +77,7 @@ def check_resume_schedule(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], p
     stored = ckpt.get("hyper_parameters") or {}
     names = {"epochs": "epochs", "scheduler": "scheduler", "image_size": "data.image_size"}
     diff = {names.get(k, "model." + k): (stored[k], hparams[k]) for k in RESUME_FIXED
-            if k in stored and k in hparams and _plain(stored[k]) != _plain(hparams[k])}
+            if k in stored and k in hparams and plain(stored[k]) != plain(hparams[k])}
     groups = [g for s in (ckpt.get("optimizer_states") or []) for g in (s.get("param_groups") or [])]
     if optimizer and groups:
         group = groups[0]
@@ -92,17 +92,9 @@ def check_resume_schedule(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], p
             if differs:
                 diff[f"optimizer.{key}"] = (value, mine)
     if diff:
-        parts = "; ".join(f"{k}: checkpoint {_plain(a)!r} vs config {_plain(b)!r}" for k, (a, b) in diff.items())
+        parts = "; ".join(f"{k}: checkpoint {plain(a)!r} vs config {plain(b)!r}" for k, (a, b) in diff.items())
         raise ConfigError(f"resume: checkpoint {str(path)!r} was trained with other settings - {parts}; resume with "
                           f"the run's own settings (a resumed run continues its schedule, it cannot change it)")
-
-
-def _plain(v: Any) -> Any:
-    if OmegaConf.is_config(v):
-        return OmegaConf.to_container(v, resolve=True)
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
 
 
 def carry_best_checkpoints(ckpt: Mapping[str, Any], callbacks: list) -> None:
@@ -235,7 +227,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
 
     model = build_model(cfg, arch)
     if resumed is not None:
-        check_resume_schedule(resumed, model.hparams, ckpt_path, _plain(cfg.get("optimizer")))
+        check_resume_schedule(resumed, model.hparams, ckpt_path, plain(cfg.get("optimizer")))
 
     from relnas.utils.loggers import close_loggers, configure_logger_cfg, run_identity
 

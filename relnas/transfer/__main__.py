@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from relnas.transfer.authors import load_authors_weights, looks_like_authors
-from relnas.utils.instantiate import configured
+from relnas.utils.instantiate import configured, plain
 from relnas.utils.task import entry_point, task
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,12 @@ def _positive_or_none(value: Any) -> Optional[int]:
     return int(value) if value is not None and int(value) > 0 else None
 
 
-def _container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def backbone_from_config(cfg_backbone: Mapping[str, Any]):
     """``build_backbone(**cfg.backbone)`` (the keys it does not know are refused in one line)."""
     from relnas.errors import ConfigError
     from relnas.transfer.backbones import build_backbone
 
-    b = dict(_container(cfg_backbone) or {})
+    b = dict(plain(cfg_backbone) or {})
     known = {"name", "weights", "out_indices", "frozen_bn", "C", "layers", "in_channels"}
     unknown = sorted(set(b) - known)
     if unknown:
@@ -92,13 +88,13 @@ def build_task(cfg: DictConfig, num_classes: int, class_names, backbone=None):
     cls = task_class(cfg.task)
     if backbone is None:
         backbone = backbone_from_config(cfg.backbone)
-    model_cfg = dict(_container(cfg.task.get("model")) or {})
+    model_cfg = dict(plain(cfg.task.get("model")) or {})
     model = configured(f"task.model ({cls.task_name})", cls.build_model, backbone, int(num_classes), **model_cfg)
     optimizer = hydra.utils.instantiate(cfg.task.optimizer) if cfg.task.get("optimizer") else None
     input_size = model_cfg.get("input_size", cls.paper_input_size)
-    extra = dict(_container(cfg.task.get("module")) or {})  # task-specific module arguments
+    extra = dict(plain(cfg.task.get("module")) or {})  # task-specific module arguments
     return configured(f"task ({cls.task_name})", cls, model=model, num_classes=int(num_classes),
-                      class_names=class_names, optimizer=optimizer, scheduler=_container(cfg.task.get("scheduler")),
+                      class_names=class_names, optimizer=optimizer, scheduler=plain(cfg.task.get("scheduler")),
                       epochs=int(cfg.task.get("epochs", 1)), input_size=input_size,
                       backbone_info=backbone.describe(), **extra)
 

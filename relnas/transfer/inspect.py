@@ -11,11 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Mapping, Optional
 
-from omegaconf import DictConfig, OmegaConf
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+from relnas.utils.instantiate import plain
 
 
 def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str, Any]],
@@ -28,8 +24,8 @@ def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str
     from relnas.transfer.tasks.base import _pair, model_cost
     from relnas.utils.instantiate import configured
 
-    task_cfg = dict(_plain(task_cfg) or {})
-    backbone_cfg = dict(_plain(backbone_cfg) or {"name": "RelativeNAS"})
+    task_cfg = dict(plain(task_cfg) or {})
+    backbone_cfg = dict(plain(backbone_cfg) or {"name": "RelativeNAS"})
     cls = task_class(task_cfg)
     size = _pair(input_size) if input_size not in (None, "") else _pair(cls.paper_input_size)
     bb_log = logging.getLogger("relnas.transfer.backbones")

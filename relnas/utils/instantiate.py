@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from relnas.errors import ConfigError, RelnasError
 
 log = logging.getLogger(__name__)
+
+
+def plain(node: Any) -> Any:
+    """``node`` with every OmegaConf config in it (also inside plain mappings, such as a
+    checkpoint's hyper-parameters) as resolved Python containers; anything else unchanged."""
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, Mapping):
+        return {k: plain(v) for k, v in node.items()}
+    return node
 
 
 def instantiate(node: Any, **kwargs: Any) -> Any:

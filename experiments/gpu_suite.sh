@@ -133,8 +133,7 @@ if want tests; then
     stamp "tests: pytest -m gpu"
     t1=$(date +%s)
     if [ "$DEVICE" = cuda ]; then
-        $PY -m pytest -q -m gpu tests/test_step_graph.py tests/test_networks.py tests/test_concurrent.py \
-            -p no:cacheprovider -rs > "$OUT/gpu_tests.txt" 2>&1
+        $PY -m pytest -q -m gpu tests -p no:cacheprovider -rs > "$OUT/gpu_tests.txt" 2>&1
         rc=$?
     else
         echo "skipped: the GPU tests need DEVICE=cuda" > "$OUT/gpu_tests.txt"

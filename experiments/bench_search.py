@@ -72,7 +72,7 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 PAPER_CANDIDATES, PAPER_TRAIN, PAPER_VAL = 1000, 25_000, 25_000
 # the authors' official search code on an H200, 25K + 25K images per candidate, C=16, L=8, batch 256
-# (2 candidates after a warm-up pair; recorded in issue 14 and experiments/results/bench.md)
+# (2 candidates after a warm-up pair; experiments/results/speed.md)
 OFFICIAL_H200_S_PER_CANDIDATE = 13.9
 TARGET_S_PER_CANDIDATE = 1.8  # the paper's 1000 candidates in 30 minutes
 

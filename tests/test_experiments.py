@@ -1,5 +1,5 @@
 """The experiment scripts drive the real search: configs/search.yaml composed with Hydra and run
-through ``run_search`` (not a search assembled by hand)."""
+through ``run_search`` (not a search assembled by hand); the GPU suite's plumbing, dry run on a CPU."""
 from __future__ import annotations
 
 import csv
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,3 +151,59 @@ def test_warmup_profile_dry_run_on_cpu(tmp_path):
     assert [len(c["train_s"]) for c in r["candidates"]] == [3, 3] and [len(c["val_s"]) for c in r["candidates"]] == [2, 2]
     assert r["graphs"] is False and all(c["graph_stats"]["captures"] == 0 for c in r["candidates"])
     assert "| 2 |" in (tmp_path / "w.md").read_text()
+
+
+# ---------------------------------------------------------------------- the GPU suite, dry run on a CPU
+def _suite(tmp_path, *stages, **env):
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "TINY": "1", "OUT": str(out), **env}
+    proc = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_suite.sh"), *stages], env=full,
+                          capture_output=True, text=True, timeout=900)
+    return proc, out
+
+
+def _per_candidate(run_dir):
+    """Seconds per candidate of each generation, read by hand: generations.csv's time over the history rows."""
+    hist = list(csv.DictReader(open(run_dir / "history.csv")))
+    gens = list(csv.DictReader(open(run_dir / "generations.csv")))
+    return [float(g["time_s"]) / sum(h["generation"] == g["generation"] for h in hist) for g in gens]
+
+
+def test_the_gpu_suite_refuses_an_unknown_stage_before_it_runs_anything(tmp_path):
+    proc, out = _suite(tmp_path, "generation", "nope")
+    assert proc.returncode == 2
+    assert "unknown stage 'nope'" in proc.stderr and "generation" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_gpu_suite_dry_run_writes_each_stage_and_the_summary(tmp_path):
+    proc, out = _suite(tmp_path, "tests", "generation", "variants", VARIANTS="default= nchw=search.channels_last=false")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    env = (out / "env.txt").read_text()
+    assert "command: DEVICE=cpu TINY=1 bash experiments/gpu_suite.sh tests generation variants" in env
+    assert "date: " in env and "host: " in env and "commit: " in env
+    assert "skipped" in (out / "gpu_tests.txt").read_text()  # the GPU tests need a GPU
+    runs = out / "runs"
+    # TINY sizes: one generation of 2 for the headline stage, 2 generations of 2 per variant
+    assert len(_per_candidate(runs / "gen_default")) == 1
+    assert [len(_per_candidate(runs / f"variant_{n}")) for n in ("default", "nchw")] == [2, 2]
+    assert "search.channels_last=false" in (runs / "variant_nchw" / ".hydra" / "overrides.yaml").read_text()
+    summary = (out / "summary.md").read_text()
+    assert f"| gen_default | **{_per_candidate(runs / 'gen_default')[0]:.2f}** |" in summary
+    nchw = _per_candidate(runs / "variant_nchw")
+    assert f"| nchw | search.channels_last=false | {nchw[0]:.2f} | {nchw[1]:.2f} |" in summary
+    assert "authors' 13.9 s" not in summary  # tiny sizes: no comparison with the paper-size figure
+
+
+@pytest.mark.slow
+def test_a_failing_stage_is_recorded_and_the_suite_exits_1(tmp_path):
+    # an odd population is refused by RelativeNAS in one line: the stage fails, the summary says so
+    proc, out = _suite(tmp_path, "variants", VARIANTS="odd=", VARIANT_POP="3")
+    assert proc.returncode == 1
+    assert "error: " in (out / "variant_odd.log").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| variant_odd | 2 |" in summary and "| odd | (defaults) | - | - |" in summary

@@ -10,6 +10,7 @@ consists of these types.
 """
 from __future__ import annotations
 
+import _codecs
 import json
 import pickle
 import re
@@ -45,11 +46,14 @@ def append_markdown(path: Path, title: str, text: str) -> Path:
 def _numpy_array_globals() -> Dict[str, Any]:
     """The functions and classes a pickled numpy array names, by their full names: the array
     rebuilder under numpy 1's and numpy 2's module names (a file keeps the name of the numpy that
-    wrote it), ``numpy.ndarray`` and ``numpy.dtype``. They only build arrays: an object array's
-    items are unpickled under the same restrictions."""
+    wrote it), ``numpy.ndarray`` and ``numpy.dtype``, and what pickle protocol 2 (``torch.save``'s)
+    writes an array's raw data with in Python 3: ``_codecs.encode`` (a latin-1 string to bytes) and
+    ``builtins.bytes`` (empty data). They only build arrays and bytes: an object array's items are
+    unpickled under the same restrictions."""
     reconstruct = np.zeros(0).__reduce__()[0]  # the function numpy pickles arrays with
     return {"numpy.core.multiarray._reconstruct": reconstruct, "numpy._core.multiarray._reconstruct": reconstruct,
-            "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
+            "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype, "_codecs.encode": _codecs.encode,
+            "builtins.bytes": bytes}
 
 
 #: the globals (besides torch's own tensor types) a file relnas reads may name

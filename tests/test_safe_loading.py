@@ -228,7 +228,8 @@ def test_cifar_batches_as_numpy_pickles_them_still_load(tmp_path):
 
     data = np.arange(2 * 3072, dtype=np.int64).reshape(2, 3072).astype(np.uint8)
     stream = pickle.dumps({"batch_label": "training batch 1 of 5", "labels": [3, 7], "data": data,
-                           "filenames": ["a.png", "b.png"]}, protocol=2)
+                           "filenames": ["a.png", "b.png"], "empty": np.zeros((0, 3072), dtype=np.uint8)},
+                          protocol=2)
     numpy1 = stream.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
     assert numpy1 != stream
     for i, s in enumerate((stream, numpy1)):
@@ -236,6 +237,7 @@ def test_cifar_batches_as_numpy_pickles_them_still_load(tmp_path):
         entry = load_data_pickle(tmp_path / f"b{i}")
         assert entry["labels"] == [3, 7] and entry["filenames"] == ["a.png", "b.png"]
         assert entry["data"].dtype == np.uint8 and np.array_equal(entry["data"], data)
+        assert entry["empty"].shape == (0, 3072)
 
 
 # ---------------------------------------------------------------------- relnas's own files

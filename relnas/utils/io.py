@@ -15,6 +15,7 @@ import json
 import pickle
 import re
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Dict, Union
 
 import numpy as np
@@ -102,14 +103,19 @@ def load_torch_file(path: Union[str, Path], what: str = "checkpoint", map_locati
 
 
 def load_checkpoint_dict(path: Path) -> Dict[str, Any]:
-    """A Lightning checkpoint (or another torch file of weights) read by :func:`load_torch_file`."""
-    return load_torch_file(path, "checkpoint")
+    """A Lightning checkpoint (or another torch file of weights: a mapping) read by
+    :func:`load_torch_file`."""
+    obj = load_torch_file(path, "checkpoint")
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a mapping of weights")
+    return obj
 
 
 class _DataUnpickler(pickle.Unpickler):
     """An unpickler that builds plain containers, strings, numbers and numpy arrays only."""
 
     def find_class(self, module: str, name: str) -> Any:
+        module = "builtins" if module == "__builtin__" else module  # Python 2's name, in protocol 2
         found = NUMPY_ARRAY_GLOBALS.get(f"{module}.{name}")
         if found is None:
             raise pickle.UnpicklingError(f"refusing {module}.{name}: a data file may hold only containers, strings, "

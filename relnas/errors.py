@@ -43,6 +43,12 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint path that does not exist."""
 
 
+class UnsafeFileError(CheckpointError):
+    """A file whose loading would call code: its pickle names a function or class outside the
+    data types relnas loads (see :func:`relnas.utils.io.load_torch_file`). Refused before anything
+    in it runs."""
+
+
 class DataError(RelnasError):
     """A data set that cannot be loaded as configured."""
 
@@ -53,4 +59,4 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
 
 
 __all__ = ["RelnasError", "ConfigError", "RegistryError", "GenotypeError", "GenotypeNotFoundError", "CheckpointError",
-           "CheckpointNotFoundError", "DataError", "DatasetNotFoundError"]
+           "CheckpointNotFoundError", "UnsafeFileError", "DataError", "DatasetNotFoundError"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from relnas.search import distributed as search_dist
+from relnas.utils.io import load_torch_file
 from relnas.search.run import ConfigError, check_config
 from search_helpers import tiny_search_cfg
 from cli_helpers import cli_env  # noqa: E402
@@ -53,7 +54,7 @@ def _wait(proc: subprocess.Popen, run_dir: Path) -> None:
 
 
 def _outputs(run_dir: Path) -> dict:
-    state = torch.load(run_dir / "search_state.pt", map_location="cpu", weights_only=False)
+    state = load_torch_file(run_dir / "search_state.pt")  # data only: tensors, numbers, strings, numpy arrays
     return {"population": json.loads((run_dir / "population.json").read_text()),
             "genotype": json.loads((run_dir / "genotype.json").read_text()),
             "weight_set": state["weight_set"], "rng": state["rng"], "history": state["history"]}

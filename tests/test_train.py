@@ -83,7 +83,7 @@ def test_short_training_writes_results(trained):
 
 def test_resume_continues_epoch_and_step(trained, tmp_path):
     run_dir, _ = trained
-    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ck["epoch"] == 1 and ck["global_step"] == 2 * STEPS_PER_EPOCH
     assert len(ck["val_history"]) == 2
     new = tmp_path / "resumed"
@@ -92,7 +92,7 @@ def test_resume_continues_epoch_and_step(trained, tmp_path):
     res = json.loads((new / "results.json").read_text())
     assert res["resumed_from"].endswith("last.ckpt")
     assert res["global_step"] == 3 * STEPS_PER_EPOCH and res["epochs_run"] == 3
-    ck2 = torch.load(new / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ck2 = torch.load(new / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ck2["global_step"] == 3 * STEPS_PER_EPOCH and len(ck2["val_history"]) == 3
     # only the third epoch ran in the resumed process
     losses = _epoch_losses(new)

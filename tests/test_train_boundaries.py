@@ -216,7 +216,7 @@ def test_resume_into_a_new_run_directory_keeps_the_best_checkpoint_so_far(tmp_pa
     assert old_best.is_file()
     # make epoch 0's score unbeatable (top-1 of 1.0), so it stays the best of the whole run
     last = first / "checkpoints" / "last.ckpt"
-    ck = torch.load(last, map_location="cpu", weights_only=False)
+    ck = torch.load(last, map_location="cpu", weights_only=True)
     states = [s for k, s in ck["callbacks"].items() if "val/acc1" in k]
     assert len(states) == 1 and states[0]["best_model_path"] == str(old_best)
     states[0]["best_model_score"] = torch.tensor(1.0)

@@ -247,7 +247,7 @@ def test_last_checkpoint_every_epoch_when_validating_every_n_epochs(tmp_path):
     trainer.fit(Tiny(), train_dataloaders=data, val_dataloaders=data)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
-    assert torch.load(last, weights_only=False)["epoch"] == 1  # the second epoch's end
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # the second epoch's end
 
 
 def test_bisenet_recipe_validates_its_final_weights():

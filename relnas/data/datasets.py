@@ -4,7 +4,6 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 from relnas.data.base import TensorDataModule
 from relnas.errors import DataError, DatasetNotFoundError
+from relnas.utils.io import load_data_pickle
 
 log = logging.getLogger("relnas.data.base")  # where the data modules report their source
 
@@ -27,8 +27,9 @@ __all__ = [
 class CIFAR10DataModule(TensorDataModule):
     """CIFAR-10 from the torchvision on-disk format (``<data_dir>/cifar-10-batches-py``).
 
-    The pickled batches are read directly (torchvision's class is used only to download, which
-    also verifies md5 sums); ``download=true`` fetches them in ``prepare_data``.
+    The pickled batches are read directly, by an unpickler that admits only containers, strings,
+    numbers and numpy arrays (torchvision's class is used only to download, which also verifies
+    md5 sums); ``download=true`` fetches them in ``prepare_data``.
     Defaults follow the search protocol (batch 256); ``cutout=16`` is set in the config.
     """
 
@@ -73,8 +74,7 @@ class CIFAR10DataModule(TensorDataModule):
         xs, ys = [], []
         for f in files:
             try:
-                with open(self.folder / f, "rb") as fh:
-                    entry = pickle.load(fh, encoding="latin1")
+                entry = load_data_pickle(self.folder / f)
                 x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
                 y = [int(v) for v in entry[self.label_key]]
                 if len(y) != len(x):

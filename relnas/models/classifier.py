@@ -44,6 +44,7 @@ from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec
 from relnas.nas.genotypes import Genotype
 from relnas.nas.profile import count_mult_adds, count_params
+from relnas.utils.instantiate import plain
 
 SCHEDULERS = ("cosine", "linear_warmup", "official_imagenet", "constant")
 
@@ -117,7 +118,7 @@ class ClassifierModule(L.LightningModule):
         #: the architecture, parsed once
         self.arch = ArchSpec(network=network, genotype=genotype, C=C, layers=layers, num_classes=num_classes,
                              in_channels=in_channels, image_size=image_size, auxiliary=auxiliary)
-        scheduler = dict(scheduler or {"name": "cosine"})
+        scheduler = dict(plain(scheduler) or {"name": "cosine"})  # plain containers: checkpoints load as data
         if scheduler.get("name", "cosine") not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler.name {scheduler.get('name')!r}; choose {', '.join(SCHEDULERS)}")
         if not 0.0 <= float(drop_path_prob) < 1.0:

@@ -19,6 +19,7 @@ import torch.nn as nn
 from relnas.errors import CheckpointError, CheckpointNotFoundError
 from relnas.nas.arch import build_network
 from relnas.nas.genotypes import Genotype
+from relnas.utils.io import load_torch_file
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
 _PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
@@ -131,11 +132,7 @@ def load_reference_checkpoint(path: Union[str, Path], kind: str = "cifar",
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint file {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # unpickling errors of all kinds
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} with weights_only=True: {first}") from None
+    obj = load_torch_file(path, "checkpoint", map_location=map_location)
     state_dict = extract_state_dict(obj)
     if network is None:
         network = build_network(kind, genotype, C, layers, num_classes, auxiliary=auxiliary, in_channels=in_channels)

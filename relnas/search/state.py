@@ -2,7 +2,9 @@
 ``search_state.prev.pt`` until the new one is complete. A corrupt or truncated newest file falls
 back to the previous complete one with a warning; the next save then replaces the corrupt file
 and keeps the good previous one (a file that is not a complete checkpoint is never rotated into
-``search_state.prev.pt``)."""
+``search_state.prev.pt``). The files hold tensors, numbers, strings, containers and numpy arrays
+and are read without running code (:func:`relnas.utils.io.load_torch_file`); a file that names
+anything else is refused, not skipped."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +15,8 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from relnas.errors import CheckpointError, CheckpointNotFoundError
+from relnas.errors import CheckpointError, CheckpointNotFoundError, UnsafeFileError
+from relnas.utils.io import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def _complete(path: Path) -> bool:
 
 
 def _load(path: Path) -> Dict[str, Any]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_torch_file(path, "search checkpoint")
     if not isinstance(state, dict) or "generation" not in state or "weight_set" not in state:
         raise CheckpointError(f"{path} is not a relnas search checkpoint")
     return state
@@ -63,6 +66,8 @@ def load_state(run_dir: Path) -> Tuple[Dict[str, Any], Path]:
             continue
         try:
             return _load(path), path
+        except UnsafeFileError:  # not a damaged file: one that must not be read, whatever the other holds
+            raise
         except Exception as e:  # noqa: BLE001 - any unreadable file falls back to the previous one
             errors.append(f"{path.name}: {type(e).__name__}: {e}")
             log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, e)

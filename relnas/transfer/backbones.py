@@ -335,7 +335,14 @@ class TorchvisionBackbone(Backbone):
                 if not cached.is_file():
                     raise BackboneError(f"torchvision weights {enum_value} are not cached (expected {cached}; nothing "
                                         f"is downloaded): copy the file there or set TORCH_HOME, or pass a state-dict file")
-        model = getattr(tvm, name)(weights=enum_value)
+        model = getattr(tvm, name)()
+        if enum_value is not None:  # read as data: torchvision's own reader unpickles the cached file in full
+            cached = torchvision_weights_path(enum_value)
+            try:
+                model.load_state_dict(_read_weights_file(cached), strict=True)
+            except (RuntimeError, TypeError) as e:
+                raise BackboneError(f"torchvision weights {str(cached)!r} do not fit {name}: "
+                                    f"{' '.join(str(e).split())[:300]}") from None
         if state_file is not None:
             from relnas.nas.checkpoint import CheckpointError, extract_state_dict
 

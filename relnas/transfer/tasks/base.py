@@ -61,6 +61,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from relnas.utils.instantiate import plain
 from relnas.utils.registry import Registry
 
 #: the transfer tasks by name (``python -m relnas.transfer task=<name>``, ``relnas.inspect task=<name>``)
@@ -119,15 +120,15 @@ class TransferModule(L.LightningModule):
         super().__init__()
         if not float(head_lr_mult) > 0:
             raise ValueError(f"head_lr_mult must be positive, got {head_lr_mult}")
-        scheduler = dict(scheduler or {"name": "constant"})
+        scheduler = dict(plain(scheduler) or {"name": "constant"})  # plain containers: checkpoints load as data
         if scheduler.get("name", "constant") not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler.get('name')!r}; known: {', '.join(SCHEDULERS)}")
         names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
         self.save_hyperparameters({
             "task": self.task_name, "num_classes": int(num_classes), "class_names": names,
             "scheduler": scheduler, "epochs": int(epochs), "input_size": [int(s) for s in _pair(input_size)],
-            "backbone": dict(backbone_info or {}), "head_lr_mult": float(head_lr_mult),
-            "norm_bias_decay": bool(norm_bias_decay), **task_kwargs,
+            "backbone": dict(plain(backbone_info) or {}), "head_lr_mult": float(head_lr_mult),
+            "norm_bias_decay": bool(norm_bias_decay), **plain(dict(task_kwargs)),
         })
         self.model = model
         self.num_classes = int(num_classes)

@@ -61,16 +61,25 @@ def _positive_or_none(value: Any) -> Optional[int]:
     return int(value) if value is not None and int(value) > 0 else None
 
 
-def backbone_from_config(cfg_backbone: Optional[Mapping[str, Any]]):
-    """The backbone of ``cfg.backbone``, built by Hydra from its ``_target_``
-    (:func:`relnas.transfer.backbones.build_backbone`); no name, or a key the builder does not
-    take, is refused in one line."""
+def backbone_node(cfg_backbone: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``cfg.backbone`` as a plain mapping, checked without building anything (cheap): a known
+    name given, and no key its ``_target_`` (:func:`relnas.transfer.backbones.build_backbone`) does
+    not take; one line each."""
     from relnas.errors import ConfigError
+    from relnas.transfer.backbones import check_backbone_name
 
     node = dict(plain(cfg_backbone) or {})
     if node.get("name") in (None, "", "???"):
         raise ConfigError(NO_BACKBONE)
+    check_backbone_name(str(node["name"]))
     refuse_unknown_keys(located(node, "backbone"), node, "backbone")
+    return node
+
+
+def backbone_from_config(cfg_backbone: Optional[Mapping[str, Any]]):
+    """The backbone of ``cfg.backbone``, built by Hydra from its ``_target_`` (checked first:
+    :func:`backbone_node`)."""
+    node = backbone_node(cfg_backbone)
     return configured(f"backbone ({node['_target_']})", instantiate, node, _convert_="all")
 
 
@@ -184,12 +193,7 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     rule = resolve_test_checkpoint(cfg.get("test_checkpoint"))  # settings first: before data and models
     if "data" not in cfg.task or "_target_" not in cfg.task.data:
         raise ConfigError(f"task {cls.task_name!r} has no data config (task.data._target_)")
-    from relnas.transfer.backbones import check_backbone_name
-
-    name = OmegaConf.select(cfg, "backbone.name", default=None, throw_on_missing=False)
-    if name in (None, "", "???"):
-        raise ConfigError(NO_BACKBONE)
-    check_backbone_name(str(name))  # names first: cheap and early
+    backbone_node(cfg.backbone)  # name and keys first: cheap and early
     dm = hydra.utils.instantiate(cfg.task.data)  # a missing data set fails here, before any model is built
     if _is_rank_zero():
         dm.prepare_data()

@@ -8,7 +8,8 @@ Examples::
     python -m relnas.transfer +experiment=coco_simplebaseline backbone=cell backbone.name=outputs/search/<run>
     python -m relnas.transfer +experiment=voc_ssdlite resume=outputs/transfer/<run>
 
-Config groups ``task`` (configs/task/) and ``backbone`` (configs/backbone/); trainer, logger and
+Config groups ``task`` (configs/task/) and ``backbone`` (configs/backbone/), each built by Hydra
+from its ``_target_`` (:func:`instantiate_task`, :func:`backbone_from_config`); trainer, logger and
 callbacks as ``relnas.train``. At the end the weights ``test_checkpoint`` names (:func:`resolve_test_checkpoint`:
 the final weights by default) are evaluated on the test split, and ``results.json`` (task, backbone, weights, params and FLOPs at
 the task's input size, metrics, per-class numbers, wall time, hardware) and ``predictions.png``

@@ -105,7 +105,7 @@ def main(cfg: DictConfig) -> None:
 def _main_task(cfg: DictConfig) -> None:
     from relnas.transfer.inspect import inspect_task, print_task_table
 
-    info = inspect_task(cfg.task, cfg.get("backbone"), cfg.get("input_size"))
+    info = inspect_task(cfg.task, cfg.backbone, cfg.get("input_size"))
     print_task_table(info)
     theirs = info.get("authors_params")
     print(json.dumps({k: info[k] for k in ("params_m", "flops_m", "task", "backbone", "num_classes", "input_size")}

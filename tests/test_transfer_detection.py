@@ -94,8 +94,10 @@ def test_box_coder_hand_case_and_round_trip(ssd320):
 
 def test_whole_model_parameter_count_mobilenet_v2():
     from relnas.transfer.inspect import inspect_task
+    from relnas.utils.compose import compose_config
 
-    info = inspect_task({"name": "detection", "model": {"input_size": 320}}, {"name": "mobilenet_v2"}, flops=False)
+    cfg = compose_config("transfer", ["task=detection", "backbone=mobilenet_v2"])
+    info = inspect_task(cfg.task, cfg.backbone, flops=False)
     backbone = 3_504_872 - (1280 * 1000 + 1000)  # torchvision MobileNetV2 without its classifier
 
     def inverted_residual(i, o, r):

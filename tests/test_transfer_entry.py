@@ -27,7 +27,7 @@ def _compose(*overrides: str):
 def test_voc_ssdlite_experiment_is_the_recipe():
     cfg = _compose("+experiment=voc_ssdlite", "backbone=RelativeNAS")
     t = cfg.task
-    assert t.name == "detection" and t.epochs == 200 and cfg.trainer.max_epochs == 200
+    assert t._target_ == "relnas.transfer.tasks.detection.DetectionModule" and t.epochs == 200 and cfg.trainer.max_epochs == 200
     assert (t.optimizer._target_, t.optimizer.lr, t.optimizer.momentum, t.optimizer.weight_decay) == \
         ("torch.optim.SGD", 0.01, 0.9, 5e-4)
     assert t.scheduler.name == "cosine" and t.data.batch_size == 32 and t.model.input_size == 320
@@ -61,8 +61,13 @@ def test_missing_voc_fails_in_one_line(tmp_path, capsys):
 def test_unknown_backbone_and_task(tmp_path, capsys):
     msg = _run_in_process(tmp_path, capsys, "backbone.name=resnet_huge")
     assert msg.startswith("error: unknown backbone 'resnet_huge'") and "mobilenet_v2" in msg
-    msg = _run_in_process(tmp_path, capsys, "task.name=captioning")
-    assert msg.startswith("error: unknown task 'captioning'") and "detection" in msg
+    msg = _run_in_process(tmp_path, capsys, "task._target_=relnas.transfer.tasks.captioning.CaptioningModule")
+    assert msg.startswith("error: unknown task 'relnas.transfer.tasks.captioning.CaptioningModule' (task._target_)")
+    assert "relnas.transfer.tasks.detection.DetectionModule" in msg
+    msg = _run_in_process(tmp_path, capsys, "task._target_=torch.nn.Linear")  # importable, but no transfer task
+    assert msg.startswith("error: unknown task 'torch.nn.Linear' (task._target_)")
+    msg = _run_in_process(tmp_path, capsys, "+backbone.depth=3")
+    assert msg.startswith("error: unknown backbone keys ['depth']; known: [") and "'frozen_bn'" in msg
     msg = _run_in_process(tmp_path, capsys, "backbone=cell")
     assert msg.startswith("error: no backbone given: set backbone=<RelativeNAS")
 

@@ -8,7 +8,8 @@ Examples::
     python -m relnas.transfer +experiment=coco_simplebaseline backbone=cell backbone.name=outputs/search/<run>
     python -m relnas.transfer +experiment=voc_ssdlite resume=outputs/transfer/<run>
 
-Config groups ``task`` (configs/task/) and ``backbone`` (configs/backbone/); trainer, logger and
+Config groups ``task`` (configs/task/) and ``backbone`` (configs/backbone/), each built by Hydra
+from its ``_target_`` (:func:`instantiate_task`, :func:`backbone_from_config`); trainer, logger and
 callbacks as ``relnas.train``. At the end the weights ``test_checkpoint`` names (:func:`resolve_test_checkpoint`:
 the final weights by default) are evaluated on the test split, and ``results.json`` (task, backbone, weights, params and FLOPs at
 the task's input size, metrics, per-class numbers, wall time, hardware) and ``predictions.png``
@@ -26,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from relnas.transfer.authors import load_authors_weights, looks_like_authors
-from relnas.utils.instantiate import configured, plain
+from relnas.utils.instantiate import configured, instantiate, located, plain, refuse_unknown_keys
 from relnas.utils.task import entry_point, task
 
 log = logging.getLogger(__name__)
@@ -61,42 +62,73 @@ def _positive_or_none(value: Any) -> Optional[int]:
     return int(value) if value is not None and int(value) > 0 else None
 
 
-def backbone_from_config(cfg_backbone: Mapping[str, Any]):
-    """``build_backbone(**cfg.backbone)`` (the keys it does not know are refused in one line)."""
+def backbone_node(cfg_backbone: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``cfg.backbone`` as a plain mapping, checked without building anything (cheap): a known
+    name given, and no key its ``_target_`` (:func:`relnas.transfer.backbones.build_backbone`) does
+    not take; one line each."""
     from relnas.errors import ConfigError
-    from relnas.transfer.backbones import build_backbone
+    from relnas.transfer.backbones import check_backbone_name
 
-    b = dict(plain(cfg_backbone) or {})
-    known = {"name", "weights", "out_indices", "frozen_bn", "C", "layers", "in_channels"}
-    unknown = sorted(set(b) - known)
-    if unknown:
-        raise ConfigError(f"unknown backbone keys {unknown}; known: {sorted(known)}")
-    if b.get("name") in (None, "", "???"):
+    node = dict(plain(cfg_backbone) or {})
+    if node.get("name") in (None, "", "???"):
         raise ConfigError(NO_BACKBONE)
-    return build_backbone(**b)
+    check_backbone_name(str(node["name"]))
+    refuse_unknown_keys(located(node, "backbone"), node, "backbone")
+    return node
 
 
-def task_class(cfg_task: Mapping[str, Any]):
-    """The task class named by ``task.name`` (a one-line ConfigError listing the known tasks)."""
-    from relnas.transfer.tasks import get_task
+def backbone_from_config(cfg_backbone: Optional[Mapping[str, Any]]):
+    """The backbone of ``cfg.backbone``, built by Hydra from its ``_target_`` (checked first:
+    :func:`backbone_node`)."""
+    node = backbone_node(cfg_backbone)
+    return configured(f"backbone ({node['_target_']})", instantiate, node, _convert_="all")
 
-    return get_task((cfg_task or {}).get("name"))
+
+def task_class(cfg_task: Optional[Mapping[str, Any]]):
+    """The task's LightningModule class, ``task._target_`` (a one-line ConfigError listing the
+    task classes when it names none)."""
+    from relnas.errors import ConfigError
+    from relnas.transfer.tasks import TASKS
+    from relnas.transfer.tasks.base import TransferModule
+
+    try:
+        cls = located(cfg_task, "task")
+    except ConfigError:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, TransferModule)):
+        known = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in TASKS.values())
+        raise ConfigError(f"unknown task {(cfg_task or {}).get('_target_')!r} (task._target_); known: {known} "
+                          f"(task={'|'.join(TASKS)})")
+    return cls
+
+
+def instantiate_task(cfg_task: Mapping[str, Any], backbone, num_classes: int, class_names=None,
+                     input_size: Any = None):
+    """The LightningModule of ``task._target_``, built by Hydra with the keys of ``task.module`` and
+    the run's arguments: the network ``build_model(backbone, num_classes, **task.model)``, the class
+    names, the optimizer factory (``task.optimizer``), ``task.scheduler``, ``task.epochs``, the input
+    size (``input_size``, else ``task.model.input_size``, else the paper's) and the backbone's
+    description. A setting the task refuses is a one-line ConfigError."""
+    cls = task_class(cfg_task)
+    model_cfg = dict(plain(cfg_task.get("model")) or {})
+    if input_size is not None and "input_size" in model_cfg:
+        model_cfg["input_size"] = list(input_size)
+    model = configured(f"task.model ({cls.task_name})", cls.build_model, backbone, int(num_classes), **model_cfg)
+    optimizer = hydra.utils.instantiate(cfg_task["optimizer"]) if cfg_task.get("optimizer") else None
+    node = {"_target_": cfg_task["_target_"], **(plain(cfg_task.get("module")) or {})}
+    return configured(f"task ({cls.task_name})", instantiate, node, _convert_="all", model=model,
+                      num_classes=int(num_classes), class_names=class_names, optimizer=optimizer,
+                      scheduler=plain(cfg_task.get("scheduler")), epochs=int(cfg_task.get("epochs", 1)),
+                      input_size=input_size if input_size is not None
+                      else model_cfg.get("input_size", cls.paper_input_size),
+                      backbone_info=backbone.describe())
 
 
 def build_task(cfg: DictConfig, num_classes: int, class_names, backbone=None):
     """The task's LightningModule for ``cfg`` (backbone built from ``cfg.backbone`` unless given)."""
-    cls = task_class(cfg.task)
     if backbone is None:
         backbone = backbone_from_config(cfg.backbone)
-    model_cfg = dict(plain(cfg.task.get("model")) or {})
-    model = configured(f"task.model ({cls.task_name})", cls.build_model, backbone, int(num_classes), **model_cfg)
-    optimizer = hydra.utils.instantiate(cfg.task.optimizer) if cfg.task.get("optimizer") else None
-    input_size = model_cfg.get("input_size", cls.paper_input_size)
-    extra = dict(plain(cfg.task.get("module")) or {})  # task-specific module arguments
-    return configured(f"task ({cls.task_name})", cls, model=model, num_classes=int(num_classes),
-                      class_names=class_names, optimizer=optimizer, scheduler=plain(cfg.task.get("scheduler")),
-                      epochs=int(cfg.task.get("epochs", 1)), input_size=input_size,
-                      backbone_info=backbone.describe(), **extra)
+    return instantiate_task(cfg.task, backbone, num_classes, class_names)
 
 
 def check_checkpoint_fits(ckpt: Mapping[str, Any], module, path: Path, what: str) -> None:
@@ -162,12 +194,7 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     rule = resolve_test_checkpoint(cfg.get("test_checkpoint"))  # settings first: before data and models
     if "data" not in cfg.task or "_target_" not in cfg.task.data:
         raise ConfigError(f"task {cls.task_name!r} has no data config (task.data._target_)")
-    from relnas.transfer.backbones import check_backbone_name
-
-    name = OmegaConf.select(cfg, "backbone.name", default=None, throw_on_missing=False)
-    if name in (None, "", "???"):
-        raise ConfigError(NO_BACKBONE)
-    check_backbone_name(str(name))  # names first: cheap and early
+    backbone_node(cfg.backbone)  # name and keys first: cheap and early
     dm = hydra.utils.instantiate(cfg.task.data)  # a missing data set fails here, before any model is built
     if _is_rank_zero():
         dm.prepare_data()

@@ -3,29 +3,25 @@
 Builds the task's network (backbone + head, as configured in ``configs/task/<task>.yaml``) for the
 paper's class count and input size (the task class's ``paper_num_classes`` and
 ``paper_input_size``; ``input_size=`` overrides the size) and counts parameters and FLOPs
-(multiply-adds) with :func:`relnas.transfer.tasks.base.model_cost`. Tasks come from the registry
-(:mod:`relnas.transfer.tasks`), so every registered task is inspectable.
+(multiply-adds) with :func:`relnas.transfer.tasks.base.model_cost`. The task module and the backbone
+are built as ``python -m relnas.transfer`` builds them (the ``_target_`` of each config), so every
+task with a ``configs/task/`` file is inspectable.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Mapping, Optional
-
-from relnas.utils.instantiate import plain
+from typing import Any, Dict, Mapping
 
 
-def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str, Any]],
+def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Mapping[str, Any],
                  input_size: Any = None, flops: bool = True) -> Dict[str, Any]:
     """Build the task network and return ``{task, backbone, num_classes, input_size, params_m,
     flops_m, note, extra}`` (``extra``: FLOPs at the task's ``extra_input_sizes``). With
     ``flops=False`` no forward pass is run and ``flops_m`` is ``None`` (parameters only)."""
-    from relnas.transfer.__main__ import backbone_from_config, task_class
+    from relnas.transfer.__main__ import backbone_from_config, instantiate_task, task_class
     from relnas.transfer.authors import authors_params
     from relnas.transfer.tasks.base import _pair, model_cost
-    from relnas.utils.instantiate import configured
 
-    task_cfg = dict(plain(task_cfg) or {})
-    backbone_cfg = dict(plain(backbone_cfg) or {"name": "RelativeNAS"})
     cls = task_class(task_cfg)
     size = _pair(input_size) if input_size not in (None, "") else _pair(cls.paper_input_size)
     bb_log = logging.getLogger("relnas.transfer.backbones")
@@ -35,14 +31,9 @@ def inspect_task(task_cfg: Mapping[str, Any], backbone_cfg: Optional[Mapping[str
         backbone = backbone_from_config(backbone_cfg)
     finally:
         bb_log.setLevel(level)
-    model_cfg = dict(task_cfg.get("model") or {})
-    if "input_size" in model_cfg:
-        model_cfg["input_size"] = list(size)
     n = int(cls.paper_num_classes)
-    model = configured(f"task.model ({cls.task_name})", cls.build_model, backbone, n, **model_cfg)
+    module = instantiate_task(task_cfg, backbone, n, input_size=size)
     described = backbone.describe()
-    module = configured(f"task ({cls.task_name})", cls, model=model, num_classes=n, input_size=size,
-                        backbone_info=described, **dict(task_cfg.get("module") or {}))
     cost = model_cost(module, size, flops=flops)
     extra = {}
     for s in (getattr(cls, "extra_input_sizes", ()) or ()) if flops else ():

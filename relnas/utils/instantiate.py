@@ -6,6 +6,7 @@ of ``name -> {_target_: ..., ...}``; entries that are ``null`` or have no ``_tar
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from typing import Any, Callable, List, Mapping, Optional
@@ -39,6 +40,33 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
         if isinstance(cause, RelnasError):
             raise cause from None
         raise
+
+
+def located(node: Any, what: str) -> Any:
+    """The class or function ``node._target_`` names, found as :func:`hydra.utils.instantiate` finds
+    it, without building anything; a one-line :class:`ConfigError` naming ``what`` when the node has
+    no ``_target_`` or it names nothing importable."""
+    from hydra._internal.utils import _locate  # what instantiate and hydra.utils.get_object use (no log line)
+
+    target = node.get("_target_") if isinstance(node, (Mapping, DictConfig)) else None
+    if not target:
+        raise ConfigError(f"{what}: no _target_ (the class or function that builds it; see configs/{what}/)")
+    try:
+        return _locate(str(target))
+    except ImportError:
+        raise ConfigError(f"{what}: _target_ {str(target)!r} names nothing importable") from None
+
+
+def refuse_unknown_keys(build: Callable[..., Any], node: Mapping[str, Any], what: str) -> None:
+    """A one-line :class:`ConfigError` listing the keys of ``node`` that ``build`` takes no argument
+    for (Hydra's own ``_target_``, ``_partial_``, ... aside); nothing when it takes ``**kwargs``."""
+    params = inspect.signature(build).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    known = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(str(k) for k in node if not str(k).startswith("_") and k not in known)
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {unknown}; known: {sorted(known)}")
 
 
 def configured(what: str, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -2,8 +2,8 @@
 
 A task is one module under ``relnas/transfer/tasks/`` whose class is registered beside its
 definition with ``@TASKS.register("<name>")`` (:data:`TASKS`, the project's one
-:class:`relnas.utils.registry.Registry` idiom) and imported by ``relnas/transfer/tasks/__init__.py``.
-The class is a subclass of
+:class:`relnas.utils.registry.Registry` idiom), imported by ``relnas/transfer/tasks/__init__.py``
+and named by the ``_target_`` of ``configs/task/<name>.yaml``. The class is a subclass of
 :class:`TransferModule` (a LightningModule) and provides:
 
 Class attributes
@@ -41,7 +41,8 @@ Instance methods (``self.model`` is the network of ``build_model``)
 
 The shared constructor (``TransferModule.__init__``) takes the built network, the class names,
 the optimizer factory (Hydra ``_partial_`` config), the scheduler settings and the number of
-epochs (the entry point adds the keys of ``task.module`` as keyword arguments), and :meth:`TransferModule.configure_optimizers` builds the optimizer and the schedule
+epochs (Hydra builds the class that ``task._target_`` names with the keys of ``task.module`` and
+these as keyword arguments: :func:`relnas.transfer.__main__.instantiate_task`), and :meth:`TransferModule.configure_optimizers` builds the optimizer and the schedule
 (:data:`SCHEDULERS`), so tasks only write their steps, metrics and drawing. Extra task
 arguments go in ``**task_kwargs`` (kept in ``self.task_kwargs`` and the hyper-parameters).
 
@@ -64,7 +65,7 @@ from torch import nn
 from relnas.utils.instantiate import plain
 from relnas.utils.registry import Registry
 
-#: the transfer tasks by name (``python -m relnas.transfer task=<name>``, ``relnas.inspect task=<name>``)
+#: the transfer tasks by ``task_name`` (what ``results.json`` records as ``task``)
 TASKS: Registry[type] = Registry("task")
 
 #: learning-rate schedules of ``task.scheduler.name``

@@ -43,6 +43,11 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint path that does not exist."""
 
 
+class ExportError(RelnasError):
+    """An exported network that does not compute what the PyTorch network computes (parity check),
+    or that cannot be exported."""
+
+
 class DataError(RelnasError):
     """A data set that cannot be loaded as configured."""
 
@@ -53,4 +58,4 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
 
 
 __all__ = ["RelnasError", "ConfigError", "RegistryError", "GenotypeError", "GenotypeNotFoundError", "CheckpointError",
-           "CheckpointNotFoundError", "DataError", "DatasetNotFoundError"]
+           "CheckpointNotFoundError", "ExportError", "DataError", "DatasetNotFoundError"]

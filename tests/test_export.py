@@ -77,6 +77,19 @@ def test_every_zoo_genotype_exports_the_function_of_the_network_in_both_formats(
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_searched_cells_export_the_function_of_the_network(seed, tmp_path, monkeypatch):
+    from relnas.search.encoding import decode, sample
+
+    genotype = decode(sample(np.random.default_rng(seed)))
+    torch.manual_seed(seed)
+    net = _randomise_batchnorm(ArchSpec(genotype=genotype, C=4, layers=4).build(), seed).eval()
+    x = torch.randn(3, 3, 32, 32)
+    expected = _plain_logits(net, x, monkeypatch)
+    path = export_onnx(Logits(net, True).eval(), torch.randn(2, 3, 32, 32), tmp_path / "n.onnx", ["logits"])
+    np.testing.assert_allclose(_run_onnx(path, x)["logits"], expected, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("genotype", ["RelativeNAS", "DARTS_V2"])
 def test_the_imagenet_network_exports_its_factorized_reduce_stem_and_dilated_convs(genotype, tmp_path, monkeypatch):
     torch.manual_seed(1)
@@ -241,6 +254,20 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_architecture_is_one_error_lin
     ckpt = _train_checkpoint(tmp_path / "mismatch.ckpt", C=4, state_from_C=6)
     line = _one_error_line(_cli(tmp_path, f"checkpoint={ckpt}"))
     assert "shape mismatch" in line and "C=6" in line
+
+
+def test_an_official_checkpoint_with_an_auxiliary_head_exports_with_its_weights(tmp_path):
+    torch.manual_seed(0)
+    net = _randomise_batchnorm(ArchSpec(genotype="NASNet", C=4, layers=4, auxiliary=True).build())
+    torch.save({"state_dict": {"module." + k: v for k, v in net.state_dict().items()}}, tmp_path / "official.pt")
+    cfg = compose_config("export", [f"reference_checkpoint={tmp_path / 'official.pt'}", "genotype=NASNet", "C=4",
+                                    "layers=4", "auxiliary=true"], output_dir=tmp_path / "out")
+    record = export(cfg)
+    assert record["reference_checkpoint"] == str(tmp_path / "official.pt") and record["parity"]["passed"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = net.eval()(x)[0].numpy()
+    np.testing.assert_allclose(_run_onnx(tmp_path / "out" / "network.onnx", x)["logits"], expected, rtol=0, atol=1e-4)
 
 
 def test_an_official_checkpoint_of_another_architecture_is_one_error_line(tmp_path):

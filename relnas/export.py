@@ -13,9 +13,9 @@ Sources of the network (one of):
 What is exported is the inference graph: eval mode (batch-norm statistics, no drop path), no
 auxiliary head, input ``images`` of shape ``(batch, in_channels, input_size, input_size)`` with
 a dynamic batch dimension; a classifier's output is ``logits``. The graph is traced on the CPU
-from the PyTorch network as it runs there (its CPU fast paths included), ``format=onnx`` with
-``torch.onnx``'s TorchScript-based exporter (opset :data:`OPSET`), ``format=torchscript`` with
-``torch.jit.trace``. The written file is then loaded back (ONNX Runtime; ``torch.jit.load``) and
+from the PyTorch network as it runs there: ``format=torchscript`` with ``torch.jit.trace``, its CPU
+fast paths included; ``format=onnx`` with ``torch.onnx``'s TorchScript-based exporter (opset
+:data:`OPSET`), the dilated convolutions as plain dilated kernels (:func:`_plain_dilated_convs`). The written file is then loaded back (ONNX Runtime; ``torch.jit.load``) and
 run on a random batch of ``parity_batch`` images (a size other than the traced one), and its
 largest absolute difference from the PyTorch network goes into ``export.json`` and the final
 JSON line; above ``tolerance`` the command fails (exit 2) after writing both.
@@ -162,11 +162,27 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _plain_dilated_convs() -> Iterator[None]:
+    """The dilated depthwise convolutions as one dilated kernel each while tracing for ONNX
+    (:data:`relnas.nas.operations.PHASE_DILATED_CONV` off): the same function as PyTorch's CPU
+    pixel-parity path, as one ``Conv`` node that ONNX Runtime's own kernels run faster than the
+    four phase convolutions and their scatters."""
+    from relnas.nas import operations
+
+    before = operations.PHASE_DILATED_CONV
+    operations.PHASE_DILATED_CONV = False
+    try:
+        yield
+    finally:
+        operations.PHASE_DILATED_CONV = before
+
+
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Union[Path, io.BytesIO],
                 outputs: Sequence[str]) -> Union[Path, io.BytesIO]:
     """Write ``module``'s graph traced at ``example`` to the ONNX file ``path`` (or a buffer),
     with a dynamic batch dimension."""
-    with _quiet(), torch.no_grad():
+    with _quiet(), torch.no_grad(), _plain_dilated_convs():
         torch.onnx.export(module, (example,), path if isinstance(path, io.BytesIO) else str(path), dynamo=False, opset_version=OPSET,
                           input_names=[INPUT], output_names=list(outputs),
                           dynamic_axes={name: {0: "batch"} for name in (INPUT, *outputs)})

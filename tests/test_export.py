@@ -112,6 +112,18 @@ def test_an_exported_network_takes_any_batch_size(tmp_path):
         assert logits.shape == (batch, 10)
 
 
+def test_onnx_files_hold_each_dilated_convolution_as_one_dilated_conv_node(tmp_path):
+    import onnx
+
+    net = _tiny("DARTS_V2").build().eval()  # one dil_conv_3x3 per normal cell: 2 normal cells of 4
+    path = export_onnx(Logits(net, True).eval(), torch.randn(2, 3, 32, 32), tmp_path / "n.onnx", ["logits"])
+    nodes = onnx.load(str(path)).graph.node
+    dilated = [n for n in nodes if n.op_type == "Conv"
+               and any(a.name == "dilations" and list(a.ints) == [2, 2] for a in n.attribute)]
+    assert len(dilated) == 2 and not [n for n in nodes if n.op_type == "ScatterND"]
+    assert operations.PHASE_DILATED_CONV  # the PyTorch network keeps its CPU path
+
+
 def test_the_auxiliary_head_is_not_part_of_the_exported_graph(tmp_path):
     net = _tiny("DARTS_V2", auxiliary=True).build().eval()
     aux = {k for k in net.state_dict() if k.startswith("auxiliary_head.")}

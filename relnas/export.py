@@ -362,14 +362,11 @@ def export(cfg: DictConfig) -> Dict[str, Any]:
     return record
 
 
-#: ``export`` for the command line: a known error is one ``error: ...`` line and exit status 2
-run = task(export)
-
-
 @entry_point("export")  # unknown config-group choices: one line, exit 2
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export")
+@task  # a known error: one ``error: ...`` line and exit status 2
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    export(cfg)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import platform
 import statistics
 import time
@@ -303,8 +304,6 @@ def machine_info() -> Dict[str, Any]:
                 break
     except OSError:
         pass
-    import os
-
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "onnxruntime": ort.__version__}
     if torch.cuda.is_available():

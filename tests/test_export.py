@@ -16,7 +16,7 @@ import relnas.nas.operations as operations
 from relnas.errors import ExportError
 from relnas.export import Logits, export, export_onnx, export_torchscript, measure_latency
 from relnas.nas.arch import ArchSpec
-from relnas.nas.genotypes import get_genotype, list_genotypes
+from relnas.nas.genotypes import list_genotypes
 from relnas.utils.compose import compose_config
 from cli_helpers import ROOT, cli_env  # noqa: E402
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import platform
 import statistics
 import time
 import warnings
@@ -293,22 +291,13 @@ def measure_latency(module: nn.Module, input_shape: Sequence[int], batch: int = 
 
 
 def machine_info() -> Dict[str, Any]:
-    """What the latency figures ran on: CPU model and cores, threads, library versions."""
+    """What the latency figures ran on: :func:`relnas.utils.run_info.hardware_info` (CPU model and
+    cores, threads, GPUs, library versions) and the ONNX Runtime version."""
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "onnxruntime": ort.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    from relnas.utils.run_info import hardware_info
+
+    return {**hardware_info(), "onnxruntime": ort.__version__}
 
 
 # ---------------------------------------------------------------------- the task

@@ -49,6 +49,11 @@ class UnsafeFileError(CheckpointError):
     in it runs."""
 
 
+class ExportError(RelnasError):
+    """An exported network that does not compute what the PyTorch network computes (parity check),
+    or that cannot be exported."""
+
+
 class DataError(RelnasError):
     """A data set that cannot be loaded as configured."""
 
@@ -59,4 +64,4 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
 
 
 __all__ = ["RelnasError", "ConfigError", "RegistryError", "GenotypeError", "GenotypeNotFoundError", "CheckpointError",
-           "CheckpointNotFoundError", "UnsafeFileError", "DataError", "DatasetNotFoundError"]
+           "CheckpointNotFoundError", "UnsafeFileError", "ExportError", "DataError", "DatasetNotFoundError"]

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import hydra
 from omegaconf import DictConfig
@@ -86,6 +86,29 @@ def find_eval_checkpoint(path: str) -> Path:
     raise ConfigError(f"checkpoint: {str(p)!r} is a directory without checkpoints/*.ckpt (is it a train run directory?)")
 
 
+def read_train_checkpoint(spec: str) -> Tuple[Path, Dict[str, Any]]:
+    """The checkpoint of ``spec`` (:func:`find_eval_checkpoint`) and its contents; a file that is
+    not a relnas training checkpoint is one :class:`ConfigError` line."""
+    path = find_eval_checkpoint(spec)
+    ckpt = load_checkpoint_dict(path)
+    if not isinstance(ckpt, Mapping) or not ckpt.get("hyper_parameters") or "state_dict" not in ckpt:
+        raise ConfigError(f"checkpoint {str(path)!r} is not a relnas training checkpoint; "
+                          f"for the official code's files use reference_checkpoint=")
+    return path, ckpt
+
+
+def classifier_from_checkpoint(ckpt: Mapping[str, Any], arch: ArchSpec):
+    """The :class:`ClassifierModule` of a training checkpoint's hyper-parameters with ``arch``,
+    its weights loaded strictly (a state dict that does not fit: one :class:`CheckpointError` line)."""
+    from relnas.models.classifier import ClassifierModule
+    from relnas.nas.checkpoint import check_state_dict, extract_state_dict
+
+    model = ClassifierModule.from_hparams(ckpt["hyper_parameters"], **arch.to_dict())
+    check_state_dict(model.net, extract_state_dict(ckpt["state_dict"]))
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model
+
+
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     from relnas.models.classifier import ClassifierModule
     from relnas.utils import hardware_info, instantiate_loggers
@@ -101,12 +124,8 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
 
     # the weights' file first (cheap), then the data
     if cfg.get("checkpoint"):
-        path = find_eval_checkpoint(cfg.checkpoint)
-        ckpt = load_checkpoint_dict(path)
-        hp = ckpt.get("hyper_parameters")
-        if not hp or "state_dict" not in ckpt:
-            raise ConfigError(f"checkpoint {str(path)!r} is not a relnas training checkpoint; "
-                              f"for the official code's files use reference_checkpoint=")
+        path, ckpt = read_train_checkpoint(cfg.checkpoint)
+        hp = ckpt["hyper_parameters"]
     elif not Path(str(cfg.reference_checkpoint)).expanduser().is_file():
         raise ConfigError(f"reference_checkpoint {str(cfg.reference_checkpoint)!r} does not exist")
 
@@ -124,8 +143,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
             raise ConfigError(f"checkpoint {str(path)!r} was trained on {trained_size}x{trained_size} images but the "
                               f"data set gives {dm.image_size}x{dm.image_size}: set data.image_size={trained_size}")
         arch.replace(auxiliary=False).check_input()  # the auxiliary head does not run in evaluation
-        model = ClassifierModule.from_hparams(hp, **arch.to_dict())
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model = classifier_from_checkpoint(ckpt, arch)
         source = {"checkpoint": str(path)}
     else:
         from relnas.nas.checkpoint import load_reference_checkpoint

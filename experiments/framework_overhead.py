@@ -3,7 +3,7 @@
     python experiments/framework_overhead.py            # ~1 min on a 2-core CPU
 
 Runs the real search, ``relnas.search.run.run_search`` on ``configs/search.yaml`` composed with
-Hydra (one Lightning Trainer, ``SearchModule`` + ``SearchLoop`` + ``SearchEngine``, Eq. 6 merges,
+Hydra (one Lightning Trainer, ``SearchModule`` + ``SearchLightningAdapter`` + ``SearchEngine``, Eq. 6 merges,
 slow-fast updates, the recorders' files and checkpoint per generation) on candidates whose one-epoch estimation is a single 16-image batch of
 8x8 images for training and one for validation, so that the arithmetic is small and what remains
 is the framework: Lightning's epoch switch and hooks (train/eval mode walks over Omega's ~4,000
@@ -52,7 +52,7 @@ def search_config(generations: int, population: int, run_dir: Path):
 
 
 def through_search(generations: int, population: int) -> float:
-    """Wall time of ``run_search`` (the entry point's function: the Trainer, SearchLoop, engine,
+    """Wall time of ``run_search`` (the entry point's function: the Trainer, SearchLightningAdapter, engine,
     executor, recorders writing the history, summaries and a checkpoint per generation)."""
     from relnas.search.run import run_search
 

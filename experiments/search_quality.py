@@ -210,8 +210,8 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
     import hydra
     import lightning as L
 
-    from relnas.search.callback import SearchLoop
     from relnas.search.engine import SearchEngine, SearchSettings
+    from relnas.search.lightning_adapter import SearchLightningAdapter
     from relnas.search.state import load_state
 
     # the pieces from the search's own composed config (its data, supernet and module nodes); the
@@ -229,7 +229,7 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
     strat = FixedList(vectors)
     settings = SearchSettings(seed=int(cfg.seed) + 1000, lr=sz["rf_lr"], lr_min=sz["rf_lr"], drop_path_prob=0.0,
                               drop_path_ramp=False)
-    loop = SearchLoop(SearchEngine(strat, ws, settings, rng=np.random.default_rng(0)), progress=False)
+    loop = SearchLightningAdapter(SearchEngine(strat, ws, settings, rng=np.random.default_rng(0)), progress=False)
     module = hydra.utils.instantiate(cfg.module, weight_set=ws)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=len(vectors), callbacks=[loop], logger=False,
                         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False,

@@ -74,7 +74,7 @@ def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr
              weight_decay: float = 3e-4, grad_clip: float = 5.0, tie_rule: str = "first") -> dict:
     """Drive ONE pair (``vector_a``, ``vector_b``) through the project's real candidate path: the
     search engine (:class:`SearchEngine`: begin a candidate from a snapshot of Omega, finish:
-    restore, fast/slow, Eq. 6 merge) driven by :class:`SearchLoop` around :class:`SearchModule`'s
+    restore, fast/slow, Eq. 6 merge) driven by :class:`SearchLightningAdapter` around :class:`SearchModule`'s
     training and validation steps
     in a Lightning Trainer, on fixed batches, generation 0 of 1 (learning rate ``lr``, drop path 0).
 
@@ -85,9 +85,9 @@ def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr
     import numpy as np
 
     from relnas.search import encoding
-    from relnas.search.callback import SearchLoop
     from relnas.search.engine import SearchEngine, SearchSettings
     from relnas.search.executors import create_executor
+    from relnas.search.lightning_adapter import SearchLightningAdapter
     from relnas.search.strategies import RelativeNAS
 
     class FixedPair(RelativeNAS):
@@ -99,7 +99,7 @@ def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr
     settings = SearchSettings(seed=0, lr=lr, lr_min=0.0, drop_path_prob=0.0)
     engine = SearchEngine(strategy, weight_set, settings, create_executor("sequential", strategy),
                           rng=np.random.default_rng(0))
-    loop = SearchLoop(engine, progress=False, announce=False)
+    loop = SearchLightningAdapter(engine, progress=False, announce=False)
     module = SearchModule(weight_set, momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
                           channels_last=False)
     recorder = _Recorder()
@@ -129,7 +129,7 @@ def members_one_after_the_other(ws, archs, seeds, data, drop_prob):
     restored after each. The reference the two-member-at-once trainer is compared with."""
     import torch
 
-    from relnas.search.concurrent import Member
+    from relnas.search.candidate_step import Member
     from relnas.search.weight_set import restore, snapshot
 
     tensors, out = ws.tensors(), []

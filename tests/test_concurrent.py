@@ -1,4 +1,4 @@
-"""Both members of a pair at once (relnas.search.concurrent, search.executor=concurrent_pair).
+"""Both members of a pair at once (relnas.search.candidate_step, search.executor=concurrent_pair).
 
 On a CPU the two members alternate batch by batch; the search must end exactly where the
 sequential search ends (same losses, roles, population and weight set, bit for bit), which holds
@@ -15,7 +15,7 @@ import torch
 
 from relnas.search.search_module import SearchModule
 from relnas.search import encoding
-from relnas.search.concurrent import PairTrainer
+from relnas.search.candidate_step import PairTrainer
 from relnas.search.weight_set import WeightSet
 from search_helpers import members_one_after_the_other, tiny_search_cfg
 
@@ -181,7 +181,7 @@ def test_graph_capture_mode_reaches_every_step_graph(tmp_path, capture):
     StepGraphs of the sequential path and of both pair members (emulated graphs on the CPU)."""
     import hydra
 
-    from relnas.search.concurrent import PairTrainer
+    from relnas.search.candidate_step import PairTrainer
 
     cfg = tiny_search_cfg(tmp_path, [f"search.graph_capture={capture}"] if capture else [])
     expected = capture or "lean"

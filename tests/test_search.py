@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from relnas.search import encoding
-from relnas.search.callback import SearchLoop
 from relnas.search.engine import SearchEngine, SimulatedInterrupt
+from relnas.search.lightning_adapter import SearchLightningAdapter
 from relnas.search.run import ConfigError, run_search
 from relnas.search.search_module import SearchModule
 from relnas.search.state import PREV_FILE, STATE_FILE, load_state
@@ -108,7 +108,7 @@ def test_search_pair_leaves_exactly_the_eq6_values(tmp_path, monkeypatch):
     afterwards every tensor of Omega (BN buffers included) holds the lower-loss member's trained
     value if it uses it, else the other member's, else its old value -- in the saved checkpoint too."""
     seen = []
-    real_start, real_end = SearchLoop.on_train_epoch_start, SearchLoop.on_train_epoch_end
+    real_start, real_end = SearchLightningAdapter.on_train_epoch_start, SearchLightningAdapter.on_train_epoch_end
 
     def start(self, trainer, pl_module):
         seen.append({"start": {k: v.clone() for k, v in pl_module.weight_set.state_dict().items()}})
@@ -120,8 +120,8 @@ def test_search_pair_leaves_exactly_the_eq6_values(tmp_path, monkeypatch):
                         loss=pl_module.candidate_losses()[1], keys=set(ws.keys_of(pl_module.arch.groups)))
         real_end(self, trainer, pl_module)
 
-    monkeypatch.setattr(SearchLoop, "on_train_epoch_start", start)
-    monkeypatch.setattr(SearchLoop, "on_train_epoch_end", end)
+    monkeypatch.setattr(SearchLightningAdapter, "on_train_epoch_start", start)
+    monkeypatch.setattr(SearchLightningAdapter, "on_train_epoch_end", end)
     cfg = tiny_search_cfg(tmp_path, ["search.population_size=2", "search.generations=1", "search.drop_path_prob=0"])
     run_search(cfg, tmp_path)
     assert len(seen) == 2

@@ -2,7 +2,7 @@
 
 One :class:`SearchEngine` owns the strategy, the numpy random generator, the weight set Omega,
 the history (one row per estimation) and the generation summaries. A driver (the Lightning
-adapter :class:`relnas.search.callback.SearchLoop`, or a plain loop in the tests) repeats::
+adapter :class:`relnas.search.lightning_adapter.SearchLightningAdapter`, or a plain loop in the tests) repeats::
 
     unit = engine.next_unit()                   # None when the search is done
     cands = [engine.begin(unit, m) for m in unit.members]   # compile, snapshot the used tensors

@@ -22,7 +22,7 @@ Executors (``search.executor``; docs/scale_out.md):
 * ``per_generation`` (merge per generation, any number of processes): job j runs on process
   j % world_size; the results meet at the generation's end;
 * ``concurrent_pair`` (merge per job, 1 process): the paper's order with both members of each pair
-  trained at the same time (:class:`relnas.search.concurrent.PairTrainer`: two CUDA streams on a
+  trained at the same time (:class:`relnas.search.candidate_step.PairTrainer`: two CUDA streams on a
   GPU; on a CPU they alternate batch by batch and the search equals ``sequential`` bit for bit).
 
 ``auto`` (the default) is ``sequential`` in one process and ``member_parallel`` in two.
@@ -187,7 +187,7 @@ class PerGeneration(Executor):
 @EXECUTORS.register("concurrent_pair")
 class ConcurrentPair(Sequential):
     """The paper's order in one process, both members of each pair trained at the same time
-    (:class:`relnas.search.concurrent.PairTrainer`, through ``module.run_pair``) at the start of
+    (:class:`relnas.search.candidate_step.PairTrainer`, through ``module.run_pair``) at the start of
     the unit's Lightning epoch, whose own batches are then skipped; batches come from
     ``datamodule.search_epoch``. Jobs of another size run one member per unit."""
 

@@ -5,7 +5,8 @@ In the shape of the lightning-hydra-template: every piece is instantiated from i
 (``strategy`` from ``configs/strategy/``, ``supernet`` = the weight set, ``module`` = the
 LightningModule, ``data``, ``logger``, ``trainer``), the executor is chosen by
 ``search.executor``, the :class:`~relnas.search.engine.SearchEngine` gets them together with its
-recorders, and one Trainer fits with the :class:`~relnas.search.callback.SearchLoop` adapter.
+recorders, and one Trainer fits with
+:class:`~relnas.search.lightning_adapter.SearchLightningAdapter`.
 
 Each piece checks its own arguments; :func:`check_config` builds the cheap ones (strategy,
 executor) and checks what spans pieces (trainer, precision, CUDA graphs), so a bad setting fails
@@ -31,9 +32,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from relnas.errors import ConfigError
 from relnas.search import distributed as search_dist
 from relnas.search import guards
-from relnas.search.callback import SearchLoop
 from relnas.search.engine import STATE_FORMAT, SearchEngine, SearchSettings
 from relnas.search.executors import Executor, create_executor, executor_name, merge_order
+from relnas.search.lightning_adapter import SearchLightningAdapter
 from relnas.search.recorders import OutputRecorder, recorders_for
 from relnas.search.state import CheckpointError, load_state
 from relnas.search.step_graph import CAPTURE_MODES
@@ -322,9 +323,9 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
     if dist.is_main:
         engine.recorders = recorders_for(run_dir, semantic, loggers, plots, logger_ids(loggers), extra)
     module = _build(cfg.module, "module", weight_set=weight_set)
-    loop = SearchLoop(engine, progress=bool(s.get("progress", True)), announce=dist.is_main)
+    adapter = SearchLightningAdapter(engine, progress=bool(s.get("progress", True)), announce=dist.is_main)
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, max_epochs=engine.remaining_estimations(), callbacks=[loop], logger=loggers or False,
+        cfg.trainer, max_epochs=engine.remaining_estimations(), callbacks=[adapter], logger=loggers or False,
         **_trainer_devices(cfg, dist),
         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False, check_val_every_n_epoch=1,
         default_root_dir=str(run_dir), _convert_="partial")

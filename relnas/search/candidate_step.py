@@ -1,4 +1,7 @@
-"""Train the two members of a pair at the same time (one process, two CUDA streams).
+"""A candidate's step: the train and validation step every candidate of a search runs
+(:class:`Member`, with its own optimizer, loss buffers, drop-path stream and CUDA graphs), and
+:class:`PairTrainer`, which trains the two members of a pair at the same time (one process, two
+CUDA streams).
 
 At the paper's network size a candidate's training step is a few thousand small kernels that
 fill a fraction of a large GPU, even replayed as a CUDA graph. Both members of a RelativeNAS pair

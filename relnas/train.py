@@ -29,7 +29,7 @@ from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec, resolve_genotype
 from relnas.utils.instantiate import instantiate, instantiate_datamodule, plain
 from relnas.utils.io import load_checkpoint_dict, write_json
-from relnas.utils.task import entry_point, task
+from relnas.utils.cli import command, entry_point
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     return results
 
 
-@task
+@command
 def run(cfg: DictConfig) -> Dict[str, Any]:
     """``train`` for the command line: the console set up once; a known error is one ``error: ...``
     line and exit status 2 (in a multirun the job fails and the sweep goes on)."""

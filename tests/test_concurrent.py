@@ -60,7 +60,7 @@ def test_concurrent_pair_search_equals_sequential_search_bit_for_bit(tmp_path, m
 def test_pair_trainer_leaves_omega_unchanged_and_trains_members_apart():
     torch.manual_seed(0)
     ws = WeightSet(C=4, layers=3, num_classes=10).to(memory_format=torch.channels_last)
-    omega0 = {k: v.clone() for k, v in ws.state_dict().items()}
+    start = {k: v.clone() for k, v in ws.state_dict().items()}
     archs = [ws.compile(encoding.decode(v)) for v in encoding.sample(np.random.default_rng(5), 2)]
     trainer = PairTrainer(ws, channels_last=True)
     g = torch.Generator().manual_seed(1)
@@ -68,19 +68,19 @@ def test_pair_trainer_leaves_omega_unchanged_and_trains_members_apart():
                for _ in range(2)]
     result = trainer.run(archs, [11, 12], lr=0.05, drop_prob=0.2, train_batches=batches, val_batches=batches)
     after = ws.state_dict()
-    for k in omega0:
-        assert torch.equal(after[k], omega0[k]), k
+    for k in start:
+        assert torch.equal(after[k], start[k]), k
     # each member's trained tensors are exactly its own groups', and the shared stem moved in both,
     # differently (different batches, different architectures)
     for arch, trained in zip(archs, result.trained):
         assert set(trained) == set(ws.keys_of(arch.groups))
     stem = "stem.0.weight"
     a, b = result.trained[0][stem], result.trained[1][stem]
-    assert not torch.equal(a, omega0[stem]) and not torch.equal(b, omega0[stem]) and not torch.equal(a, b)
-    # the shadow holds its own tensors (no storage shared with Omega)
+    assert not torch.equal(a, start[stem]) and not torch.equal(b, start[stem]) and not torch.equal(a, b)
+    # the shadow holds its own tensors (no storage shared with the weight set)
     shadow = trainer.shadow()
-    omega_ptrs = {t.data_ptr() for t in ws.tensors().values()}
-    assert not omega_ptrs & {t.data_ptr() for t in shadow.tensors().values()}
+    ws_ptrs = {t.data_ptr() for t in ws.tensors().values()}
+    assert not ws_ptrs & {t.data_ptr() for t in shadow.tensors().values()}
     assert all(np.isfinite(result.train_losses)) and all(np.isfinite(result.val_losses))
     with pytest.raises(ValueError, match="exactly two"):
         trainer.run(archs[:1], [1], 0.1, 0.0, batches[:1], batches[:1])

@@ -105,7 +105,7 @@ def test_weight_set_module_walks_behave_as_nn_module():
 def test_search_pair_leaves_exactly_the_eq6_values(tmp_path, monkeypatch):
     """One real pair through the search: the two members' starting and trained weights and their
     validation losses are recorded around the loop's hooks (not taken from the merge's arguments);
-    afterwards every tensor of Omega (BN buffers included) holds the lower-loss member's trained
+    afterwards every tensor of the weight set (BN buffers included) holds the lower-loss member's trained
     value if it uses it, else the other member's, else its old value -- in the saved checkpoint too."""
     seen = []
     real_start, real_end = SearchLightningAdapter.on_train_epoch_start, SearchLightningAdapter.on_train_epoch_end
@@ -405,14 +405,14 @@ def test_channels_last_auto_is_nhwc_on_a_cpu_and_nchw_on_cuda(tmp_path):
         == [True, False, True, False]
     with pytest.raises(ValueError, match="channels_last must be"):
         channels_last_for("yes", "cpu")
-    # a search with the default (auto) on this CPU trains in NHWC: inputs and Omega's conv weights
+    # a search with the default (auto) on this CPU trains in NHWC: inputs and the weight set's conv weights
     RecordingSearchModule.instances.clear()
     run_search(tiny_search_cfg(tmp_path, ["search.generations=1", "search.population_size=2",
                                           "module._target_=search_helpers.RecordingSearchModule"]), tmp_path)
     (module,) = RecordingSearchModule.instances
     conv = [p for p in module.weight_set.parameters() if p.dim() == 4]
     assert module.channels_last is True and conv and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)
-    # on a CUDA device auto switches the module and Omega to NCHW when the fit starts
+    # on a CUDA device auto switches the module and the weight set to NCHW when the fit starts
     ws = WeightSet(C=4, layers=3).to(memory_format=torch.channels_last)
     m = SearchModule(ws, channels_last="auto")
     m._device = torch.device("cuda", 0)  # what Lightning sets when it moves the module to a GPU

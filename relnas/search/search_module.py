@@ -144,7 +144,7 @@ class SearchModule(L.LightningModule):
         return self._pair_trainer
 
     def run_pair(self, archs, seeds, lr: float, drop_prob: float, train_batches, val_batches, context=None):
-        """Both members of a pair at once (see :class:`PairTrainer.run`); Omega is left unchanged."""
+        """Both members of a pair at once (see :class:`PairTrainer.run`); the weight set is left unchanged."""
         self._release_member()
         self.weight_set.clear_grads()
         trainer = self.pair_trainer()
@@ -170,7 +170,7 @@ class SearchModule(L.LightningModule):
         return "cuda" if self.device.type == "cuda" else None
 
     def on_fit_start(self) -> None:
-        # the module owns Omega's memory format: decided here, where the device is known
+        # the module owns the weight set's memory format: decided here, where the device is known
         self.channels_last = channels_last_for(self.channels_last_setting, self.device.type)
         self.weight_set.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         if self.cuda_graphs is True and self.graph_backend is None and self.device.type != "cuda":
@@ -193,7 +193,7 @@ class SearchModule(L.LightningModule):
 
     def on_validation_model_zero_grad(self) -> None:
         # Lightning's default (self.zero_grad()) walks every module for its parameters once per
-        # candidate; Omega's index does the same (grads to None) without the walk
+        # candidate; the weight set's index does the same (grads to None) without the walk
         self.weight_set.clear_grads()
 
     # ------------------------------------------------------------------ loops

@@ -45,8 +45,6 @@ from relnas.search.weight_set import Arch, WeightSet, merge_eq6, restore, snapsh
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 2   # version of SearchEngine.state_dict (checkpoints without it are refused)
-
 
 @dataclass
 class SearchSettings:
@@ -298,15 +296,12 @@ class SearchEngine:
         """Everything a search needs to continue after its last complete generation."""
         if self._started or self._in_flight:
             raise RuntimeError("a search's state is taken between generations")
-        return {"format": STATE_FORMAT, "generation": self.generation, "rng": self.rng.bit_generator.state,
+        return {"generation": self.generation, "rng": self.rng.bit_generator.state,
                 "strategy": self.strategy.state_dict(), "history": list(self.history),
                 "summaries": list(self.summaries),
                 "weight_set": {k: v.detach().cpu() for k, v in self.weight_set.state_dict().items()}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"the checkpoint has state format {state.get('format', 1)}, this relnas reads "
-                             f"{STATE_FORMAT}; start the search again")
         self.weight_set.load_state_dict(state["weight_set"])
         self.strategy.load_state_dict(state["strategy"])
         self.rng.bit_generator.state = state["rng"]

@@ -1,7 +1,7 @@
 """What defines a training run: :class:`TrainSpec`, one frozen record built once from the config
 (:func:`train_spec`), stored in every checkpoint ``relnas.train`` writes (as a plain dict, beside
 the checkpoint's ``format_version``) and compared field by field when the run is resumed
-(:meth:`TrainSpec.check_resume`).
+(:meth:`TrainSpec.check_resume`); docs/resume.md lists the fields.
 
 The spec lists what a resumed run cannot change: the network (its weights' shapes; the input
 size), the schedule (``epochs``, ``scheduler``: the restored scheduler keeps the checkpoint's

@@ -1,6 +1,7 @@
 """What defines a search: :class:`SearchSpec`, one frozen record built once from the config
 (:func:`search_spec`), stored in the search checkpoint (as a plain dict) and compared field by
-field when the search is resumed (:meth:`SearchSpec.changes_from`).
+field when the search is resumed (:meth:`SearchSpec.changes_from`); docs/resume.md lists the
+fields.
 
 The spec lists what the search computes with: the seed, the strategy and its sizes, the weight
 set, the data (the images, their split, batches and augmentation), each candidate's optimizer and

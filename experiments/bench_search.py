@@ -298,16 +298,16 @@ def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 class NaiveRunner:
     """The authors' per-candidate loop: for each candidate the full search network (every operation
-    on every edge) is built and loaded from Omega's state dict (``strict=True``); SGD over all its
+    on every edge) is built and loaded from the weight set's state dict (``strict=True``); SGD over all its
     parameters; batches from a torchvision-style dataset with PIL transforms in 2 DataLoader
     workers (pinned memory); ``.item()`` on loss and accuracy every step; validation on the
     search-validation split with the training transform, in eval mode with autograd on; the Eq. 6
     merge by walking the state dicts; ``cudnn.benchmark=True``; plain dilated convolutions; drop path
     as the official code writes it (``operations.drop_path_reference``)."""
 
-    def __init__(self, name: str, omega0: Dict[str, torch.Tensor], dm, args, device: torch.device):
+    def __init__(self, name: str, weights0: Dict[str, torch.Tensor], dm, args, device: torch.device):
         self.name, self.args, self.device = name, args, device
-        self.omega = {k: v.clone().to(device) for k, v in omega0.items()}
+        self.weights = {k: v.clone().to(device) for k, v in weights0.items()}
         x_tr, y_tr = dm.train_data
         x_va, y_va = dm.val_data
         images = torch.cat([x_tr, x_va]).cpu().permute(0, 2, 3, 1).contiguous().numpy()
@@ -326,7 +326,7 @@ class NaiveRunner:
     def _estimate(self, vector: np.ndarray):
         a = self.args
         model = WeightSet(C=a.C, num_classes=10, layers=a.layers).to(self.device)  # every operation allocated
-        model.load_state_dict(self.omega, strict=True)
+        model.load_state_dict(self.weights, strict=True)
         arch = model.compile(encoding.decode(vector))
         optimizer = torch.optim.SGD(model.parameters(), a.lr, momentum=0.9, weight_decay=3e-4)
         model.train()
@@ -377,14 +377,14 @@ class NaiveRunner:
             (fm, fu), (sm, su) = ((ma, ua), (mb, ub)) if la <= lb else ((mb, ub), (ma, ua))
             fsd, ssd = fm.state_dict(), sm.state_dict()
             merged = {}
-            for k, v in self.omega.items():  # Eq. 6 with python dict loops
+            for k, v in self.weights.items():  # Eq. 6 with python dict loops
                 if k in fu:
                     merged[k] = fsd[k].clone()
                 elif k in su:
                     merged[k] = ssd[k].clone()
                 else:
                     merged[k] = v
-            self.omega = merged
+            self.weights = merged
             self.val_losses += [la, lb]
             del ma, mb, fm, sm, fsd, ssd
         sync(self.device)
@@ -398,13 +398,13 @@ _VIEW_OPS = {"aten::empty", "aten::empty_strided", "aten::view", "aten::as_strid
              "aten::result_type"}
 
 
-def ops_per_step(omega0, args, device: torch.device, vectors: Sequence[np.ndarray], batch: int = 32) -> List[int]:
+def ops_per_step(weights0, args, device: torch.device, vectors: Sequence[np.ndarray], batch: int = 32) -> List[int]:
     """Leaf ATen operations (views and allocations left out) of one eager training step (forward,
     backward, clipping, SGD) per candidate: roughly the kernels a GPU launches one by one."""
     from torch.profiler import ProfilerActivity, profile
 
     ws = WeightSet(C=args.C, num_classes=10, layers=args.layers)
-    ws.load_state_dict(omega0)
+    ws.load_state_dict(weights0)
     ws, dev = ws.to(device, memory_format=torch.channels_last), device
     x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=dev)
@@ -567,9 +567,9 @@ def main(argv=None) -> int:
     if "naive" in args.variants or args.ops_candidates:
         dm = make_datamodule(args)
     torch.manual_seed(args.seed)
-    omega0 = {k: v.clone() for k, v in WeightSet(C=args.C, num_classes=10, layers=args.layers).state_dict().items()}
+    weights0 = {k: v.clone() for k, v in WeightSet(C=args.C, num_classes=10, layers=args.layers).state_dict().items()}
     if "naive" in args.variants:  # first: a lean process, as the authors' script runs alone
-        nv = NaiveRunner("naive", omega0, dm, args, device)
+        nv = NaiveRunner("naive", weights0, dm, args, device)
         vectors = [v for job in jobs for v in job][: args.naive_candidates]
         gc.collect()
         with MemWatch(device) as mw:
@@ -620,7 +620,7 @@ def main(argv=None) -> int:
                 f"**{OFFICIAL_H200_S_PER_CANDIDATE / paper:.2f}x**"
         proj.append(line)
     if args.ops_candidates and dm is not None:
-        n_ops = ops_per_step(omega0, args, device, [v for job in jobs for v in job][: args.ops_candidates])
+        n_ops = ops_per_step(weights0, args, device, [v for job in jobs for v in job][: args.ops_candidates])
         extra_lines.append(f"- ATen operations (views and allocations left out) per eager training step: "
                            f"{', '.join(map(str, n_ops))} (on a GPU one kernel launch each, unless replayed as a graph)")
     if data_rates:

@@ -1,12 +1,12 @@
-"""Per-candidate framework cost of the search at the paper's supernet size (C=16, L=8).
+"""Per-candidate framework cost of the search at the paper's weight-set size (C=16, L=8).
 
     python experiments/framework_overhead.py            # ~1 min on a 2-core CPU
 
 Runs the real search, ``relnas.search.run.run_search`` on ``configs/search.yaml`` composed with
-Hydra (one Lightning Trainer, ``SearchModule`` + ``SearchLoop`` + ``SearchEngine``, Eq. 6 merges,
+Hydra (one Lightning Trainer, ``SearchModule`` + ``SearchLightningAdapter`` + ``SearchEngine``, Eq. 6 merges,
 slow-fast updates, the recorders' files and checkpoint per generation) on candidates whose one-epoch estimation is a single 16-image batch of
 8x8 images for training and one for validation, so that the arithmetic is small and what remains
-is the framework: Lightning's epoch switch and hooks (train/eval mode walks over Omega's ~4,000
+is the framework: Lightning's epoch switch and hooks (train/eval mode walks over the weight set's ~4,000
 modules, gradient release before validation), the loop's snapshot/restore/merge, the per-candidate
 optimizer. It reports the wall time per candidate through the Trainer, the same batches run bare
 (compile, fresh SGD, one training step, one validation step, snapshot/restore; no Lightning), and
@@ -52,7 +52,7 @@ def search_config(generations: int, population: int, run_dir: Path):
 
 
 def through_search(generations: int, population: int) -> float:
-    """Wall time of ``run_search`` (the entry point's function: the Trainer, SearchLoop, engine,
+    """Wall time of ``run_search`` (the entry point's function: the Trainer, SearchLightningAdapter, engine,
     executor, recorders writing the history, summaries and a checkpoint per generation)."""
     from relnas.search.run import run_search
 
@@ -65,7 +65,7 @@ def through_search(generations: int, population: int) -> float:
 
 def bare(ws, dm, n: int) -> float:
     """The same arithmetic and snapshots per candidate without Lightning, the loop or any walk
-    over Omega's modules (the tensor dict is made once; validation runs in training mode, which
+    over the weight set's modules (the tensor dict is made once; validation runs in training mode, which
     costs the same arithmetic), so that it does not depend on how fast those walks are."""
     x_tr, y_tr = dm.train_data[0][: dm.batch_size], dm.train_data[1][: dm.batch_size]
     x_va, y_va = dm.val_data[0][: dm.eval_batch_size], dm.val_data[1][: dm.eval_batch_size]
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
 
     through_search(1, args.population)  # warm-up (and Lightning's one-off set-up)
-    # run_search has a fixed cost too (data, Omega's construction, fit's set-up): the difference of
+    # run_search has a fixed cost too (data, the weight set's construction, fit's set-up): the difference of
     # two searches of different lengths, per candidate
     t_short = through_search(1, args.population)
     t_long = through_search(1 + args.generations, args.population)

@@ -210,12 +210,12 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
     import hydra
     import lightning as L
 
-    from relnas.search.callback import SearchLoop
     from relnas.search.engine import SearchEngine, SearchSettings
+    from relnas.search.lightning_adapter import SearchLightningAdapter
     from relnas.search.state import load_state
 
     # the pieces from the search's own composed config (its data, supernet and module nodes); the
-    # engine gets the fixed list of vectors as its strategy and starts from the search's final Omega
+    # engine gets the fixed list of vectors as its strategy and starts from the search's final weight set
     cfg = OmegaConf.create(search_run["config"])
     state, _ = load_state(Path(search_run["run_dir"]))
     data_kwargs = {"train_portion": float(cfg.search.train_portion)}
@@ -229,7 +229,7 @@ def reestimate(vectors: Sequence[np.ndarray], search_run: Dict[str, Any], sz: Di
     strat = FixedList(vectors)
     settings = SearchSettings(seed=int(cfg.seed) + 1000, lr=sz["rf_lr"], lr_min=sz["rf_lr"], drop_path_prob=0.0,
                               drop_path_ramp=False)
-    loop = SearchLoop(SearchEngine(strat, ws, settings, rng=np.random.default_rng(0)), progress=False)
+    loop = SearchLightningAdapter(SearchEngine(strat, ws, settings, rng=np.random.default_rng(0)), progress=False)
     module = hydra.utils.instantiate(cfg.module, weight_set=ws)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=len(vectors), callbacks=[loop], logger=False,
                         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False,
@@ -268,7 +268,7 @@ def write_report(path: Path, runs: List[Dict[str, Any]], randoms: List[Dict[str,
     L_.append("## Sizes\n")
     L_.append(f"* Search (every strategy, every seed): {sz['search_subset']} Fashion-MNIST training images "
               f"({sz['image_size']}x{sz['image_size']}, seeded subset per seed) split {sz['search_train_portion']:.0%} "
-              f"search-train / rest search-valid; supernet C={sz['supernet_C']}, L={sz['supernet_layers']}; batch "
+              f"search-train / rest search-valid; weight set C={sz['supernet_C']}, L={sz['supernet_layers']}; batch "
               f"{sz['search_batch_size']}; budget **{sz['budget']} one-epoch estimations** per search; population "
               f"size {sz['population_size']} (RelativeNAS: {sz['budget'] // sz['population_size']} generations of "
               f"{sz['population_size'] // 2} pairs; evolution: {sz['population_size']} random + "
@@ -283,7 +283,7 @@ def write_report(path: Path, runs: List[Dict[str, Any]], randoms: List[Dict[str,
               f"`relnas.train` on `configs/train.yaml` composed with the script's `train_overrides`.\n")
     L_.append("* Common random numbers: for a given seed the three strategies draw their first random vectors "
               "from the same generator state, so RelativeNAS's initial population, evolution's initial population "
-              "and random search's first chunk are the same architectures (and the supernet initialisation and "
+              "and random search's first chunk are the same architectures (and the weight set's initialisation and "
               "data subset are the same); they diverge from the second generation on. A strategy can therefore "
               "report the same cell as another one when the best estimate is in that first chunk.\n")
     L_.append("* These sizes are tiny (minutes per search on a CPU); the study compares the strategies at equal "

@@ -10,7 +10,7 @@ that start-up. After importing torch and relnas it times, with a device sync aft
 CUDA context, the weight set moved to the device, then for each of ``--candidates`` candidates of a
 random initial population, each of its first ``--steps`` training steps and ``--val-steps``
 validation steps through the search's own per-candidate path
-(:class:`relnas.search.concurrent.Member`: the eager warm-up step, the CUDA-graph capture, the
+(:class:`relnas.search.candidate_step.Member`: the eager warm-up step, the CUDA-graph capture, the
 replays; on a CPU every step is eager), and the release of its graphs. Paper sizes by default
 (C=16, L=8, batch 256 for training, 1024 for validation, 32x32 inputs, channels_last as the
 search decides on the device, fp32). Results are printed and appended to ``--results``.
@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from relnas.search import encoding  # noqa: E402
-from relnas.search.concurrent import Member  # noqa: E402
+from relnas.search.candidate_step import Member  # noqa: E402
 from relnas.search.search_module import channels_last_for  # noqa: E402
 from relnas.search.weight_set import WeightSet  # noqa: E402
 from relnas.utils.io import append_markdown  # noqa: E402

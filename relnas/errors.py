@@ -1,7 +1,7 @@
 """The errors relnas raises for problems the user can fix.
 
 Every one of them carries a one-line message that says what is wrong and what to do. The
-command-line entry points (:mod:`relnas.utils.task`) print such a message as ``error: ...`` and
+command-line entry points (:mod:`relnas.utils.cli`) print such a message as ``error: ...`` and
 exit with status 2; any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations

@@ -36,7 +36,7 @@ from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec
 from relnas.utils.instantiate import instantiate, instantiate_datamodule
 from relnas.utils.io import load_checkpoint_dict, write_json
-from relnas.utils.task import entry_point, task
+from relnas.utils.cli import command, entry_point
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
 
 
 #: ``evaluate`` for the command line: a known error is one ``error: ...`` line and exit status 2
-run = task(evaluate)
+run = command(evaluate)
 
 
 @entry_point("evaluate")  # unknown config-group choices: one line, exit 2

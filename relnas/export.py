@@ -44,7 +44,7 @@ from torch import nn
 
 from relnas.errors import ConfigError, ExportError
 from relnas.utils.io import write_json
-from relnas.utils.task import entry_point, task
+from relnas.utils.cli import command, entry_point
 
 #: the export formats and the file each writes into the run directory
 FILES = {"onnx": "network.onnx", "torchscript": "network.pt"}
@@ -352,7 +352,7 @@ def export(cfg: DictConfig) -> Dict[str, Any]:
 
 @entry_point("export")  # unknown config-group choices: one line, exit 2
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export")
-@task  # a known error: one ``error: ...`` line and exit status 2
+@command  # a known error: one ``error: ...`` line and exit status 2
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec
 from relnas.nas.profile import network_summary
-from relnas.utils.task import entry_point, task
+from relnas.utils.cli import command, entry_point
 
 
 def arch_from_config(cfg: DictConfig) -> ArchSpec:
@@ -66,7 +66,7 @@ def _print_table(cfg: DictConfig, info: Dict[str, Any]) -> None:
         print(f"{k:<{width}}  {v}")
 
 
-@task
+@command
 def inspect(cfg: DictConfig) -> Dict[str, Any]:
     """Print the table (and draw the cells with ``draw=true``); return the JSON summary line's object."""
     info = inspect_architecture(cfg)
@@ -101,7 +101,7 @@ def main(cfg: DictConfig) -> None:
     print(json.dumps(inspect(cfg)), flush=True)
 
 
-@task
+@command
 def _main_task(cfg: DictConfig) -> None:
     from relnas.transfer.inspect import inspect_task, print_task_table
 

@@ -27,9 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec, resolve_genotype
-from relnas.utils.instantiate import instantiate, instantiate_datamodule, plain
+from relnas.train_spec import RecordTrainSpec, train_spec
+from relnas.utils.instantiate import instantiate, instantiate_datamodule
 from relnas.utils.io import load_checkpoint_dict, write_json
-from relnas.utils.task import entry_point, task
+from relnas.utils.cli import command, entry_point
 
 log = logging.getLogger(__name__)
 
@@ -45,56 +46,6 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if not p.is_file():
         raise ConfigError(f"resume: checkpoint {str(p)!r} does not exist")
     return p
-
-
-def check_resume_architecture(ckpt: Mapping[str, Any], arch: ArchSpec, path: Path) -> None:
-    """Fail with one line naming the architecture fields where checkpoint and config differ."""
-    stored = ckpt.get("hyper_parameters")
-    if not stored:
-        raise ConfigError(f"resume: {str(path)!r} is not a relnas training checkpoint (no hyper_parameters)")
-    diff = ArchSpec.from_dict({**stored, "image_size": arch.image_size}).differences(arch)
-    if diff:
-        parts = "; ".join(f"{k}: checkpoint {a if k == 'genotype' else repr(a)} vs config "
-                          f"{b if k == 'genotype' else repr(b)}" for k, (a, b) in diff.items())
-        raise ConfigError(f"resume: checkpoint {str(path)!r} has a different architecture "
-                          f"({', '.join(diff)} differ) - {parts}")
-
-
-#: the hyper-parameters of a run's schedule and loss that a resumed run must keep: the restored
-#: scheduler state keeps the checkpoint's length (a cosine with the old T_max would rise again
-#: after it), while drop path and the loss would follow the new values
-#: (and the image size, which the network's weights do not fix; the optimizer's settings are
-#: compared with its restored state, see :func:`check_resume_schedule`)
-RESUME_FIXED = ("epochs", "scheduler", "drop_path_prob", "auxiliary_weight", "label_smoothing", "image_size")
-
-
-def check_resume_schedule(ckpt: Mapping[str, Any], hparams: Mapping[str, Any], path: Path,
-                          optimizer: Optional[Mapping[str, Any]] = None) -> None:
-    """Fail with one line naming the :data:`RESUME_FIXED` settings, and the SGD settings of
-    ``optimizer`` (lr, momentum, weight decay, nesterov: the restored optimizer state keeps the
-    checkpoint's), where checkpoint and config differ (``trainer.max_epochs`` may differ: it only
-    says where this part of the run stops)."""
-    stored = ckpt.get("hyper_parameters") or {}
-    names = {"epochs": "epochs", "scheduler": "scheduler", "image_size": "data.image_size"}
-    diff = {names.get(k, "model." + k): (stored[k], hparams[k]) for k in RESUME_FIXED
-            if k in stored and k in hparams and plain(stored[k]) != plain(hparams[k])}
-    groups = [g for s in (ckpt.get("optimizer_states") or []) for g in (s.get("param_groups") or [])]
-    if optimizer and groups:
-        group = groups[0]
-        saved = {"lr": group.get("initial_lr", group.get("lr")), "momentum": group.get("momentum"),
-                 "weight_decay": group.get("weight_decay"), "nesterov": group.get("nesterov")}
-        for key, value in saved.items():
-            mine = optimizer.get(key)
-            try:
-                differs = value is not None and mine is not None and float(value) != float(mine)
-            except (TypeError, ValueError):  # not numbers: nothing to compare
-                differs = False
-            if differs:
-                diff[f"optimizer.{key}"] = (value, mine)
-    if diff:
-        parts = "; ".join(f"{k}: checkpoint {plain(a)!r} vs config {plain(b)!r}" for k, (a, b) in diff.items())
-        raise ConfigError(f"resume: checkpoint {str(path)!r} was trained with other settings - {parts}; resume with "
-                          f"the run's own settings (a resumed run continues its schedule, it cannot change it)")
 
 
 def carry_best_checkpoints(ckpt: Mapping[str, Any], callbacks: list) -> None:
@@ -219,21 +170,20 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     arch = ArchSpec.from_config(cfg.model, genotype, dm)
     arch.check_input()
 
+    spec = train_spec(cfg, arch)
     resumed: Optional[Mapping[str, Any]] = None
     if ckpt_path is not None:
         resumed = load_checkpoint_dict(ckpt_path)
-        check_resume_architecture(resumed, arch, ckpt_path)
+        spec.check_resume(resumed, ckpt_path)
         log.info("resuming from %s", ckpt_path)
 
     model = build_model(cfg, arch)
-    if resumed is not None:
-        check_resume_schedule(resumed, model.hparams, ckpt_path, plain(cfg.get("optimizer")))
 
     from relnas.utils.loggers import close_loggers, configure_logger_cfg, run_identity
 
     identity = run_identity(cfg)
     loggers = instantiate_loggers(configure_logger_cfg(cfg.get("logger"), identity))
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + [RecordTrainSpec(spec)]
     if resumed is not None:
         carry_best_checkpoints(resumed, callbacks)
         resumed = None  # the trainer reads the file itself
@@ -308,7 +258,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     return results
 
 
-@task
+@command
 def run(cfg: DictConfig) -> Dict[str, Any]:
     """``train`` for the command line: the console set up once; a known error is one ``error: ...``
     line and exit status 2 (in a multirun the job fails and the sweep goes on)."""

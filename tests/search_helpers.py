@@ -55,7 +55,7 @@ class _Batches(L.LightningDataModule):
 
 class _Recorder(L.Callback):
     """Listed before the search loop: sees each candidate after its training and validation,
-    before the loop restores Omega."""
+    before the loop restores the weight set."""
 
     def __init__(self):
         self.candidates, self._start = [], None
@@ -73,21 +73,21 @@ class _Recorder(L.Callback):
 def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr: float, momentum: float = 0.9,
              weight_decay: float = 3e-4, grad_clip: float = 5.0, tie_rule: str = "first") -> dict:
     """Drive ONE pair (``vector_a``, ``vector_b``) through the project's real candidate path: the
-    search engine (:class:`SearchEngine`: begin a candidate from a snapshot of Omega, finish:
-    restore, fast/slow, Eq. 6 merge) driven by :class:`SearchLoop` around :class:`SearchModule`'s
+    search engine (:class:`SearchEngine`: begin a candidate from a snapshot of the weight set, finish:
+    restore, fast/slow, Eq. 6 merge) driven by :class:`SearchLightningAdapter` around :class:`SearchModule`'s
     training and validation steps
     in a Lightning Trainer, on fixed batches, generation 0 of 1 (learning rate ``lr``, drop path 0).
 
-    Returns ``{"a": cand, "b": cand, "fast": "a"|"b", "order": "ab"|"ba", "merged": Omega after
-    the pair}`` where ``cand`` is ``{"val_loss", "start": Omega when the candidate began,
+    Returns ``{"a": cand, "b": cand, "fast": "a"|"b", "order": "ab"|"ba", "merged": the weight set after
+    the pair}`` where ``cand`` is ``{"val_loss", "start": the weight set when the candidate began,
     "trained": full state dict after training and validation}``, and ``order`` the order in which
     the members ran. The one place to re-point at another driver of the search."""
     import numpy as np
 
     from relnas.search import encoding
-    from relnas.search.callback import SearchLoop
     from relnas.search.engine import SearchEngine, SearchSettings
     from relnas.search.executors import create_executor
+    from relnas.search.lightning_adapter import SearchLightningAdapter
     from relnas.search.strategies import RelativeNAS
 
     class FixedPair(RelativeNAS):
@@ -99,7 +99,7 @@ def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr
     settings = SearchSettings(seed=0, lr=lr, lr_min=0.0, drop_path_prob=0.0)
     engine = SearchEngine(strategy, weight_set, settings, create_executor("sequential", strategy),
                           rng=np.random.default_rng(0))
-    loop = SearchLoop(engine, progress=False, announce=False)
+    loop = SearchLightningAdapter(engine, progress=False, announce=False)
     module = SearchModule(weight_set, momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
                           channels_last=False)
     recorder = _Recorder()
@@ -124,12 +124,12 @@ def run_pair(weight_set, vector_a, vector_b, train_batches, valid_batches, *, lr
 # ---------------------------------------------------------------------------- two members, one after the other
 
 def members_one_after_the_other(ws, archs, seeds, data, drop_prob):
-    """The sequential estimation of two members (each from the same Omega) with the concurrent
-    path's step code (``Member``, eager): ``[(losses, trained tensors)]`` per member; Omega is
+    """The sequential estimation of two members (each from the same weight set) with the concurrent
+    path's step code (``Member``, eager): ``[(losses, trained tensors)]`` per member; the weight set is
     restored after each. The reference the two-member-at-once trainer is compared with."""
     import torch
 
-    from relnas.search.concurrent import Member
+    from relnas.search.candidate_step import Member
     from relnas.search.weight_set import restore, snapshot
 
     tensors, out = ws.tensors(), []

@@ -1,4 +1,4 @@
-"""Both members of a pair at once (relnas.search.concurrent, search.executor=concurrent_pair).
+"""Both members of a pair at once (relnas.search.candidate_step, search.executor=concurrent_pair).
 
 On a CPU the two members alternate batch by batch; the search must end exactly where the
 sequential search ends (same losses, roles, population and weight set, bit for bit), which holds
@@ -15,7 +15,7 @@ import torch
 
 from relnas.search.search_module import SearchModule
 from relnas.search import encoding
-from relnas.search.concurrent import PairTrainer
+from relnas.search.candidate_step import PairTrainer
 from relnas.search.weight_set import WeightSet
 from search_helpers import members_one_after_the_other, tiny_search_cfg
 
@@ -60,7 +60,7 @@ def test_concurrent_pair_search_equals_sequential_search_bit_for_bit(tmp_path, m
 def test_pair_trainer_leaves_omega_unchanged_and_trains_members_apart():
     torch.manual_seed(0)
     ws = WeightSet(C=4, layers=3, num_classes=10).to(memory_format=torch.channels_last)
-    omega0 = {k: v.clone() for k, v in ws.state_dict().items()}
+    start = {k: v.clone() for k, v in ws.state_dict().items()}
     archs = [ws.compile(encoding.decode(v)) for v in encoding.sample(np.random.default_rng(5), 2)]
     trainer = PairTrainer(ws, channels_last=True)
     g = torch.Generator().manual_seed(1)
@@ -68,19 +68,19 @@ def test_pair_trainer_leaves_omega_unchanged_and_trains_members_apart():
                for _ in range(2)]
     result = trainer.run(archs, [11, 12], lr=0.05, drop_prob=0.2, train_batches=batches, val_batches=batches)
     after = ws.state_dict()
-    for k in omega0:
-        assert torch.equal(after[k], omega0[k]), k
+    for k in start:
+        assert torch.equal(after[k], start[k]), k
     # each member's trained tensors are exactly its own groups', and the shared stem moved in both,
     # differently (different batches, different architectures)
     for arch, trained in zip(archs, result.trained):
         assert set(trained) == set(ws.keys_of(arch.groups))
     stem = "stem.0.weight"
     a, b = result.trained[0][stem], result.trained[1][stem]
-    assert not torch.equal(a, omega0[stem]) and not torch.equal(b, omega0[stem]) and not torch.equal(a, b)
-    # the shadow holds its own tensors (no storage shared with Omega)
+    assert not torch.equal(a, start[stem]) and not torch.equal(b, start[stem]) and not torch.equal(a, b)
+    # the shadow holds its own tensors (no storage shared with the weight set)
     shadow = trainer.shadow()
-    omega_ptrs = {t.data_ptr() for t in ws.tensors().values()}
-    assert not omega_ptrs & {t.data_ptr() for t in shadow.tensors().values()}
+    ws_ptrs = {t.data_ptr() for t in ws.tensors().values()}
+    assert not ws_ptrs & {t.data_ptr() for t in shadow.tensors().values()}
     assert all(np.isfinite(result.train_losses)) and all(np.isfinite(result.val_losses))
     with pytest.raises(ValueError, match="exactly two"):
         trainer.run(archs[:1], [1], 0.1, 0.0, batches[:1], batches[:1])
@@ -181,7 +181,7 @@ def test_graph_capture_mode_reaches_every_step_graph(tmp_path, capture):
     StepGraphs of the sequential path and of both pair members (emulated graphs on the CPU)."""
     import hydra
 
-    from relnas.search.concurrent import PairTrainer
+    from relnas.search.candidate_step import PairTrainer
 
     cfg = tiny_search_cfg(tmp_path, [f"search.graph_capture={capture}"] if capture else [])
     expected = capture or "lean"

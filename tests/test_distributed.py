@@ -71,7 +71,7 @@ def test_two_processes_match_one_process(tmp_path):
         _wait(proc, tmp_path / name)
     multi, single, seq, members = (_outputs(tmp_path / n) for n in ("multi", "single", "sequential", "members"))
 
-    # bit for bit: population vectors (JSON floats round-trip exactly), genotype, random state, Omega
+    # bit for bit: population vectors (JSON floats round-trip exactly), genotype, random state, the weight set
     assert multi["population"] == single["population"]
     assert multi["genotype"] == single["genotype"]
     assert multi["rng"] == single["rng"]
@@ -83,9 +83,9 @@ def test_two_processes_match_one_process(tmp_path):
     # only rank 0 wrote: one hydra log, one result
     assert json.loads((tmp_path / "multi" / "result.json").read_text())["estimations"] == 8
 
-    # the default (sequential: pair p inherits the Omega updated by pairs 1..p-1) is another search
+    # the default (sequential: pair p inherits the weight set updated by pairs 1..p-1) is another search
     assert seq["population"] != single["population"]
-    assert seq["history"][0]["val_loss"] == single["history"][0]["val_loss"]  # the first pair: same Omega
+    assert seq["history"][0]["val_loss"] == single["history"][0]["val_loss"]  # the first pair: same weight set
 
     # member-parallel keeps the paper's order: bit for bit the one-process sequential search
     assert members["population"] == seq["population"] and members["genotype"] == seq["genotype"]

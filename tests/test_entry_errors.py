@@ -31,7 +31,7 @@ def _options(group):
 def _parse(*args):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from relnas.utils.task import group_choices
+    from relnas.utils.cli import group_choices
 
     return [(key, choice) for _, key, choice in group_choices(OverridesParser.create().parse_overrides(list(args)))]
 
@@ -63,7 +63,7 @@ def confdir(tmp_path):
 
 
 def test_unknown_choice_names_the_group_and_its_choices(confdir, monkeypatch):
-    from relnas.utils.task import unknown_choice
+    from relnas.utils.cli import unknown_choice
 
     monkeypatch.chdir(confdir.parent)
     expected = "unknown db 'oracle': choose one of mysql, sqlite (conf/db/)"
@@ -77,7 +77,7 @@ def test_unknown_choice_names_the_group_and_its_choices(confdir, monkeypatch):
 
 
 def test_what_hydra_accepts_passes(confdir):
-    from relnas.utils.task import unknown_choice
+    from relnas.utils.cli import unknown_choice
 
     for args in (["db=sqlite"], ["+exp=small"], ["db/extra=one"], ["~db"], ["db=extra/one"], ["n=3"], ["db.x=2"],
                  ["-m", "db=mysql,sqlite", "n=1,2"], ["-m", "db=glob(*)"], ["hydra/launcher=basic"],
@@ -89,7 +89,7 @@ def test_what_hydra_accepts_passes(confdir):
 
 def test_plugin_groups_pass():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from relnas.utils.task import unknown_choice
+    from relnas.utils.cli import unknown_choice
 
     for choice in ("slurm", "submitit_slurm", "submitit_local", "basic"):
         assert unknown_choice([f"hydra/launcher={choice}"], "search") is None

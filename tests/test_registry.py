@@ -1,11 +1,11 @@
-"""The registry idiom, the error hierarchy and the command-line task wrapper."""
+"""The registry idiom, the error hierarchy and the command-line wrapper of the entry points."""
 from __future__ import annotations
 
 import pytest
 
 from relnas.errors import ConfigError, RegistryError, RelnasError
 from relnas.utils.registry import Registry
-from relnas.utils.task import task
+from relnas.utils.cli import command
 
 
 def test_registry_decorator_lookup_and_errors():
@@ -43,8 +43,8 @@ def test_the_package_registries_name_the_known_entries():
         OPS["conv_9x9"]
 
 
-def test_task_wrapper_one_line_exit_2(capsys):
-    @task
+def test_the_command_wrapper_turns_a_known_error_into_one_line_and_exit_2(capsys):
+    @command
     def fails(cfg):
         raise ConfigError(f"bad value {cfg}\n  (second line)")
 
@@ -53,11 +53,11 @@ def test_task_wrapper_one_line_exit_2(capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err == "error: bad value 7 (second line)\n"
 
-    @task
+    @command
     def bug(cfg):
         raise ZeroDivisionError("a bug keeps its traceback")
 
     with pytest.raises(ZeroDivisionError):
         bug(0)
-    assert task(lambda cfg: cfg + 1)(1) == 2
+    assert command(lambda cfg: cfg + 1)(1) == 2
     assert issubclass(RegistryError, RelnasError)

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from relnas.search import encoding
-from relnas.search.callback import SearchLoop
 from relnas.search.engine import SearchEngine, SimulatedInterrupt
+from relnas.search.lightning_adapter import SearchLightningAdapter
 from relnas.search.run import ConfigError, run_search
 from relnas.search.search_module import SearchModule
 from relnas.search.state import PREV_FILE, STATE_FILE, load_state
@@ -106,10 +106,10 @@ def test_weight_set_module_walks_behave_as_nn_module():
 def test_search_pair_leaves_exactly_the_eq6_values(tmp_path, monkeypatch):
     """One real pair through the search: the two members' starting and trained weights and their
     validation losses are recorded around the loop's hooks (not taken from the merge's arguments);
-    afterwards every tensor of Omega (BN buffers included) holds the lower-loss member's trained
+    afterwards every tensor of the weight set (BN buffers included) holds the lower-loss member's trained
     value if it uses it, else the other member's, else its old value -- in the saved checkpoint too."""
     seen = []
-    real_start, real_end = SearchLoop.on_train_epoch_start, SearchLoop.on_train_epoch_end
+    real_start, real_end = SearchLightningAdapter.on_train_epoch_start, SearchLightningAdapter.on_train_epoch_end
 
     def start(self, trainer, pl_module):
         seen.append({"start": {k: v.clone() for k, v in pl_module.weight_set.state_dict().items()}})
@@ -121,8 +121,8 @@ def test_search_pair_leaves_exactly_the_eq6_values(tmp_path, monkeypatch):
                         loss=pl_module.candidate_losses()[1], keys=set(ws.keys_of(pl_module.arch.groups)))
         real_end(self, trainer, pl_module)
 
-    monkeypatch.setattr(SearchLoop, "on_train_epoch_start", start)
-    monkeypatch.setattr(SearchLoop, "on_train_epoch_end", end)
+    monkeypatch.setattr(SearchLightningAdapter, "on_train_epoch_start", start)
+    monkeypatch.setattr(SearchLightningAdapter, "on_train_epoch_end", end)
     cfg = tiny_search_cfg(tmp_path, ["search.population_size=2", "search.generations=1", "search.drop_path_prob=0"])
     run_search(cfg, tmp_path)
     assert len(seen) == 2
@@ -209,44 +209,54 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
     assert (a / "history.csv").read_text() == (b / "history.csv").read_text()
 
 
-def test_resume_from_another_project_root_or_an_older_checkpoint_is_not_a_change(tmp_path):
-    """Where the data sets live is not part of the search: a Fashion-MNIST search resumed from another
-    working directory (another paths.root_dir, hence another default data directory), or from a
-    checkpoint written before data.default_data_dir existed, continues."""
-    from relnas.search.guards import resume_blockers
-    from relnas.search.run import semantic_config
+def test_where_the_data_sets_live_is_not_part_of_the_search(tmp_path):
+    """A Fashion-MNIST search resumed from another working directory (another paths.root_dir, hence
+    another default data directory) is the same search; a change of the images is not."""
+    from dataclasses import replace
+
+    from relnas.search.spec import search_spec
     from relnas.utils.compose import compose_config
 
-    def semantic(root):
-        return semantic_config(compose_config("search", ["data=fashion_mnist", f"paths.root_dir={root}"],
-                                              output_dir=tmp_path / "run"))
+    def spec(root, *over):
+        return search_spec(compose_config("search", ["data=fashion_mnist", f"paths.root_dir={root}", *over],
+                                          output_dir=tmp_path / "run"))
 
-    saved, current = semantic("/first/checkout"), semantic("/second/checkout")
-    assert resume_blockers(saved, current, "relativenas") == ([], [])
-    older = {k: v for k, v in saved.items() if k != "data.default_data_dir"}
-    assert resume_blockers(older, current, "relativenas") == ([], [])
-    # the guard still sees a real change of the data
-    changed = dict(current, **{"data.image_size": 32})
-    assert resume_blockers(saved, changed, "relativenas")[0] == ["data.image_size (28 -> 32)"]
+    saved, current = spec("/first/checkout"), spec("/second/checkout", "data.data_dir=/elsewhere")
+    assert current.changes_from(saved.to_dict()) == ([], [])
+    changed = replace(current, data=dict(current.data, image_size=32))
+    assert changed.changes_from(saved.to_dict()) == (["data.image_size (28 -> 32)"], [])
 
 
-def test_data_subset_is_a_plain_key_and_older_checkpoints_still_resume(tmp_path):
-    """data.subset is a key of every tensor data config (no ++ needed). A checkpoint written before
-    the key existed (its run used all the images) resumes when the key is left at null, and not
-    when a subset is asked for."""
-    from relnas.search.guards import resume_blockers
-    from relnas.search.run import semantic_config
+def test_every_key_of_a_data_config_defines_the_search_or_says_where_and_how_the_data_is_loaded():
+    """The search's spec lists the data keys that define the images, split, batches and
+    augmentation; every other key of a data config only says where the data lives or how it is
+    loaded. A data config key of neither kind fails here until it is placed."""
+    from omegaconf import OmegaConf
+
+    from relnas.search.spec import DATA_FIELDS
+    from relnas.utils.compose import CONFIG_DIR
+
+    loading = {"data_dir", "default_data_dir", "download", "on_device", "num_workers", "pin_memory",
+               "persistent_workers", "search_system_dirs"}
+    for path in sorted((Path(CONFIG_DIR) / "data").glob("*.yaml")):
+        keys = set(OmegaConf.load(path))
+        assert keys - set(DATA_FIELDS) <= loading, (path.name, sorted(keys - set(DATA_FIELDS) - loading))
+    assert not loading & set(DATA_FIELDS)
+
+
+def test_data_subset_is_a_key_of_every_tensor_data_config_and_part_of_the_search(tmp_path):
+    """data.subset is a key of every tensor data config (no ++ needed); a resume that asks for a
+    subset is another search."""
+    from relnas.search.spec import search_spec
     from relnas.utils.compose import compose_config
 
     for data in ("cifar10", "cifar100", "digits", "fashion_mnist", "synthetic"):
         cfg = compose_config("train", [f"data={data}", "data.subset=500"], output_dir=tmp_path / data)
         assert cfg.data.subset == 500
-    current = semantic_config(compose_config("search", ["data=synthetic"], output_dir=tmp_path / "s"))
-    assert current["data.subset"] is None
-    older = {k: v for k, v in current.items() if k != "data.subset"}
-    assert resume_blockers(older, current, "relativenas") == ([], [])
-    subset = semantic_config(compose_config("search", ["data=synthetic", "data.subset=64"], output_dir=tmp_path / "t"))
-    assert resume_blockers(older, subset, "relativenas")[0] == ["data.subset ('<unset>' -> 64)"]
+    saved = search_spec(compose_config("search", ["data=synthetic"], output_dir=tmp_path / "s"))
+    assert saved.data["subset"] is None
+    subset = search_spec(compose_config("search", ["data=synthetic", "data.subset=64"], output_dir=tmp_path / "t"))
+    assert subset.changes_from(saved.to_dict()) == (["data.subset (None -> 64)"], [])
 
 
 def test_resume_with_changed_search_config_names_the_keys(tmp_path):
@@ -259,14 +269,20 @@ def test_resume_with_changed_search_config_names_the_keys(tmp_path):
     assert "search.generations" not in str(e.value)
 
 
-def test_resume_of_a_checkpoint_from_an_older_relnas_is_refused_in_one_line(tmp_path):
-    from relnas.search.state import CheckpointError, save_state
+def test_a_checkpoint_of_another_format_version_is_refused_in_one_line(tmp_path):
+    """A search checkpoint records its format version; one of another version, or one without a
+    version, is refused in one line before any data is loaded."""
+    from relnas.errors import CheckpointError
+    from relnas.search.state import FORMAT_VERSION
 
-    # the fields an older relnas wrote (no "format"): refused before any data is loaded
-    save_state(tmp_path, {"generation": 1, "weight_set": {}, "config": {}, "rng": {}, "strategy": {},
-                          "history": [], "summaries": []})
-    with pytest.raises(CheckpointError, match="older relnas .*start the search again"):
-        run_search(tiny_search_cfg(tmp_path, [f"resume={tmp_path}", "data.data_dir=/nonexistent"]))
+    state = {"generation": 1, "weight_set": {}, "spec": {}, "rng": {}, "strategy": {}, "history": [],
+             "summaries": []}
+    for version, said in ((FORMAT_VERSION + 1, f"version {FORMAT_VERSION + 1},"), (None, "version (none),")):
+        torch.save(state if version is None else dict(state, format_version=version), tmp_path / STATE_FILE)
+        with pytest.raises(CheckpointError) as e:
+            run_search(tiny_search_cfg(tmp_path, [f"resume={tmp_path}", "data.data_dir=/nonexistent"]))
+        assert said in str(e.value) and str(e.value).endswith("start the search again")
+        assert "\n" not in str(e.value)
 
 
 def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
@@ -406,14 +422,14 @@ def test_channels_last_auto_is_nhwc_on_a_cpu_and_nchw_on_cuda(tmp_path):
         == [True, False, True, False]
     with pytest.raises(ValueError, match="channels_last must be"):
         channels_last_for("yes", "cpu")
-    # a search with the default (auto) on this CPU trains in NHWC: inputs and Omega's conv weights
+    # a search with the default (auto) on this CPU trains in NHWC: inputs and the weight set's conv weights
     RecordingSearchModule.instances.clear()
     run_search(tiny_search_cfg(tmp_path, ["search.generations=1", "search.population_size=2",
                                           "module._target_=search_helpers.RecordingSearchModule"]), tmp_path)
     (module,) = RecordingSearchModule.instances
     conv = [p for p in module.weight_set.parameters() if p.dim() == 4]
     assert module.channels_last is True and conv and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)
-    # on a CUDA device auto switches the module and Omega to NCHW when the fit starts
+    # on a CUDA device auto switches the module and the weight set to NCHW when the fit starts
     ws = WeightSet(C=4, layers=3).to(memory_format=torch.channels_last)
     m = SearchModule(ws, channels_last="auto")
     m._device = torch.device("cuda", 0)  # what Lightning sets when it moves the module to a GPU

@@ -253,7 +253,7 @@ def test_concurrent_pair_matches_sequential_members_on_gpu():
     import numpy as np
 
     from relnas.search import encoding
-    from relnas.search.concurrent import PairTrainer
+    from relnas.search.candidate_step import PairTrainer
     from relnas.search.weight_set import WeightSet
 
     torch.manual_seed(0)
@@ -300,7 +300,7 @@ def test_cuda_graph_search_runs_end_to_end_on_gpu(tmp_path, monkeypatch):
 def test_generation_line_reports_the_graphs(tmp_path, monkeypatch, caplog):
     import logging
 
-    with caplog.at_level(logging.INFO, logger="relnas.search.callback"):
+    with caplog.at_level(logging.INFO, logger="relnas.search.lightning_adapter"):
         _run(tmp_path, "graphs", monkeypatch, graphs=True, backend="emulate")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generation ")]
     assert len(lines) == 2
@@ -308,7 +308,7 @@ def test_generation_line_reports_the_graphs(tmp_path, monkeypatch, caplog):
     for line in lines:
         assert "CUDA graphs: 8 captures (" in line and "8 replays, 16 eager steps" in line, line
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="relnas.search.callback"):
+    with caplog.at_level(logging.INFO, logger="relnas.search.lightning_adapter"):
         _run(tmp_path, "eager", monkeypatch, graphs=False)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generation ")]
     assert len(lines) == 2 and not any("CUDA graphs" in line for line in lines)

@@ -282,7 +282,7 @@ def test_console_each_line_once_without_adverts_and_above_the_bar(capsys):
         rz.info("GPU available: True (cuda), used: True")
         rz.info("💡 Tip: For seamless cloud logging ... try installing [litlogger](https://pypi.org/project/litlogger/)")
         with tqdm(total=3, file=sys.stdout, ascii=True) as bar:
-            logging.getLogger("relnas.search.callback").info("generation 1/2: best 2.3")
+            logging.getLogger("relnas.search.lightning_adapter").info("generation 1/2: best 2.3")
             bar.update(1)
         out = capsys.readouterr().out
         assert out.count("GPU available: True (cuda), used: True") == 1

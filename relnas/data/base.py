@@ -309,7 +309,7 @@ class TensorDataModule(L.LightningDataModule):
         """One candidate's epoch of preprocessed batches ``(x, y)`` with private generators: the
         batches the Lightning loop yields after ``set_seed(seed)`` (training: shuffled and augmented;
         else the validation split, normalised), without touching this module's own generators, so
-        that two candidates can draw their batches interleaved (``relnas.search.concurrent``).
+        that two candidates can draw their batches interleaved (``relnas.search.candidate_step``).
         Made lazily: each batch's work happens at its ``next()``. With ``val_augment`` use
         :meth:`search_epoch` (the validation batches continue the training's augmentation stream)."""
         return self._search_batches(seed, train, device, self._search_augment_generator(seed))

@@ -8,12 +8,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from relnas.utils.task import entry_point, task
+from relnas.utils.cli import command, entry_point
 
 log = logging.getLogger("relnas.search")
 
 
-@task
+@command
 def search(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 

@@ -1,25 +1,25 @@
 """The search engine: the algorithm's order and the whole state of a search, without Lightning.
 
-One :class:`SearchEngine` owns the strategy, the numpy random generator, the weight set Omega,
+One :class:`SearchEngine` owns the strategy, the numpy random generator, the weight set,
 the history (one row per estimation) and the generation summaries. A driver (the Lightning
-adapter :class:`relnas.search.callback.SearchLoop`, or a plain loop in the tests) repeats::
+adapter :class:`relnas.search.lightning_adapter.SearchLightningAdapter`, or a plain loop in the tests) repeats::
 
     unit = engine.next_unit()                   # None when the search is done
     cands = [engine.begin(unit, m) for m in unit.members]   # compile, snapshot the used tensors
-    ... train each candidate on Omega in place, validate it ...
+    ... train each candidate on the weight set in place, validate it ...
     for c, (train_loss, val_loss) in zip(cands, losses):
-        engine.finish(c, train_loss, val_loss)  # snapshot the trained values, restore Omega
+        engine.finish(c, train_loss, val_loss)  # snapshot the trained values, restore the weight set
 
 ``finish`` of a job's last member hands the job's losses to the strategy (``tell``) and merges
-the trained tensors into Omega (Eq. 6, :func:`relnas.search.weight_set.merge_eq6`); with the
+the trained tensors into the weight set (Eq. 6, :func:`relnas.search.weight_set.merge_eq6`); with the
 ``per_generation`` executor this waits for the generation's end. At a generation's end the engine
 writes the history rows and the summary and notifies its recorders
 (:mod:`relnas.search.recorders`: checkpoint, loggers, output files). Which units this process
 runs, and how results of several processes meet, is the executor's business
 (:mod:`relnas.search.executors`).
 
-Omega is changed by the training of a candidate (the optimizer, in place) and restored right after
-it, so between candidates only the merge writes it: pair ``p`` inherits Omega as the merges of
+The weight set is changed by the training of a candidate (the optimizer, in place) and restored right after
+it, so between candidates only the merge writes it: pair ``p`` inherits the weight set as the merges of
 pairs ``1..p-1`` left it (docs/method.md §4.4).
 
 :meth:`SearchEngine.state_dict` / :meth:`SearchEngine.load_state_dict` are the one place that says
@@ -44,8 +44,6 @@ from relnas.search.strategies import Job, Strategy
 from relnas.search.weight_set import Arch, WeightSet, merge_eq6, restore, snapshot
 
 log = logging.getLogger(__name__)
-
-STATE_FORMAT = 2   # version of SearchEngine.state_dict (checkpoints without it are refused)
 
 
 @dataclass
@@ -85,7 +83,7 @@ class Candidate:
     pos: int                          # the job's position in the generation
     member: int                       # the member's position in the job
     arch: Arch
-    before: Dict[str, torch.Tensor]   # Omega's values of the tensors the candidate uses
+    before: Dict[str, torch.Tensor]   # the weight set's values of the tensors the candidate uses
     seed: int
     lr: float
     drop_path_prob: float
@@ -177,8 +175,8 @@ class SearchEngine:
     def finish(self, cand: Candidate, train_loss: float, val_loss: float,
                trained: Optional[Dict[str, torch.Tensor]] = None) -> None:
         """Record a trained candidate: keep its trained tensors (unless it diverged; ``trained``:
-        given by an executor that trained it off Omega, else read from Omega), restore
-        Omega; after the job's last member, ``tell`` and merge (or keep them for the generation's
+        given by an executor that trained it off the weight set, else read from the weight set), restore
+        the weight set; after the job's last member, ``tell`` and merge (or keep them for the generation's
         end), and after the generation's last job, end the generation."""
         job = self._jobs[cand.pos]
         diverged = not (math.isfinite(train_loss) and math.isfinite(val_loss))
@@ -189,7 +187,7 @@ class SearchEngine:
             val_loss = math.inf
         tensors = self.weight_set.tensors()
         trained = None if diverged else (trained if trained is not None else snapshot(tensors, cand.before))
-        restore(tensors, cand.before)  # Omega is changed only by the merge
+        restore(tensors, cand.before)  # the weight set is changed only by the merge
         results = self._results.setdefault(cand.pos, {})
         results[cand.member] = MemberResult(float(val_loss), float(train_loss), trained)
         self._in_flight -= 1
@@ -250,7 +248,7 @@ class SearchEngine:
 
     def _end_generation(self) -> None:
         if self.executor.merge == "per_generation":
-            # every pair inherited the generation-start Omega; now tell() and the Eq. 6 merges in
+            # every pair inherited the generation-start weight set; now tell() and the Eq. 6 merges in
             # pair order (the same on every process, so all end with the same state)
             results = self.executor.exchange_generation(self._jobs, self._pending_tell)
             self.estimations_seen += sum(len(r) for p, r in results.items() if p not in self._pending_tell)
@@ -298,15 +296,12 @@ class SearchEngine:
         """Everything a search needs to continue after its last complete generation."""
         if self._started or self._in_flight:
             raise RuntimeError("a search's state is taken between generations")
-        return {"format": STATE_FORMAT, "generation": self.generation, "rng": self.rng.bit_generator.state,
+        return {"generation": self.generation, "rng": self.rng.bit_generator.state,
                 "strategy": self.strategy.state_dict(), "history": list(self.history),
                 "summaries": list(self.summaries),
                 "weight_set": {k: v.detach().cpu() for k, v in self.weight_set.state_dict().items()}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"the checkpoint has state format {state.get('format', 1)}, this relnas reads "
-                             f"{STATE_FORMAT}; start the search again")
         self.weight_set.load_state_dict(state["weight_set"])
         self.strategy.load_state_dict(state["strategy"])
         self.rng.bit_generator.state = state["rng"]

@@ -10,8 +10,8 @@ merge); an executor only answers
   :meth:`Executor.unit_losses`;
 * :meth:`Executor.exchange_job` / :meth:`Executor.exchange_generation`: the results of the other
   processes (the identity in one process);
-* ``merge``: when the Eq. 6 merges happen: ``"per_job"`` (the paper: pair p inherits Omega updated
-  by pairs 1..p-1) or ``"per_generation"`` (every pair inherits the generation-start Omega; the
+* ``merge``: when the Eq. 6 merges happen: ``"per_job"`` (the paper: pair p inherits the weight set updated
+  by pairs 1..p-1) or ``"per_generation"`` (every pair inherits the generation-start weight set; the
   ``tell`` calls and merges run in pair order at the generation's end).
 
 Executors (``search.executor``; docs/scale_out.md):
@@ -22,7 +22,7 @@ Executors (``search.executor``; docs/scale_out.md):
 * ``per_generation`` (merge per generation, any number of processes): job j runs on process
   j % world_size; the results meet at the generation's end;
 * ``concurrent_pair`` (merge per job, 1 process): the paper's order with both members of each pair
-  trained at the same time (:class:`relnas.search.concurrent.PairTrainer`: two CUDA streams on a
+  trained at the same time (:class:`relnas.search.candidate_step.PairTrainer`: two CUDA streams on a
   GPU; on a CPU they alternate batch by batch and the search equals ``sequential`` bit for bit).
 
 ``auto`` (the default) is ``sequential`` in one process and ``member_parallel`` in two.
@@ -100,8 +100,8 @@ class Executor:
         return [module.candidate_losses()]
 
     def unit_trained(self, module: Any, candidates: Sequence["Candidate"]) -> List[Optional[Dict[str, torch.Tensor]]]:
-        """Each candidate's trained tensors, where they are not Omega's current values (``None``:
-        the engine reads them from Omega); called after :meth:`unit_losses`."""
+        """Each candidate's trained tensors, where they are not the weight set's current values (``None``:
+        the engine reads them from the weight set); called after :meth:`unit_losses`."""
         return [None] * len(candidates)
 
 
@@ -120,7 +120,7 @@ class Sequential(Executor):
 @EXECUTORS.register("member_parallel")
 class MemberParallel(Executor):
     """Two processes in the paper's order: process ``r`` trains member ``r`` of every pair (both
-    inherit the same Omega); the two exchange losses and trained tensors after each pair, and both
+    inherit the same weight set); the two exchange losses and trained tensors after each pair, and both
     merge in the same way, so both hold the same state, bit for bit the sequential search's."""
 
     name = "member_parallel"
@@ -151,7 +151,7 @@ class MemberParallel(Executor):
 
 @EXECUTORS.register("per_generation")
 class PerGeneration(Executor):
-    """Every pair inherits the generation-start Omega; job ``j`` runs on process ``j % world_size``."""
+    """Every pair inherits the generation-start weight set; job ``j`` runs on process ``j % world_size``."""
 
     name = "per_generation"
     merge = "per_generation"
@@ -187,7 +187,7 @@ class PerGeneration(Executor):
 @EXECUTORS.register("concurrent_pair")
 class ConcurrentPair(Sequential):
     """The paper's order in one process, both members of each pair trained at the same time
-    (:class:`relnas.search.concurrent.PairTrainer`, through ``module.run_pair``) at the start of
+    (:class:`relnas.search.candidate_step.PairTrainer`, through ``module.run_pair``) at the start of
     the unit's Lightning epoch, whose own batches are then skipped; batches come from
     ``datamodule.search_epoch``. Jobs of another size run one member per unit."""
 

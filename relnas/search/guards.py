@@ -1,10 +1,10 @@
-"""Guards of a search run: numeric settings checked before work starts, the resume changes that
-are allowed (a finished search may be extended by more generations), and the end-of-search
-health check (a search whose candidates diverged fails instead of reporting an arbitrary cell)."""
+"""Guards of a search run: numeric settings checked before work starts and the end-of-search
+health check (a search whose candidates diverged fails instead of reporting an arbitrary cell).
+What a resumed search may change is the spec's rule (:mod:`relnas.search.spec`)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,36 +47,6 @@ def validate_search_numbers(cfg: DictConfig) -> None:
         if n is not None and not 1 <= round(tp * n) <= n - 1:
             raise ValueError(f"{key}={n} leaves an empty search-train or search-validation split at "
                              f"search.train_portion={tp}; use a larger subset")
-
-
-# keys compared on resume that older checkpoints lack (not recorded then, so not compared for them)
-RECORDED_LATER = ("module.", "trainer.precision")
-
-# config keys added later, with the value every run before them had: an older checkpoint without the key
-# equals a current config that leaves it at that value
-ADDED_WITH_DEFAULT = {"data.subset": None}
-
-
-# keys a resumed search may change, with the condition under which it may
-def resume_blockers(saved: Dict[str, Any], current: Dict[str, Any], strategy: str) -> Tuple[List[str], List[str]]:
-    """Split the keys that differ between the checkpoint's config and the current one into
-    (blocking changes, allowed extensions). ``search.generations`` may grow (RelativeNAS: the
-    search continues from its state with a cosine schedule over the new number of generations)."""
-    blocking, extension = [], []
-    for k in sorted(set(saved) | set(current)):
-        a, b = saved.get(k, "<unset>"), current.get(k, "<unset>")
-        if a == b or (k not in saved and k.startswith(RECORDED_LATER)):
-            continue  # equal, or a key that a checkpoint of an older relnas did not record
-        if k not in saved and k in ADDED_WITH_DEFAULT and b == ADDED_WITH_DEFAULT[k]:
-            continue  # a key the data configs gained later, left at the value the older run had
-        line = f"{k} ({a!r} -> {b!r})"
-        if (k in ("search.generations", "strategy.generations") and strategy == "relativenas"
-                and isinstance(a, int) and isinstance(b, int)
-                and b > a and current.get("search.budget") is None):
-            extension.append(line)
-        else:
-            blocking.append(line)
-    return blocking, extension
 
 
 def check_health(history: Sequence[Dict[str, Any]], max_diverged_share: float, lr: float) -> None:

@@ -1,8 +1,8 @@
 """Recorders: what a search leaves behind, notified by the :class:`~relnas.search.engine.SearchEngine`
 at every generation's end (``on_generation_end``) and once at the end (``on_search_end``).
 
-* :class:`CheckpointRecorder`: ``search_state.pt`` (the engine's ``state_dict`` and the config
-  that defines the result, compared on resume), atomically (:mod:`relnas.search.state`);
+* :class:`CheckpointRecorder`: ``search_state.pt`` (the engine's ``state_dict`` and the search's
+  spec, compared on resume), atomically (:mod:`relnas.search.state`);
 * :class:`LoggerRecorder`: the Lightning loggers (CSV, TensorBoard, W&B): per-generation metrics,
   every individual's validation loss, the genotype table; at the end the W&B line series;
 * :class:`OutputRecorder`: the files of the run directory (:mod:`relnas.search.outputs`):
@@ -28,16 +28,16 @@ GENERATION_FIELDS = ["generation", "best_loss", "mean_loss", "diversity", "lr", 
 
 
 class CheckpointRecorder:
-    """``search_state.pt`` after every generation: ``engine.state_dict()`` plus ``config`` (the
-    flattened keys that define the result, see :func:`relnas.search.run.semantic_config`)."""
+    """``search_state.pt`` after every generation: ``engine.state_dict()`` plus ``spec`` (what
+    defines the search, :meth:`relnas.search.spec.SearchSpec.to_dict`)."""
 
-    def __init__(self, run_dir: Path, config: Dict[str, Any], logger_ids: Optional[Dict[str, str]] = None):
-        self.run_dir, self.config = Path(run_dir), dict(config)
+    def __init__(self, run_dir: Path, spec: Dict[str, Any], logger_ids: Optional[Dict[str, str]] = None):
+        self.run_dir, self.spec = Path(run_dir), dict(spec)
         self.logger_ids = dict(logger_ids or {})  # e.g. the W&B run id, which a resume continues
 
     def on_generation_end(self, engine: SearchEngine) -> None:
         state = engine.state_dict()
-        state["config"] = self.config
+        state["spec"] = self.spec
         state["logger_ids"] = self.logger_ids
         save_state(self.run_dir, state)
 
@@ -140,8 +140,8 @@ class OutputRecorder:
             plot_genotype(genotype, self.run_dir)
 
 
-def recorders_for(run_dir: Path, config: Dict[str, Any], loggers: Sequence[Any], plots: bool,
+def recorders_for(run_dir: Path, spec: Dict[str, Any], loggers: Sequence[Any], plots: bool,
                   logger_ids: Optional[Dict[str, str]] = None, extra: Optional[Dict[str, Any]] = None) -> List[Any]:
     """The recorders of a search's first process, in notification order (log, checkpoint, files)."""
-    return [LoggerRecorder(loggers), CheckpointRecorder(run_dir, config, logger_ids),
+    return [LoggerRecorder(loggers), CheckpointRecorder(run_dir, spec, logger_ids),
             OutputRecorder(run_dir, plots, extra)]

@@ -5,7 +5,8 @@ In the shape of the lightning-hydra-template: every piece is instantiated from i
 (``strategy`` from ``configs/strategy/``, ``supernet`` = the weight set, ``module`` = the
 LightningModule, ``data``, ``logger``, ``trainer``), the executor is chosen by
 ``search.executor``, the :class:`~relnas.search.engine.SearchEngine` gets them together with its
-recorders, and one Trainer fits with the :class:`~relnas.search.callback.SearchLoop` adapter.
+recorders, and one Trainer fits with
+:class:`~relnas.search.lightning_adapter.SearchLightningAdapter`.
 
 Each piece checks its own arguments; :func:`check_config` builds the cheap ones (strategy,
 executor) and checks what spans pieces (trainer, precision, CUDA graphs), so a bad setting fails
@@ -31,11 +32,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from relnas.errors import ConfigError
 from relnas.search import distributed as search_dist
 from relnas.search import guards
-from relnas.search.callback import SearchLoop
-from relnas.search.engine import STATE_FORMAT, SearchEngine, SearchSettings
-from relnas.search.executors import Executor, create_executor, executor_name, merge_order
+from relnas.search.engine import SearchEngine, SearchSettings
+from relnas.search.executors import Executor, create_executor, executor_name
+from relnas.search.lightning_adapter import SearchLightningAdapter
 from relnas.search.recorders import OutputRecorder, recorders_for
-from relnas.search.state import CheckpointError, load_state
+from relnas.search.spec import SearchSpec, search_spec
+from relnas.search.state import load_state
 from relnas.search.step_graph import CAPTURE_MODES
 from relnas.search.strategies import Strategy
 from relnas.utils.console import ignore_library_warnings
@@ -45,13 +47,6 @@ from relnas.utils.loggers import close_loggers, configure_logger_cfg, logger_ids
 log = logging.getLogger(__name__)
 
 STRATEGY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "strategy"
-# config keys that do not change what a search computes (may differ on resume); the executor
-# keys are replaced by what they mean for the result (search.merge)
-NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs", "search.channels_last",
-                "search.graph_warmup", "search.graph_capture", "search.strategy", "search.executor", "search.weight_set_update",
-                "search.concurrent_pair", "data.data_dir", "data.default_data_dir", "data.download", "data.on_device", "data.num_workers",
-                "module.cuda_graphs", "module.channels_last", "module.graph_warmup", "module.graph_capture",
-                "module.graph_backend", "search.max_diverged_share"}
 
 
 # ---------------------------------------------------------------------- config
@@ -144,50 +139,18 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(str(e)) from None
 
 
-def semantic_config(cfg: DictConfig) -> Dict[str, Any]:
-    """The flattened keys that define the search's result (compared on resume)."""
-    flat: Dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        else:
-            flat[prefix] = node
-
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("seed", "search", "strategy", "supernet", "data", "module"):
-        walk({key: container.get(key)}, "")
-    trainer = container.get("trainer") or {}
-    flat["trainer.precision"] = str(trainer.get("precision", "32-true"))  # the candidates' arithmetic
-    out = {k: v for k, v in flat.items() if k not in NON_SEMANTIC}
-    out["search.merge"] = merge_order(executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update"),
-                             cfg.search.get("concurrent_pair")))
-    return out
-
-
-def diff_configs(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    keys = sorted(set(saved) | set(current))
-    return [f"{k} ({saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r})" for k in keys
-            if saved.get(k, "<unset>") != current.get(k, "<unset>")]
-
-
-def _read_resume(cfg: DictConfig, semantic: Dict[str, Any]) -> tuple[Dict[str, Any], Path]:
+def _read_resume(cfg: DictConfig, spec: SearchSpec) -> tuple[Dict[str, Any], Path]:
     """The checkpoint of ``cfg.resume`` and its run directory, after checking that it can continue
-    with this config."""
+    with this config (the same :class:`~relnas.search.spec.SearchSpec`, or an allowed extension)."""
     run_dir = Path(cfg.resume)
     state, path = load_state(run_dir)
-    if state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"resume: {path} was written by an older relnas (search state format "
-                              f"{state.get('format', 1)}, this one reads {STATE_FORMAT}); start the search again")
-    strategy_name = build_strategy(cfg).name
-    changed, extension = guards.resume_blockers(state["config"], semantic, strategy_name)
+    changed, extension = spec.changes_from(state["spec"])
     if changed:
         hints = []
-        if any(k.split(" ")[0] in ("search.generations", "strategy.generations") for k in changed):
-            hints.append("only a relativenas search without search.budget can be extended by a larger "
-                         "search.generations" if strategy_name != "relativenas" or semantic.get("search.budget")
-                         is not None else "search.generations may only grow")
+        if any(k.split(" ")[0] == "search.generations" for k in changed):
+            hints.append("search.generations may only grow" if spec.extensible() else
+                         "only a relativenas search without search.budget can be extended by a larger "
+                         "search.generations")
         overrides = run_dir / ".hydra" / "overrides.yaml"
         hints.append(f"resume with the original values (the first run's overrides: {overrides})"
                      if overrides.is_file() else "resume with the original values")
@@ -272,10 +235,10 @@ def _trainer_devices(cfg: DictConfig, dist: search_dist.DistContext) -> Dict[str
 
 def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.DistContext) -> Dict[str, Any]:
     s = cfg.search
-    semantic = semantic_config(cfg)
+    spec = search_spec(cfg)
     resume_state = None
     if cfg.get("resume"):
-        resume_state, run_dir = _read_resume(cfg, semantic)
+        resume_state, run_dir = _read_resume(cfg, spec)
     run_dir = Path(run_dir) if run_dir is not None else Path.cwd()
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -320,11 +283,11 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": identity.as_dict(),
                             "data_source": extra["data_source"]})
     if dist.is_main:
-        engine.recorders = recorders_for(run_dir, semantic, loggers, plots, logger_ids(loggers), extra)
+        engine.recorders = recorders_for(run_dir, spec.to_dict(), loggers, plots, logger_ids(loggers), extra)
     module = _build(cfg.module, "module", weight_set=weight_set)
-    loop = SearchLoop(engine, progress=bool(s.get("progress", True)), announce=dist.is_main)
+    adapter = SearchLightningAdapter(engine, progress=bool(s.get("progress", True)), announce=dist.is_main)
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, max_epochs=engine.remaining_estimations(), callbacks=[loop], logger=loggers or False,
+        cfg.trainer, max_epochs=engine.remaining_estimations(), callbacks=[adapter], logger=loggers or False,
         **_trainer_devices(cfg, dist),
         enable_checkpointing=False, num_sanity_val_steps=0, enable_progress_bar=False, check_val_every_n_epoch=1,
         default_root_dir=str(run_dir), _convert_="partial")

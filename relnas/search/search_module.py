@@ -2,7 +2,7 @@
 
 One instance (and one Trainer) serves the whole search: before each Lightning epoch (= one
 candidate's one-epoch estimation) the search's executor (:mod:`relnas.search.executors`, called
-by the Lightning adapter :class:`relnas.search.callback.SearchLoop`) switches the candidate with
+by the Lightning adapter :class:`relnas.search.lightning_adapter.SearchLightningAdapter`) switches the candidate with
 :meth:`SearchModule.begin_candidate` and reads its losses with :meth:`SearchModule.candidate_losses`. Each candidate
 gets a fresh SGD optimizer over exactly the tensors it uses; the weight set is never copied.
 Losses are accumulated on the device and read once per candidate (no host sync per step).
@@ -20,7 +20,7 @@ import lightning as L
 import torch
 
 from relnas.search.step_graph import BACKENDS, CAPTURE_MODES, graph_totals
-from relnas.search.concurrent import Member, PairTrainer
+from relnas.search.candidate_step import Member, PairTrainer
 from relnas.search.weight_set import Arch, WeightSet
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class SearchModule(L.LightningModule):
         executor (:mod:`relnas.search.executors`).
 
         The current candidate's estimation state (optimizer, loss sums, drop-path generator, CUDA
-        graphs) is a :class:`relnas.search.concurrent.Member`, the same class the pair trainer
+        graphs) is a :class:`relnas.search.candidate_step.Member`, the same class the pair trainer
         runs two of: one step code for both paths."""
         super().__init__()
         if graph_backend is not None and graph_backend not in BACKENDS:
@@ -97,7 +97,7 @@ class SearchModule(L.LightningModule):
     def begin_candidate(self, arch: Arch, lr: float, drop_prob: float, seed: Optional[int] = None) -> None:
         """Make ``arch`` the trained candidate with a fresh SGD optimizer at ``lr``. ``seed``: the
         candidate's seed; its drop path then draws from its own generator
-        (:func:`relnas.search.concurrent.drop_path_generator`), else from the global one."""
+        (:func:`relnas.search.candidate_step.drop_path_generator`), else from the global one."""
         self._release_member()
         self.weight_set.clear_grads()
         backend = self._graph_backend()
@@ -144,7 +144,7 @@ class SearchModule(L.LightningModule):
         return self._pair_trainer
 
     def run_pair(self, archs, seeds, lr: float, drop_prob: float, train_batches, val_batches, context=None):
-        """Both members of a pair at once (see :class:`PairTrainer.run`); Omega is left unchanged."""
+        """Both members of a pair at once (see :class:`PairTrainer.run`); the weight set is left unchanged."""
         self._release_member()
         self.weight_set.clear_grads()
         trainer = self.pair_trainer()
@@ -170,7 +170,7 @@ class SearchModule(L.LightningModule):
         return "cuda" if self.device.type == "cuda" else None
 
     def on_fit_start(self) -> None:
-        # the module owns Omega's memory format: decided here, where the device is known
+        # the module owns the weight set's memory format: decided here, where the device is known
         self.channels_last = channels_last_for(self.channels_last_setting, self.device.type)
         self.weight_set.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         if self.cuda_graphs is True and self.graph_backend is None and self.device.type != "cuda":
@@ -193,7 +193,7 @@ class SearchModule(L.LightningModule):
 
     def on_validation_model_zero_grad(self) -> None:
         # Lightning's default (self.zero_grad()) walks every module for its parameters once per
-        # candidate; Omega's index does the same (grads to None) without the walk
+        # candidate; the weight set's index does the same (grads to None) without the walk
         self.weight_set.clear_grads()
 
     # ------------------------------------------------------------------ loops

@@ -4,7 +4,10 @@ back to the previous complete one with a warning; the next save then replaces th
 and keeps the good previous one (a file that is not a complete checkpoint is never rotated into
 ``search_state.prev.pt``). The files hold tensors, numbers, strings, containers and numpy arrays
 and are read without running code (:func:`relnas.utils.io.load_torch_file`); a file that names
-anything else is refused, not skipped."""
+anything else is refused, not skipped.
+
+A checkpoint records the version of its format (``format_version``); a checkpoint of another
+version, or without one, is refused in one line."""
 from __future__ import annotations
 
 import logging
@@ -22,10 +25,15 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "search_state.pt"
 PREV_FILE = "search_state.prev.pt"
+#: the version of the search checkpoint's contents: the engine's state, the search's spec
+#: (:class:`relnas.search.spec.SearchSpec`) and the loggers' run ids
+FORMAT_VERSION = 3
 
 
 def save_state(run_dir: Path, state: Dict[str, Any]) -> Path:
+    """Write ``state`` (with this relnas's ``format_version``) atomically to ``run_dir``."""
     run_dir = Path(run_dir)
+    state = {**state, "format_version": FORMAT_VERSION}
     path, prev, tmp = run_dir / STATE_FILE, run_dir / PREV_FILE, run_dir / (STATE_FILE + ".tmp")
     with open(tmp, "wb") as f:
         torch.save(state, f)
@@ -55,7 +63,8 @@ def _load(path: Path) -> Dict[str, Any]:
 
 
 def load_state(run_dir: Path) -> Tuple[Dict[str, Any], Path]:
-    """The newest complete checkpoint of ``run_dir`` and its path."""
+    """The newest complete checkpoint of ``run_dir`` and its path; a checkpoint of another format
+    version is refused (:class:`CheckpointError`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointNotFoundError(f"resume: {run_dir} is not a directory (pass the search run directory)")
@@ -65,12 +74,19 @@ def load_state(run_dir: Path) -> Tuple[Dict[str, Any], Path]:
         if not path.exists():
             continue
         try:
-            return _load(path), path
+            state = _load(path)
         except UnsafeFileError:  # not a damaged file: one that must not be read, whatever the other holds
             raise
         except Exception as e:  # noqa: BLE001 - any unreadable file falls back to the previous one
             errors.append(f"{path.name}: {type(e).__name__}: {e}")
             log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, e)
+            continue
+        version = state.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"resume: {path} is a search checkpoint of format version "
+                                  f"{'(none)' if version is None else version}, this relnas reads version "
+                                  f"{FORMAT_VERSION}; start the search again")
+        return state, path
     if errors:
         raise CheckpointError(f"no readable search checkpoint in {run_dir} ({'; '.join(errors)})")
     raise CheckpointNotFoundError(f"resume: no {STATE_FILE} in {run_dir}; a checkpoint is written after each generation")

@@ -1,6 +1,6 @@
-"""The weight set Omega (docs/method.md §4): every operation on every edge of every cell, plus shared parts.
+"""The weight set (docs/method.md §4): every operation on every edge of every cell, plus shared parts.
 
-``WeightSet`` is a single module that holds Omega once. A candidate never gets its own copy of the
+``WeightSet`` is a single module that holds every weight once. A candidate never gets its own copy of the
 network: ``WeightSet.forward(x, arch)`` runs the sub-network that ``arch`` (a compiled genotype)
 selects, training the shared tensors in place. The bookkeeping of the one-epoch estimation is done
 on *groups* of tensors: each group is one module (an operation on an edge, a cell's
@@ -61,7 +61,7 @@ class Arch:
 
 
 class WeightSet(nn.Module):
-    """Omega for the search network (NetworkCIFAR layout, no auxiliary head)."""
+    """The weight set for the search network (NetworkCIFAR layout, no auxiliary head)."""
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, in_channels: int = 3,
                  num_nodes: int = 4, stem_multiplier: int = 3, ops: Sequence[str] = SEARCH_OPS):
@@ -106,7 +106,7 @@ class WeightSet(nn.Module):
         self._group_keys = {g: tuple(keys) for g, keys in groups.items()}
 
     # ------------------------------------------------------------------ fast module walks
-    # Omega holds ~4,000 modules (every operation on every edge; C=16, L=8) and its structure is
+    # The weight set holds ~4,000 modules (every operation on every edge; C=16, L=8) and its structure is
     # fixed after construction. Lightning walks every module several times per Lightning epoch,
     # i.e. per candidate: train()/eval(), and its capture/restore of every module's mode around
     # validation -- about 80 ms per candidate through nn.Module's recursive walks. These two
@@ -173,7 +173,7 @@ class WeightSet(nn.Module):
         return self._group_keys.get(group, ())
 
     def tensors(self) -> Dict[str, torch.Tensor]:
-        """Every parameter and buffer of Omega by state-dict key (live tensors, not copies); the
+        """Every parameter and buffer of the weight set by state-dict key (live tensors, not copies); the
         same as ``{**dict(named_parameters()), **dict(named_buffers())}``, without the module walk."""
         out = {key: where[n] for key, where, n in self._param_slots}
         out.update((key, where[n]) for key, where, n in self._buffer_slots)
@@ -184,7 +184,7 @@ class WeightSet(nn.Module):
         return {key: where[n] for key, where, n in self._param_slots}
 
     def clear_grads(self) -> None:
-        """``p.grad = None`` for every parameter of Omega."""
+        """``p.grad = None`` for every parameter of the weight set."""
         for _, where, n in self._param_slots:
             where[n].grad = None
 
@@ -256,20 +256,20 @@ def restore(tensors: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tens
             tensors[k].copy_(v)
 
 
-def merge_eq6(omega: Mapping[str, torch.Tensor], fast_trained: Optional[Mapping[str, torch.Tensor]],
+def merge_eq6(weights: Mapping[str, torch.Tensor], fast_trained: Optional[Mapping[str, torch.Tensor]],
               slow_trained: Optional[Mapping[str, torch.Tensor]]) -> None:
-    """Eq. 6 in place: ``Omega <- w'_fast U (w'_slow minus w'_fast) U (Omega minus both)``.
+    """Eq. 6 in place: ``W <- w'_fast U (w'_slow minus w'_fast) U (W minus both)`` for the weight set ``W``.
 
     ``fast_trained``/``slow_trained`` map state-dict keys to the trained values of each learner;
-    ``None`` for a learner whose training diverged (its weights never enter Omega).
+    ``None`` for a learner whose training diverged (its weights never enter the weight set).
     """
     with torch.no_grad():
         fast_trained = fast_trained or {}
         for k, v in (slow_trained or {}).items():
             if k not in fast_trained:
-                omega[k].copy_(v)
+                weights[k].copy_(v)
         for k, v in fast_trained.items():
-            omega[k].copy_(v)
+            weights[k].copy_(v)
 
 
 # ---------------------------------------------------------------------- the authors' key names

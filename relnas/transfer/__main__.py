@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from relnas.transfer.authors import load_authors_weights, looks_like_authors
 from relnas.utils.instantiate import configured, instantiate, located, plain, refuse_unknown_keys
-from relnas.utils.task import entry_point, task
+from relnas.utils.cli import command, entry_point
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     return results
 
 
-@task
+@command
 def run(cfg: DictConfig) -> Dict[str, Any]:
     """``transfer`` for the command line: a known error (:class:`relnas.errors.RelnasError`) is one
     ``error: ...`` line and exit status 2 (in a multirun the job fails and the sweep goes on)."""

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - hydra < 1.1
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_PNG = "sweep_summary.png"
-#: a failed job's record in its directory (:func:`relnas.utils.task.fail` in a multirun)
+#: a failed job's record in its directory (:func:`relnas.utils.cli.fail` in a multirun)
 FAILURE_JSON = "failure.json"
 
 
@@ -75,7 +75,7 @@ def job_record(job_dir: Path) -> Dict[str, Any]:
     except (OSError, ValueError) as e:
         rec["status"] = f"unreadable ({e})"
     failure = job_dir / FAILURE_JSON
-    if failure.is_file():  # written by this run of the job (the task wrapper removes an older one)
+    if failure.is_file():  # written by this run of the job (the command wrapper removes an older one)
         try:
             f = json.loads(failure.read_text())
             rec.update(status=str(f.get("status") or "failed"), reason=" ".join(str(f.get("reason") or "").split()))

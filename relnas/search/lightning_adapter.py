@@ -1,8 +1,8 @@
 """The Lightning adapter of a search: one Lightning epoch is one *unit* of the
 :class:`~relnas.search.engine.SearchEngine` (one candidate's one-epoch estimation: train on
-search-train, validate on search-valid), and the engine decides everything else. This callback
-only forwards Lightning's hooks to the engine and its executor, stops the Trainer when the search
-is done, and shows the progress bar and the per-generation line."""
+search-train, validate on search-valid), and the engine decides everything else. This adapter (a
+Lightning callback) only forwards Lightning's hooks to the engine and its executor, stops the
+Trainer when the search is done, and shows the progress bar and the per-generation line."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,9 @@ from relnas.search.engine import Candidate, SearchEngine
 log = logging.getLogger(__name__)
 
 
-class SearchLoop(L.Callback):
+class SearchLightningAdapter(L.Callback):
+    """Drives a :class:`~relnas.search.engine.SearchEngine` from a Trainer's hooks (see the module doc)."""
+
     def __init__(self, engine: SearchEngine, progress: bool = True, announce: bool = True):
         """``progress``: a tqdm bar over the estimations; ``announce``: print a line per
         generation (both only where ``announce``: the first process of a search)."""

@@ -1,6 +1,6 @@
-"""The one wrapper of the command-line tasks (search, train, evaluate, inspect).
+"""The one wrapper of the command-line entry points (search, train, evaluate, inspect, transfer).
 
-``task(fn)`` returns ``fn`` with the expected failures (:class:`relnas.errors.RelnasError`) turned
+``command(fn)`` returns ``fn`` with the expected failures (:class:`relnas.errors.RelnasError`) turned
 into one line ``error: <message>`` on stderr and exit status 2, without a traceback (the
 traceback is logged at debug level: ``hydra.verbose=relnas`` shows it). In a Hydra multirun a
 failed job prints its line, records it in ``<job dir>/failure.json`` (``{"status": "failed",
@@ -51,8 +51,8 @@ def fail(error: BaseException) -> None:
     sys.exit(EXIT_ERROR)
 
 
-def task(fn: Callable[..., R]) -> Callable[..., R]:
-    """Wrap a task function ``fn(cfg) -> result`` for the command line (see the module doc)."""
+def command(fn: Callable[..., R]) -> Callable[..., R]:
+    """Wrap an entry point's function ``fn(cfg) -> result`` for the command line (see the module doc)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs) -> R:

@@ -1,19 +1,22 @@
-"""Train the two members of a pair at the same time (one process, two CUDA streams).
+"""A candidate's step: the train and validation step every candidate of a search runs
+(:class:`Member`, with its own optimizer, loss buffers, drop-path stream and CUDA graphs), and
+:class:`PairTrainer`, which trains the two members of a pair at the same time (one process, two
+CUDA streams).
 
 At the paper's network size a candidate's training step is a few thousand small kernels that
 fill a fraction of a large GPU, even replayed as a CUDA graph. Both members of a RelativeNAS pair
-inherit the same weight set Omega and are estimated independently before the Eq. 6 merge, so
+inherit the same weight set and are estimated independently before the Eq. 6 merge, so
 their estimations can run at the same time:
 
-* member 1 trains on Omega itself (as in the sequential order); member 2 trains on a *shadow*
-  weight set, a copy of Omega made once, into which the tensors member 2 uses (shared parts,
-  operations in common with member 1, its own operations) are copied from Omega before the pair.
+* member 1 trains on the weight set itself (as in the sequential order); member 2 trains on a *shadow*
+  weight set, a copy of the weight set made once, into which the tensors member 2 uses (shared parts,
+  operations in common with member 1, its own operations) are copied from the weight set before the pair.
   No tensor is written by both members;
 * each member has its own optimizer, loss buffers, data order and augmentation stream
   (:meth:`TensorDataModule.search_batches`), drop-path generator (:func:`drop_path_generator`),
   CUDA graphs with their own memory pool, and its own CUDA stream; the host issues their steps
   alternately, so the GPU runs both streams' kernels side by side;
-* afterwards the trained tensors of each member are snapshotted, Omega is restored, and the
+* afterwards the trained tensors of each member are snapshotted, the weight set is restored, and the
   caller merges them with the usual Eq. 6 merge.
 
 The arithmetic of each member is the sequential search's (each member is a :class:`Member`, the
@@ -92,7 +95,7 @@ def mean_losses(train_sum, train_n, val_sum, val_n) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- one member
 class Member:
-    """One candidate's estimation state on a network (Omega or the shadow): optimizer, loss
+    """One candidate's estimation state on a network (the weight set or the shadow): optimizer, loss
     buffers, drop-path generator and (optionally) its CUDA graphs and their memory pool. The
     sequential search (:class:`relnas.search.search_module.SearchModule`, one member per candidate)
     and the pair trainer (two at once) both train through it.
@@ -189,9 +192,9 @@ class PairResult:
 
 
 class PairTrainer:
-    """Estimates the two members of a pair at the same time on ``weight_set`` (Omega).
+    """Estimates the two members of a pair at the same time on ``weight_set``.
 
-    ``run`` leaves Omega as it found it and returns each member's trained tensors; the caller
+    ``run`` leaves the weight set as it found it and returns each member's trained tensors; the caller
     merges them (Eq. 6). ``graph_backend``: None (eager), ``"cuda"`` or ``"emulate"`` (see
     :class:`StepGraph`). On CUDA each member runs on its own stream; elsewhere the members
     alternate batch by batch.
@@ -213,7 +216,7 @@ class PairTrainer:
         self.graphs_broken = False
 
     def shadow(self) -> WeightSet:
-        """Member 2's weight set: a copy of Omega (made once; moved along when Omega moves)."""
+        """Member 2's weight set: a copy of the weight set (made once; moved along when it moves)."""
         device = next(iter(self.weight_set.tensors().values())).device
         if self._shadow is None:
             self.weight_set.clear_grads()
@@ -226,20 +229,20 @@ class PairTrainer:
             train_batches: Sequence[Iterable], val_batches: Sequence[Iterable],
             context: Callable[[], ContextManager] = contextlib.nullcontext) -> PairResult:
         """Train both members one epoch on their ``train_batches`` and validate them on their
-        ``val_batches`` (iterables of preprocessed ``(x, y)`` on Omega's device, consumed lazily:
-        on CUDA each batch is made on its member's stream). ``archs`` are compiled against Omega.
+        ``val_batches`` (iterables of preprocessed ``(x, y)`` on the weight set's device, consumed lazily:
+        on CUDA each batch is made on its member's stream). ``archs`` are compiled against the weight set.
         ``context``: entered around every step (e.g. Lightning's precision context)."""
         if len(archs) != 2 or len(seeds) != 2 or len(train_batches) != 2 or len(val_batches) != 2:
             raise ValueError("PairTrainer.run trains exactly two members")
-        omega, shadow = self.weight_set, self.shadow()
-        omega_t, shadow_t = omega.tensors(), shadow.tensors()
-        cuda = omega_t[next(iter(omega_t))].device.type == "cuda"
-        keys = [omega.keys_of(a.groups) for a in archs]
-        before = snapshot(omega_t, keys[0])
-        with torch.no_grad():  # member 2 starts from Omega's values of every tensor it uses
+        ws, shadow = self.weight_set, self.shadow()
+        ws_t, shadow_t = ws.tensors(), shadow.tensors()
+        cuda = ws_t[next(iter(ws_t))].device.type == "cuda"
+        keys = [ws.keys_of(a.groups) for a in archs]
+        before = snapshot(ws_t, keys[0])
+        with torch.no_grad():  # member 2 starts from the weight set's values of every tensor it uses
             for k in keys[1]:
-                shadow_t[k].copy_(omega_t[k])
-        nets = [omega, shadow]
+                shadow_t[k].copy_(ws_t[k])
+        nets = [ws, shadow]
         member_archs = [archs[0], shadow.compile(archs[1].genotype)]
         if cuda and self._streams is None:
             self._streams = [torch.cuda.Stream(), torch.cuda.Stream()]
@@ -271,8 +274,8 @@ class PairTrainer:
         vals = torch.stack([m.losses() for m in members]).tolist()  # the one host sync of the pair
         train_losses = [v[0] for v in vals]
         val_losses = [v[1] if v[2] > 0 else float("nan") for v in vals]
-        trained = [snapshot(omega_t, keys[0]), snapshot(shadow_t, keys[1])]
-        restore(omega_t, before)  # Omega is changed only by the merge
+        trained = [snapshot(ws_t, keys[0]), snapshot(shadow_t, keys[1])]
+        restore(ws_t, before)  # the weight set is changed only by the merge
         stats = {"eager": 0, "captures": 0, "replays": 0}
         for m in members:
             s, seconds = m.release()

@@ -138,14 +138,14 @@ def test_search_refuses_a_trapped_search_state_rather_than_skip_it(tmp_path, mar
     interrupted write left incomplete): the resume stops."""
     from relnas.search.run import run_search
     from relnas.search.state import PREV_FILE, STATE_FILE
-    from relnas.utils.task import task
+    from relnas.utils.cli import command
 
     run_dir = tmp_path / "search"
     run_dir.mkdir()
     torch.save({"format": 0, "generation": 1, "weight_set": {}}, run_dir / PREV_FILE)  # complete and harmless
     torch.save({"generation": 2, "weight_set": {}, "strategy": Payload(marker)}, run_dir / STATE_FILE)
     cfg = tiny_search_cfg(tmp_path / "resumed", [f"resume={run_dir}", "data.data_dir=/nonexistent"])
-    msg = refusal(capsys, task(run_search), cfg)
+    msg = refusal(capsys, command(run_search), cfg)
     assert_refused(msg, run_dir / STATE_FILE, "search checkpoint")
 
 
@@ -255,14 +255,14 @@ def test_search_states_of_every_strategy_load_as_data(tmp_path, name):
     for job in strategy.ask(rng, 0):
         strategy.tell(rng, job, [0.5 + 0.1 * m for m in job.members])
     strategy.end_generation(rng, 0)
-    state = {"format": 2, "generation": 1, "rng": rng.bit_generator.state, "strategy": strategy.state_dict(),
+    state = {"generation": 1, "rng": rng.bit_generator.state, "strategy": strategy.state_dict(),
              "history": [{"generation": 0, "individual": 1, "val_loss": 0.6, "vector": "0.1,0.2"}],
              "summaries": [{"generation": 0, "best_loss": 0.5}], "weight_set": {"w": torch.randn(3, 2)},
-             "config": {"seed": 0, "search.budget": None, "data.mean": [0.5, 0.5]}, "logger_ids": {}}
+             "spec": {"seed": 0, "search.budget": None, "data.mean": [0.5, 0.5]}, "logger_ids": {}}
     save_state(tmp_path, state)
     loaded, _ = load_state(tmp_path)
-    assert loaded.keys() == state.keys() and loaded["rng"] == state["rng"]
-    assert loaded["history"] == state["history"] and loaded["config"] == state["config"]
+    assert loaded.keys() == state.keys() | {"format_version"} and loaded["rng"] == state["rng"]
+    assert loaded["history"] == state["history"] and loaded["spec"] == state["spec"]
     assert torch.equal(loaded["weight_set"]["w"], state["weight_set"]["w"])
     for k, v in state["strategy"].items():
         assert type(loaded["strategy"][k]) is type(v) and (np.array_equal(loaded["strategy"][k], v)

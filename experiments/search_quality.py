@@ -18,7 +18,7 @@ Writes ``experiments/results/search_quality.md`` and one JSON log per run under
 
 Definitions:
 * search: ``configs/search.yaml`` composed with Hydra and the overrides of
-  :func:`search_overrides` (``search.strategy`` in relativenas / random / evolution, the same
+  :func:`search_overrides` (``strategy=`` relativenas / random / evolution, the same
   budget ``search.budget``, supernet, data and schedule), run by ``relnas.search.run.run_search``
   as ``python -m relnas.search`` runs it; the reported cell is the run's ``genotype.json``
   (RelativeNAS: lowest loss in the last generation; baselines: lowest loss ever estimated).

@@ -13,7 +13,6 @@ in one line (:class:`ConfigError`) before any data is loaded.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import signal
@@ -26,7 +25,7 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from relnas.errors import ConfigError
 from relnas.search import distributed as search_dist
@@ -48,8 +47,7 @@ STRATEGY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "strategy"
 # config keys that do not change what a search computes (may differ on resume); the executor
 # keys are replaced by what they mean for the result (search.merge)
 NON_SEMANTIC = {"search.interrupt_after", "search.progress", "search.plots", "search.cuda_graphs", "search.channels_last",
-                "search.graph_warmup", "search.graph_capture", "search.strategy", "search.executor", "search.weight_set_update",
-                "search.concurrent_pair", "data.data_dir", "data.default_data_dir", "data.download", "data.on_device", "data.num_workers",
+                "search.graph_warmup", "search.graph_capture", "search.executor", "data.data_dir", "data.default_data_dir", "data.download", "data.on_device", "data.num_workers",
                 "module.cuda_graphs", "module.channels_last", "module.graph_warmup", "module.graph_capture",
                 "module.graph_backend", "search.max_diverged_share"}
 
@@ -60,20 +58,7 @@ def known_strategies() -> List[str]:
 
 
 def resolve_config(cfg: DictConfig) -> DictConfig:
-    """A copy of ``cfg`` with the older selector applied: ``search.strategy=<name>`` (when set)
-    makes ``strategy`` the node of ``configs/strategy/<name>.yaml``, unless it already is that
-    strategy (then its overrides stay)."""
-    cfg = copy.deepcopy(cfg)
-    name = cfg.search.get("strategy")
-    if name is not None:
-        path = STRATEGY_CONFIGS / f"{name}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"unknown search.strategy {name!r}; known strategies: {', '.join(known_strategies())}")
-        node = OmegaConf.load(path)
-        current = cfg.get("strategy")
-        if not isinstance(current, DictConfig) or current.get("_target_") != node._target_:
-            with open_dict(cfg):
-                cfg.strategy = node
+    """``cfg`` after checking that it selects a strategy (``strategy=<name>``, configs/strategy/)."""
     if not isinstance(cfg.get("strategy"), DictConfig) or "_target_" not in cfg.strategy:
         raise ConfigError(f"no search strategy: choose one with strategy=<{'|'.join(known_strategies())}>")
     return cfg
@@ -90,8 +75,7 @@ def build_strategy(cfg: DictConfig) -> Strategy:
 
 def build_executor(cfg: DictConfig, strategy: Strategy, dist: search_dist.DistContext) -> Executor:
     try:
-        name = executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update"),
-                             cfg.search.get("concurrent_pair"))
+        name = executor_name(cfg.search.get("executor"))
         return create_executor(name, strategy, dist)
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -161,8 +145,7 @@ def semantic_config(cfg: DictConfig) -> Dict[str, Any]:
     trainer = container.get("trainer") or {}
     flat["trainer.precision"] = str(trainer.get("precision", "32-true"))  # the candidates' arithmetic
     out = {k: v for k, v in flat.items() if k not in NON_SEMANTIC}
-    out["search.merge"] = merge_order(executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update"),
-                             cfg.search.get("concurrent_pair")))
+    out["search.merge"] = merge_order(executor_name(cfg.search.get("executor")))
     return out
 
 

@@ -156,6 +156,11 @@ def test_search_end_to_end_outputs_and_slow_learners_move(tmp_path):
         assert (tmp_path / name).is_file(), name
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert len(rows) == 4 * 3
+    # the headline of the run's result file: the found genotype's validation loss, the lowest of the
+    # last generation's estimates (history.csv)
+    written = json.loads((tmp_path / "result.json").read_text())
+    assert (written["status"], written["kind"], written["headline"]["metric"]) == ("ok", "search", "val_loss")
+    assert written["headline"]["value"] == pytest.approx(min(float(r["val_loss"]) for r in rows if int(r["generation"]) == 3))
     assert set(rows[0]) >= {"generation", "individual", "pair", "role", "val_loss", "train_loss", "lr", "vector",
                             "genotype"}
     for g in (1, 2, 3):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from relnas import runs
 from relnas.errors import ConfigError
 from relnas.search import distributed as search_dist
 from relnas.search import guards
@@ -326,7 +327,7 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         raise RuntimeError(f"the search stopped after generation {engine.generation} of {strategy.generations}; "
                            f"continue with resume={run_dir}")
     if dist.is_main:  # how this part of the run went (not in result.json, which a resume reproduces)
-        (run_dir / "run.json").write_text(json.dumps({"time_s": round(time.time() - start, 2),
+        (run_dir / runs.RUN_INFO_FILE).write_text(json.dumps({"time_s": round(time.time() - start, 2),
                                                       "run": identity.as_dict()}, indent=2) + "\n")
     try:
         _check_health(engine, s)

@@ -14,10 +14,11 @@ from typing import Any, Dict, Tuple
 import torch
 
 from relnas.errors import CheckpointError, CheckpointNotFoundError
+from relnas.runs import SEARCH_STATE_FILE
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "search_state.pt"
+STATE_FILE = SEARCH_STATE_FILE
 PREV_FILE = "search_state.prev.pt"
 
 

@@ -4,11 +4,8 @@ Two sources of weights:
 
 * ``checkpoint=<.ckpt | train run dir>``: a checkpoint written by ``python -m relnas.train``; the
   architecture comes from the checkpoint (``genotype``/``model`` are ignored). For a run
-  directory the weights behind its headline test number are used (``results.json``'s
-  ``test_selection``: the selected checkpoint, or ``checkpoints/last.ckpt`` for the final
-  weights); without that record (an interrupted run), the checkpoint its ``test_checkpoint``
-  rule would have chosen (``.hydra/config.yaml``): ``checkpoints/best*.ckpt`` for ``best_val`` /
-  ``best_test_epoch``, else ``checkpoints/last.ckpt`` (so by default nothing chosen on the test split).
+  directory the weights behind its headline test number are used
+  (:func:`relnas.runs.reported_checkpoint`; by default nothing chosen on the test split).
 * ``reference_checkpoint=<official .pt>``: weights from the official code; the architecture is
   given by ``genotype`` and ``model.*`` (defaults: the paper's CIFAR-10 network).
 
@@ -19,11 +16,10 @@ Examples::
     python -m relnas.evaluate reference_checkpoint=weights/imagenet.pt data=imagefolder \\
         model.network=imagenet model.C=46 model.layers=14
 
-Prints ``test_top1_err=..% test_top5_err=..%`` and writes ``eval_results.json`` to the run dir.
+Prints ``test_top1_err=..% test_top5_err=..%`` and writes ``result.json`` to the run dir.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -32,58 +28,30 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import hydra
 from omegaconf import DictConfig
 
+from relnas import runs
 from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec
 from relnas.utils.instantiate import instantiate, instantiate_datamodule
-from relnas.utils.io import load_checkpoint_dict, write_json
 from relnas.utils.cli import command, entry_point
+from relnas.utils.io import load_checkpoint_dict
 
 log = logging.getLogger(__name__)
 
 
-def _run_test_rule(run_dir: Path) -> str:
-    """The ``test_checkpoint`` rule of a train run from its ``.hydra/config.yaml`` (``final``
-    when it cannot be read: the choice that looks at no held-out data)."""
-    from omegaconf import OmegaConf
-
-    from relnas.utils.selection import resolve_test_rule
-
-    try:
-        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-        val_size = int(OmegaConf.select(cfg, "data.val_size", default=0) or 0)
-        return resolve_test_rule(OmegaConf.select(cfg, "test_checkpoint", default="auto"), val_size)
-    except Exception:  # no or an unreadable config, an unknown rule
-        return "final"
-
-
 def find_eval_checkpoint(path: str) -> Path:
-    """A ``.ckpt`` file, or the checkpoint behind a train run directory's headline test number."""
+    """A ``.ckpt`` file, or the checkpoint behind a train run directory's headline test number
+    (:func:`relnas.runs.reported_checkpoint`)."""
     p = Path(path).expanduser()
     if p.is_file():
         return p
     if not p.is_dir():
         raise ConfigError(f"checkpoint {str(p)!r} does not exist")
-    res = p / "results.json"
-    if res.is_file():
-        try:
-            selection = json.loads(res.read_text()).get("test_selection") or {}
-        except (json.JSONDecodeError, OSError):
-            selection = {}
-        chosen = selection.get("checkpoint")
-        if chosen and Path(str(chosen)).is_file():
-            return Path(str(chosen))
-        if selection.get("rule") == "final" and (p / "checkpoints" / "last.ckpt").is_file():
-            return p / "checkpoints" / "last.ckpt"
-    # no test record (an interrupted run): the rule the run would have applied, from its config;
-    # never the best-on-validation checkpoint when validation was the test split
-    ck = p / "checkpoints"
-    best = sorted(ck.glob("best*.ckpt")) if ck.is_dir() else []
-    last = ck / "last.ckpt"
-    if best and (_run_test_rule(p) != "final" or not last.is_file()):
-        return best[-1]
-    if last.is_file():
-        return last
-    raise ConfigError(f"checkpoint: {str(p)!r} is a directory without checkpoints/*.ckpt (is it a train run directory?)")
+    found = runs.reported_checkpoint(p)
+    if found is None:
+        what = runs.kind(p)
+        raise ConfigError(f"checkpoint: {str(p)!r} is a {what + ' run ' if what else ''}directory without "
+                          f"checkpoints/*.ckpt (is it a train run directory?)")
+    return found
 
 
 def read_train_checkpoint(spec: str) -> Tuple[Path, Dict[str, Any]]:
@@ -175,8 +143,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         "hardware": hardware_info(),
     }
     if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir) / "eval_results.json"
-        write_json(out, results)
+        out = runs.write_result(cfg.paths.output_dir, "evaluate", "test_top1_err", results["test_top1_err"], results)
         print(f"test_top1_err={results['test_top1_err']:.2f}% test_top5_err={results['test_top5_err']:.2f}% "
               f"(test_acc1={100 * acc1:.2f}%) params={summary.get('params_m')}M results: {out}", flush=True)
     return results

@@ -11,8 +11,8 @@ Examples::
 
 At the end the test split is evaluated once, with the weights that ``test_checkpoint`` names
 (default ``auto``: the final epoch's, or the best-on-validation checkpoint when ``data.val_size``
-holds a validation split out of the training set; see :mod:`relnas.utils.selection`), and
-``results.json`` is written to the run directory, saying which rule produced each number.
+holds a validation split out of the training set; see :mod:`relnas.runs`), and
+``result.json`` is written to the run directory, saying which rule produced each number.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from typing import Any, Dict, Mapping, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from relnas import runs
 from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec, resolve_genotype
 from relnas.train_spec import RecordTrainSpec, train_spec
@@ -36,12 +37,12 @@ log = logging.getLogger(__name__)
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
-    """A ``.ckpt`` file, or a run directory (``<run>/checkpoints/last.ckpt``)."""
+    """A ``.ckpt`` file, or a run directory's checkpoint to resume from (:func:`relnas.runs.resume_checkpoint`)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        for cand in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
-            if cand.is_file():
-                return cand
+        found = runs.resume_checkpoint(p)
+        if found is not None:
+            return found
         raise ConfigError(f"resume: {str(p)!r} is a directory without checkpoints/last.ckpt")
     if not p.is_file():
         raise ConfigError(f"resume: checkpoint {str(p)!r} does not exist")
@@ -136,7 +137,7 @@ def build_model(cfg: DictConfig, arch: ArchSpec):
 
 
 def train(cfg: DictConfig) -> Dict[str, Any]:
-    """Train according to ``cfg`` and return the results dict (also written to results.json)."""
+    """Train according to ``cfg`` and return the results dict (also written to result.json)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -157,11 +158,9 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     if sched.get("name") == "official_imagenet" and int(cfg.epochs) <= 5:
         raise ConfigError(f"scheduler.name=official_imagenet needs epochs > 5 (its last 5 epochs decay "
                           f"separately), got {cfg.epochs}")
-    from relnas.utils.selection import resolve_test_rule, test_record
-
     val_size = int(cfg.data.get("val_size", 0) or 0)
     try:
-        rule = resolve_test_rule(cfg.get("test_checkpoint", "auto"), val_size)
+        rule = runs.resolve_test_rule(cfg.get("test_checkpoint", "auto"), val_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     ckpt_path = find_checkpoint(cfg.resume) if cfg.get("resume") else None  # before the data is loaded
@@ -207,7 +206,7 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
     profile = model.profile or model.network_summary()
 
     test_metrics: Dict[str, float] = {}
-    test_path = best_path if rule in ("best_val", "best_test_epoch") else None
+    test_path = runs.tested_checkpoint(rule, best_path)
     if rule != "final" and test_path is None:
         log.warning("test_checkpoint=%s but no best checkpoint was kept (callbacks?): testing the final weights",
                     rule)
@@ -232,8 +231,8 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         "test_top5_err": _err(test_metrics.get("test/acc5")),
         "test_loss": test_metrics.get("test/loss"),
         "test_checkpoint": test_path or "final weights",
-        "test_selection": test_record(rule, test_path, val_size, int(trainer.current_epoch)),
-        "validation_split": test_record(rule, test_path, val_size, 0)["validation_split"],
+        "test_selection": runs.test_record(rule, test_path, val_size, int(trainer.current_epoch)),
+        "validation_split": runs.validation_split(val_size),
         "run": identity.as_dict(),
         "epochs": int(cfg.epochs),
         "epochs_run": int(trainer.current_epoch),
@@ -247,13 +246,13 @@ def train(cfg: DictConfig) -> Dict[str, Any]:
         "hardware": hardware_info(),
     }
     if trainer.is_global_zero:
-        write_json(out_dir / "results.json", results)
+        path = runs.write_result(out_dir, "train", "best_val_top1_err", results["best_val_top1_err"], results)
         if "test/acc1" in test_metrics:
             print(f"test_acc1={100 * test_metrics['test/acc1']:.2f}% test_acc5={100 * test_metrics['test/acc5']:.2f}% "
                   f"(top-1 error {results['test_top1_err']:.2f}%; {rule}: {results['test_selection']['description']}) "
-                  f"results: {out_dir / 'results.json'}", flush=True)
+                  f"results: {path}", flush=True)
         else:
-            print(f"training done; results: {out_dir / 'results.json'}", flush=True)
+            print(f"training done; results: {path}", flush=True)
     close_loggers(trainer.loggers, "success")
     return results
 

@@ -218,13 +218,13 @@ def test_search_resume_matches_uninterrupted(tmp_path):
 
 
 def test_odd_population_runs_for_the_baselines(tmp_path):
-    """The baselines do not pair: an odd population is theirs to accept (the old selector
-    ``search.strategy=random`` included); RelativeNAS refuses it in one line."""
+    """The baselines do not pair: an odd population is theirs to accept; RelativeNAS refuses it
+    in one line."""
     from relnas.search.run import ConfigError, run_search
     from search_helpers import tiny_search_cfg
 
     run_dir = tmp_path / "random5"
-    run_search(tiny_search_cfg(run_dir, ["search.strategy=random", "search.population_size=5",
+    run_search(tiny_search_cfg(run_dir, ["strategy=random", "search.population_size=5",
                                          "search.generations=1"]), run_dir)
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
@@ -234,14 +234,12 @@ def test_odd_population_runs_for_the_baselines(tmp_path):
         run_search(tiny_search_cfg(tmp_path / "rn5", ["search.population_size=5"]), tmp_path / "rn5")
 
 
-def test_strategy_group_and_old_selector_build_the_same_strategy(tmp_path):
+def test_the_strategy_group_builds_the_strategy_with_its_overrides(tmp_path):
     from relnas.search.run import build_strategy, resolve_config
     from search_helpers import tiny_search_cfg
 
     new = build_strategy(resolve_config(tiny_search_cfg(tmp_path, ["strategy=evolution", "strategy.sample_size=3"])))
-    old = build_strategy(resolve_config(tiny_search_cfg(tmp_path, ["search.strategy=evolution"])))
-    kept = build_strategy(resolve_config(tiny_search_cfg(tmp_path, ["strategy=evolution", "strategy.sample_size=3",
-                                                                    "search.strategy=evolution"])))
-    assert isinstance(new, RegularizedEvolution) and isinstance(old, RegularizedEvolution)
-    assert (new.sample_size, old.sample_size, kept.sample_size) == (3, 5, 3)
+    default = build_strategy(resolve_config(tiny_search_cfg(tmp_path, ["strategy=evolution"])))
+    assert isinstance(new, RegularizedEvolution) and isinstance(default, RegularizedEvolution)
+    assert (new.sample_size, default.sample_size) == (3, 5)  # configs/strategy/evolution.yaml: sample_size 5
     assert (new.population_size, new.budget) == (4, 12)  # search.population_size x search.generations (TINY)

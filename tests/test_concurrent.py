@@ -126,8 +126,6 @@ def test_search_batches_are_the_lightning_batches_after_set_seed():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["search.concurrent_pair=maybe"], "concurrent_pair must be true, false or null"),
-    (["search.concurrent_pair=true", "search.executor=per_generation"], "concurrent_pair=true contradicts"),
     (["search.executor=concurrent_pair", "strategy=random"], r"1 member\(s\) per job"),
     (["search.cuda_graphs=sometimes"], "cuda_graphs must be true, false or auto"),
     (["search.graph_capture=fast"], "graph_capture must be lean or torch, got 'fast'"),
@@ -139,26 +137,22 @@ def test_concurrent_pair_and_cuda_graphs_values_are_checked(tmp_path, overrides,
         check_config(tiny_search_cfg(tmp_path, overrides))
 
 
-@pytest.mark.parametrize("overrides", [["search.concurrent_pair=true"], ["search.executor=concurrent_pair"]])
-def test_concurrent_pair_in_several_processes_is_a_config_error(tmp_path, monkeypatch, overrides):
+def test_concurrent_pair_in_several_processes_is_a_config_error(tmp_path, monkeypatch):
     from relnas.search.run import ConfigError, check_config
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError, match="concurrent_pair trains both members of a pair in one process"):
-        check_config(tiny_search_cfg(tmp_path, overrides))
+        check_config(tiny_search_cfg(tmp_path, ["search.executor=concurrent_pair"]))
 
 
-def test_concurrent_pair_alias_selects_the_executor(tmp_path):
-    """The older key search.concurrent_pair=true is search.executor=concurrent_pair."""
+def test_search_executor_concurrent_pair_selects_the_pair_executor(tmp_path):
     from relnas.search.executors import ConcurrentPair
     from relnas.search.run import build_executor, build_strategy, resolve_config
     from relnas.search.distributed import DistContext
 
-    for overrides, kind in ((["search.concurrent_pair=true"], ConcurrentPair),
-                            (["search.executor=concurrent_pair"], ConcurrentPair)):
-        cfg = resolve_config(tiny_search_cfg(tmp_path, overrides))
-        assert type(build_executor(cfg, build_strategy(cfg), DistContext())) is kind
+    cfg = resolve_config(tiny_search_cfg(tmp_path, ["search.executor=concurrent_pair"]))
+    assert type(build_executor(cfg, build_strategy(cfg), DistContext())) is ConcurrentPair
     cfg = resolve_config(tiny_search_cfg(tmp_path))
     assert build_executor(cfg, build_strategy(cfg), DistContext()).name == "sequential"
 

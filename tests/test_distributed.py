@@ -63,7 +63,7 @@ def _outputs(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     runs = {"multi": (["search.executor=per_generation"], 2),
-            "single": (["search.weight_set_update=per_generation"], 1),  # the older key, mapped
+            "single": (["search.executor=per_generation"], 1),
             "sequential": ([], 1),
             "members": ([], 2)}  # executor auto in 2 processes: member_parallel
     procs = {name: _search(tmp_path / name, ov, n) for name, (ov, n) in runs.items()}
@@ -114,13 +114,12 @@ def test_several_processes_need_per_generation_or_two_members(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="per_generation"):
         check_config(_cfg())
-    check_config(_cfg("search.weight_set_update=per_generation"))
     check_config(_cfg("search.executor=per_generation"))
     monkeypatch.setenv("WORLD_SIZE", "2")
     check_config(_cfg())  # auto in 2 processes: member_parallel, the two members of each pair at once
     check_config(_cfg("search.executor=member_parallel"))
     with pytest.raises(ConfigError, match="two members of each pair"):
-        check_config(_cfg("search.strategy=random"))
+        check_config(_cfg("strategy=random"))
     with pytest.raises(ConfigError, match="one process"):
         check_config(_cfg("search.executor=sequential"))
 
@@ -151,7 +150,7 @@ def test_per_generation_resume_is_bit_exact(tmp_path):
     from relnas.search.state import load_state
 
     a, b = tmp_path / "a", tmp_path / "b"
-    pergen = ["search.weight_set_update=per_generation"]
+    pergen = ["search.executor=per_generation"]
     ref = run_search(tiny_search_cfg(a, pergen), a)
     with pytest.raises(SimulatedInterrupt):
         run_search(tiny_search_cfg(b, pergen + ["search.interrupt_after=6"]), b)  # mid generation 2

@@ -67,12 +67,15 @@ RESULT_KEYS = {"genotype", "network", "params_m", "mult_adds_m", "best_val_top1_
 
 def test_short_training_writes_results(trained):
     run_dir, p = trained
-    res = json.loads((run_dir / "results.json").read_text())
+    res = json.loads((run_dir / "result.json").read_text())
     assert RESULT_KEYS <= set(res)
     assert res["genotype"]["normal"][0] == ["sep_conv_3x3", 0]
     assert res["network"]["C"] == 4 and res["network"]["layers"] == 3 and res["network"]["auxiliary"]
     assert res["params_m"] > 0 and res["mult_adds_m"] > 0
     assert 0 <= res["test_top1_err"] <= 100 and 0 <= res["test_top5_err"] <= res["test_top1_err"]
+    # a training's headline is its best validation top-1 error
+    assert (res["status"], res["kind"], res["headline"]) == (
+        "ok", "train", {"metric": "best_val_top1_err", "value": res["best_val_top1_err"]})
     assert res["epochs"] == 3 and res["epochs_run"] == 2 and res["global_step"] == 2 * STEPS_PER_EPOCH
     assert {"cpu", "cpu_cores", "gpus", "torch"} <= set(res["hardware"])
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and res["best_checkpoint"]
@@ -89,7 +92,7 @@ def test_resume_continues_epoch_and_step(trained, tmp_path):
     new = tmp_path / "resumed"
     p = run_cli("relnas.train", new, *TINY, "epochs=3", f"resume={run_dir}", "test_after_training=false")
     assert p.returncode == 0, p.stderr[-3000:]
-    res = json.loads((new / "results.json").read_text())
+    res = json.loads((new / "result.json").read_text())
     assert res["resumed_from"].endswith("last.ckpt")
     assert res["global_step"] == 3 * STEPS_PER_EPOCH and res["epochs_run"] == 3
     ck2 = torch.load(new / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -106,9 +109,10 @@ def test_evaluate_our_checkpoint(trained, tmp_path):
                 "data.num_train=128", "data.num_test=64", "trainer.accelerator=cpu")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "test_top1_err=" in p.stdout
-    res = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
-    trained_res = json.loads((run_dir / "results.json").read_text())
+    res = json.loads((tmp_path / "eval" / "result.json").read_text())
+    trained_res = json.loads((run_dir / "result.json").read_text())
     assert res["test_top1_err"] == pytest.approx(trained_res["test_top1_err"], abs=1e-6)
+    assert (res["kind"], res["headline"]) == ("evaluate", {"metric": "test_top1_err", "value": res["test_top1_err"]})
 
 
 def test_mismatched_resume_checkpoint(trained, tmp_path):
@@ -126,7 +130,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     p = run_cli("relnas.train", run_dir, *TINY, "epochs=1", "trainer=ddp", "trainer.accelerator=cpu",
                 "trainer.devices=2", timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
-    res = json.loads((run_dir / "results.json").read_text())
+    res = json.loads((run_dir / "result.json").read_text())
     assert res["world_size"] == 2
     # 128 images / (32 per process x 2 processes) = 2 steps
     assert res["global_step"] == STEPS_PER_EPOCH // 2
@@ -295,7 +299,7 @@ def test_evaluate_official_reference_checkpoint(tmp_path):
     p = run_cli("relnas.evaluate", tmp_path / "eval", f"reference_checkpoint={ckpt}", "genotype=RelativeNAS",
                 "model.C=8", "model.layers=5", "model.auxiliary=true", "trainer.accelerator=cpu", *data)
     assert p.returncode == 0, p.stderr[-3000:]
-    res = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    res = json.loads((tmp_path / "eval" / "result.json").read_text())
 
     import hydra
 
@@ -324,7 +328,7 @@ def test_default_tests_the_final_epoch_not_a_test_selected_one(trained):
     # data.val_size=0: validation runs on the test split, so the final epoch's validation error is
     # the final weights' test error, and the best epoch is one chosen on the test set
     run_dir, _ = trained
-    res = json.loads((run_dir / "results.json").read_text())
+    res = json.loads((run_dir / "result.json").read_text())
     sel = res["test_selection"]
     assert sel["rule"] == "final" and not sel["selected_on_test_set"] and res["test_checkpoint"] == "final weights"
     assert "test split" in res["validation_split"]
@@ -333,7 +337,7 @@ def test_default_tests_the_final_epoch_not_a_test_selected_one(trained):
 
 
 def test_selection_rules_are_labelled(tmp_path):
-    from relnas.utils.selection import resolve_test_rule
+    from relnas.runs import resolve_test_rule
 
     assert resolve_test_rule("auto", 0) == "final" and resolve_test_rule("auto", 500) == "best_val"
     with pytest.raises(ValueError, match="data.val_size"):
@@ -348,7 +352,7 @@ def test_authors_protocol_is_available_and_labelled(tmp_path):
     run_dir = tmp_path / "r"
     p = run_cli("relnas.train", run_dir, *TINY, "epochs=3", "test_checkpoint=best_test_epoch")
     assert p.returncode == 0, p.stderr[-3000:]
-    res = json.loads((run_dir / "results.json").read_text())
+    res = json.loads((run_dir / "result.json").read_text())
     sel = res["test_selection"]
     assert sel["rule"] == "best_test_epoch" and sel["selected_on_test_set"] and "TEST SPLIT" in sel["description"]
     errors = _val_errors(run_dir)

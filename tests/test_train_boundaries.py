@@ -193,7 +193,7 @@ def test_imagefolder_class_folder_without_images_fails_as_a_relnas_error(tmp_pat
 
 def test_best_val_of_equal_top1_is_the_earliest_epoch():
     """ModelCheckpoint(monitor=val/acc1, mode=max) replaces its best only on a strict improvement,
-    so of two epochs with the same top-1 it keeps the earlier one; results.json's best epoch must
+    so of two epochs with the same top-1 it keeps the earlier one; result.json's best epoch must
     be that one (it was the later one when its top-5 was higher)."""
     from relnas.models.classifier import ClassifierModule
 
@@ -237,7 +237,7 @@ def test_resume_into_a_new_run_directory_keeps_the_best_checkpoint_so_far(tmp_pa
     assert res["best_checkpoint"] == str(copied) and res["test_selection"]["checkpoint"] == str(copied)
     assert copied.is_file() and not (second / "checkpoints" / "best_epoch001.ckpt").exists()
     assert old_best.is_file()  # the first run's files are left alone
-    assert json.loads((second / "results.json").read_text())["best_checkpoint"] == str(copied)
+    assert json.loads((second / "result.json").read_text())["best_checkpoint"] == str(copied)
 
 
 # ---------------------------------------------------------------------- relnas.evaluate
@@ -374,7 +374,7 @@ def test_a_training_checkpoint_of_another_format_version_is_refused_in_one_line(
     (None, "last.ckpt"),  # no config: nothing chosen on any split
 ])
 def test_evaluate_interrupted_run_dir_uses_the_runs_test_rule(tmp_path, config, expected):
-    """A run directory without results.json (interrupted): its best*.ckpt, kept by validation top-1,
+    """A run directory without result.json (interrupted): its best*.ckpt, kept by validation top-1,
     was evaluated even when validation was the test split (val_size=0), i.e. selected on the test set."""
     from relnas.evaluate import find_eval_checkpoint
 
@@ -388,13 +388,15 @@ def test_evaluate_interrupted_run_dir_uses_the_runs_test_rule(tmp_path, config, 
 
 
 def test_sweep_summary_counts_evaluation_jobs(tmp_path):
-    """`relnas.evaluate -m ...` writes eval_results.json, which the summary did not read: every
-    job was 'missing' and the finished sweep exited with '2 of 2 jobs failed'."""
-    from relnas.utils.sweep import job_record, write_summary
+    """The jobs of `relnas.evaluate -m ...` are counted with their test error (not 'missing', which
+    would make the finished sweep exit with '2 of 2 jobs failed')."""
+    from relnas.sweep import job_record, write_summary
 
     for job, err in (("0", 12.5), ("1", 7.25)):
         (tmp_path / job).mkdir()
-        (tmp_path / job / "eval_results.json").write_text(json.dumps({"test_top1_err": err, "wall_time_s": 3.0}))
+        (tmp_path / job / "result.json").write_text(json.dumps({
+            "status": "ok", "kind": "evaluate", "headline": {"metric": "test_top1_err", "value": err},
+            "test_top1_err": err, "wall_time_s": 3.0}))
     rows = [{"job": int(j), "dir": str(tmp_path / j), "seed": j, **job_record(tmp_path / j)} for j in ("0", "1")]
     assert [(r["status"], r["val_metric"]) for r in rows] == [("ok", 12.5), ("ok", 7.25)]
     write_summary(tmp_path, rows, ["seed"])

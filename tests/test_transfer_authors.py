@@ -137,5 +137,5 @@ def test_init_weights_takes_the_authors_file_through_the_entry_point(tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "from the authors' keypoints model" in r.stderr + r.stdout
-    res = json.loads((run / "results.json").read_text())
+    res = json.loads((run / "result.json").read_text())
     assert res["init_weights"] == str(theirs) and 0.0 <= res["metrics"]["AP"] <= 1.0

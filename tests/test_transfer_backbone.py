@@ -149,12 +149,12 @@ def test_run_dir_gives_the_checkpoint_behind_the_reported_number(tmp_path):
     torch.testing.assert_close(bb.stem0[0].weight, nets["last.ckpt"].stem0[0].weight)
     # a finished run that tested its best checkpoint (test_checkpoint=best_val): that one
     best = run / "checkpoints" / "best_epoch001.ckpt"
-    (run / "results.json").write_text(json.dumps({"test_selection": {"rule": "best_val", "checkpoint": str(best)}}))
+    (run / "result.json").write_text(json.dumps({"test_selection": {"rule": "best_val", "checkpoint": str(best)}}))
     bb = build_backbone("DARTS_V2", weights=str(run), C=8, layers=5)
     assert bb.weights == str(best)
     torch.testing.assert_close(bb.stem0[0].weight, nets["best_epoch001.ckpt"].stem0[0].weight)
     # the default rule recorded: the final weights
-    (run / "results.json").write_text(json.dumps({"test_selection": {"rule": "final", "checkpoint": None}}))
+    (run / "result.json").write_text(json.dumps({"test_selection": {"rule": "final", "checkpoint": None}}))
     assert build_backbone("DARTS_V2", weights=str(run), C=8, layers=5).weights.endswith("last.ckpt")
 
 

@@ -26,7 +26,7 @@ def test_each_task_config_names_its_lightning_module(name):
     assert "_target_" in t, f"configs/task/{name}.yaml has no _target_"
     cls = hydra.utils.get_class(t._target_)  # fails when the class does not exist
     assert cls.__name__ == TASKS[name] and issubclass(cls, TransferModule)
-    # results.json records the class's name for the task; the checkpoint callback monitors task.monitor
+    # result.json records the class's name for the task; the checkpoint callback monitors task.monitor
     assert (cls.task_name, cls.monitor, cls.monitor_mode) == (name, t.monitor, t.monitor_mode)
 
 

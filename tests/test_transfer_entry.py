@@ -112,10 +112,12 @@ def detection_run(tmp_path_factory):
 def test_detection_end_to_end(detection_run):
     data, run_dir, p = detection_run
     assert "NO pretrained weights" in p.stdout + p.stderr
-    r = json.loads((run_dir / "results.json").read_text())
+    r = json.loads((run_dir / "result.json").read_text())
     assert r["task"] == "detection" and r["backbone"] == "RelativeNAS" and r["weights"] is None
     assert "random" in r["weights_warning"] and r["num_classes"] == 21 and r["input_size"] == [64, 64]
     assert 0.0 <= r["metrics"]["map"] <= 1.0 and r["params_m"] > 0 and r["flops_m"] > 0
+    # the headline (what a sweep summary shows) is the metric detection keeps checkpoints by: val/map
+    assert (r["status"], r["kind"], r["headline"]) == ("ok", "transfer", {"metric": "map", "value": r["metrics"]["map"]})
     # per-class AP: the fake set has bottle, pottedplant, car, person; the other 16 classes have no objects
     assert set(r["per_class"]) == set(r["class_names"][1:])
     assert {k for k, v in r["per_class"].items() if v is not None} == {"bottle", "pottedplant", "car", "person"}
@@ -179,7 +181,7 @@ def test_detection_resume(detection_run, tmp_path):
                                       "test_checkpoint=best_test_epoch"),
                        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    r = json.loads((resumed / "results.json").read_text())
+    r = json.loads((resumed / "result.json").read_text())
     assert r["resumed_from"].endswith("last.ckpt") and r["epochs_run"] == 2 and r["global_step"] == 2
     # test_checkpoint=best_test_epoch: the monitored checkpoint, said to be chosen on the evaluation split
     sel = r["test_selection"]

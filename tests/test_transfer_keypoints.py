@@ -358,7 +358,7 @@ def test_coco_simplebaseline_end_to_end(tmp_path):
            f"paths.data_dir={tmp_path / 'data'}", *TINY]
     r = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((run_dir / "results.json").read_text())
+    res = json.loads((run_dir / "result.json").read_text())
     assert res["task"] == "keypoints" and res["num_classes"] == 17 and res["input_size"] == [128, 96]
     m = res["metrics"]
     assert 0.0 <= m["AP"] <= 1.0 and m["person_boxes"] == "ground-truth boxes" and m["flip_test"] is True
@@ -422,7 +422,7 @@ def test_oracle_heatmaps_decode_to_the_ground_truth_through_the_whole_evaluation
 
 def test_detections_protocol_counts_persons_in_images_without_detections(tmp_path):
     """With a detections file the OKS evaluation still covers every image of the split (a person
-    in an image with no detected box is a miss), and results.json says the boxes were detections."""
+    in an image with no detected box is a miss), and result.json says the boxes were detections."""
     from torch.utils.data import DataLoader
 
     from relnas.transfer.tasks.keypoints import KeypointModule

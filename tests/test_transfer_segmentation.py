@@ -281,7 +281,7 @@ def test_cityscapes_bisenet_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     r = run_transfer(run_dir, f"paths.data_dir={tmp_path / 'data'}", *TINY)
     assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((run_dir / "results.json").read_text())
+    res = json.loads((run_dir / "result.json").read_text())
     assert res["task"] == "segmentation" and res["num_classes"] == 19
     assert res["max_steps"] == 2  # the run's length in iterations (TINY's trainer.max_steps)
     m = res["metrics"]
@@ -419,7 +419,7 @@ def test_the_authors_parameter_groups():
 @pytest.mark.slow
 def test_epochs_0_evaluates_init_weights_without_training(tmp_path):
     """``task.epochs=0 init_weights=<transfer checkpoint>`` (docs/transfer.md) evaluates without
-    training even though the recipe's length is trainer.max_steps (80K); results.json names the
+    training even though the recipe's length is trainer.max_steps (80K); result.json names the
     checkpoint as the backbone's weights, with no random-initialisation warning."""
     from hydra import compose, initialize_config_dir
 
@@ -439,7 +439,7 @@ def test_epochs_0_evaluates_init_weights_without_training(tmp_path):
     r = run_transfer(run_dir, f"paths.data_dir={tmp_path / 'data'}", *tiny, "trainer.max_steps=3", "task.epochs=0",
                      f"init_weights={ckpt}", "predictions.num_images=1")
     assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((run_dir / "results.json").read_text())
+    res = json.loads((run_dir / "result.json").read_text())
     assert res["global_step"] == 0 and res["epochs_run"] == 0 and 0.0 <= res["metrics"]["miou"] <= 1.0
     assert res["weights"] == str(ckpt) and res["pretrained"] is True and "weights_warning" not in res
     assert res["backbone_info"]["weights_source"] == "init_weights"

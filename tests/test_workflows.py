@@ -300,12 +300,15 @@ def test_console_each_line_once_without_adverts_and_above_the_bar(capsys):
 
 
 def test_sweep_summary_says_which_jobs_failed_and_why(tmp_path):
-    from relnas.utils.sweep import summarize_sweep, write_summary
+    from relnas.sweep import summarize_sweep, write_summary
 
     jobs = {
-        "0": {"results.json": {"best_val_top1_err": 12.5, "test_top1_err": 13.0, "wall_time_s": 5.0}},
+        "0": {"result.json": {"status": "ok", "kind": "train",
+                              "headline": {"metric": "best_val_top1_err", "value": 12.5},
+                              "best_val_top1_err": 12.5, "test_top1_err": 13.0, "wall_time_s": 5.0}},
         "1": {"failure.json": {"status": "failed", "reason": "data.batch_size must be positive, got 0"}},
-        "2": {"result.json": {"status": "failed", "reason": "every candidate of the last\ngeneration diverged"}},
+        "2": {"result.json": {"status": "failed", "kind": "search", "headline": {"metric": "val_loss", "value": None},
+                              "reason": "every candidate of the last\ngeneration diverged"}},
         "3": {},  # crashed or still running: nothing written
     }
     for job, files in jobs.items():
@@ -322,19 +325,21 @@ def test_sweep_summary_says_which_jobs_failed_and_why(tmp_path):
         ("2", "failed", "every candidate of the last generation diverged"), ("3", "missing", "")]
 
 
-def test_sweep_summary_of_transfer_jobs_has_the_task_metric(tmp_path):
-    from relnas.utils.sweep import summarize_sweep, write_summary
+def test_sweep_summary_of_transfer_jobs_has_their_headline_metric(tmp_path):
+    from relnas.sweep import summarize_sweep, write_summary
 
     for job, (head, m) in enumerate((("authors", 0.31), ("torchvision", 0.27))):
         d = tmp_path / str(job)
         (d / ".hydra").mkdir(parents=True)
         (d / ".hydra" / "overrides.yaml").write_text(f"- task=detection\n- task.model.head={head}\n")
-        (d / "results.json").write_text(json.dumps({"task": "detection", "metrics": {"map": m, "map_definition": "VOC07"},
-                                                    "wall_time_s": 10.0 + job}))
+        (d / "result.json").write_text(json.dumps({"status": "ok", "kind": "transfer",
+                                                   "headline": {"metric": "map", "value": m}, "task": "detection",
+                                                   "metrics": {"map": m, "map_definition": "VOC07"},
+                                                   "wall_time_s": 10.0 + job}))
     rows = summarize_sweep(tmp_path, ["task.model.head"])
     write_summary(tmp_path, rows, ["task.model.head"])
     csv_rows = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
-    # detection selects checkpoints by val/map: the summary's metric column is the run's map
+    # the summary's metric column is the headline of each run's result file (detection: map)
     assert [(r["task.model.head"], r["status"], r["map"], r["wall_time_s"]) for r in csv_rows] == [
         ("authors", "ok", "0.31", "10.0"), ("torchvision", "ok", "0.27", "11.0")]
     assert "test_top1_err" not in csv_rows[0]  # a classification column would stay empty

@@ -225,7 +225,7 @@ class ClassifierModule(L.LightningModule):
         """The validation epoch with the highest top-1 accuracy (its top-5 alongside); of equal
         top-1 accuracies the earliest, the epoch whose checkpoint the best-checkpoint callback
         (``ModelCheckpoint(monitor="val/acc1", mode="max")``, replaced only on a strict
-        improvement) keeps, so that results.json's best epoch is the checkpoint it names."""
+        improvement) keeps, so that result.json's best epoch is the checkpoint it names."""
         if not self.val_history:
             return None
         return max(self.val_history, key=lambda h: h["acc1"])  # max() keeps the first of equal keys

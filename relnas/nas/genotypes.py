@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple, Union
 
+from relnas import runs
 from relnas.errors import GenotypeError, GenotypeNotFoundError, RegistryError
 from relnas.nas.operations import OPS
 from relnas.utils.registry import Registry
@@ -128,7 +129,7 @@ class Genotype:
     def load(cls, path: Union[str, Path]) -> "Genotype":
         path = Path(path)
         if path.is_dir():
-            path = path / "genotype.json"
+            path = runs.genotype_file(path)
         if not path.is_file():
             raise GenotypeNotFoundError(f"genotype file {str(path)!r} does not exist")
         text = path.read_text()
@@ -249,20 +250,6 @@ def list_genotypes() -> list[str]:
     return sorted(names)
 
 
-def _no_genotype_in(key: str, path: Path) -> str:
-    """Why the directory ``path`` gives no genotype: a failed search says so in its result.json."""
-    try:
-        result = json.loads((path / "result.json").read_text())
-    except (OSError, ValueError):
-        result = None
-    if isinstance(result, dict) and result.get("status") == "failed":
-        reason = " ".join(str(result.get("reason") or "no reason recorded").split())
-        return f"the search in {key!r} failed and found no genotype (result.json: {reason})"
-    if (path / "search_state.pt").is_file():
-        return f"{key!r} is a search run directory without a genotype.json yet (unfinished? resume=<it> continues it)"
-    return f"{key!r} is a directory without a genotype.json (is it a search run directory?)"
-
-
 def get_genotype(name: Union[str, Path, Genotype, Mapping[str, Any]]) -> Genotype:
     """A genotype from the zoo by name, from a JSON/YAML file path or a search run directory.
 
@@ -281,8 +268,8 @@ def get_genotype(name: Union[str, Path, Genotype, Mapping[str, Any]]) -> Genotyp
         return Genotype.load(named)
     path = Path(key).expanduser()
     if path.suffix in (".json", ".yaml", ".yml") or path.is_dir() or path.is_file():
-        if path.is_dir() and not (path / "genotype.json").is_file():
-            raise GenotypeNotFoundError(_no_genotype_in(key, path))
+        if path.is_dir() and not runs.genotype_file(path).is_file():
+            raise GenotypeNotFoundError(runs.no_genotype_reason(key, path))
         return Genotype.load(path)
     raise RegistryError(f"unknown genotype {key!r}; known genotypes: {', '.join(list_genotypes())} "
                         f"(or pass a path to a .json/.yaml genotype file or a search run directory, or save it as "

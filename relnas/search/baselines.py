@@ -1,7 +1,6 @@
 """Baseline search strategies over the same encoding, weight set and one-epoch estimator as
 RelativeNAS: ``random`` (uniform random search) and ``evolution`` (regularized / aging evolution,
-Real et al. 2019, AmoebaNet). Select them with ``strategy=random|evolution`` (``configs/strategy/``;
-``search.strategy=random|evolution`` selects the same files).
+Real et al. 2019, AmoebaNet). Select them with ``strategy=random|evolution`` (``configs/strategy/``).
 
 Both are budgeted in one-epoch estimations (``search.budget``; null = population_size x
 generations). A baseline "generation" is a chunk of ``population_size`` consecutive estimations
@@ -30,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from relnas.search import encoding
-from relnas.search.strategies import Job, JobResult, Strategy, positive_int, register_strategy
+from relnas.search.strategy_api import Job, JobResult, Strategy, positive_int
 
 
 def _loss(x: float) -> float:
@@ -240,7 +239,3 @@ class RegularizedEvolution(_Budgeted):
         self.mutations = {int(c): {"parent": int(p), "index": int(i)} for c, p, i in
                           zip(state["mutation_child"], state["mutation_parent"], state["mutation_index"])}
         self._jobs = []
-
-
-register_strategy("random", RandomSearch)
-register_strategy("evolution", RegularizedEvolution)

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 from relnas.search import encoding
-from relnas.search.executors import Executor, Sequential, Unit
+from relnas.search.executors import Candidate, Executor, MemberResult, Sequential, Unit
 from relnas.search.slow_fast import cosine_lr, diversity, ramped_drop_path
-from relnas.search.strategies import Job, Strategy
-from relnas.search.weight_set import Arch, WeightSet, merge_eq6, restore, snapshot
+from relnas.search.strategy_api import Job, Strategy
+from relnas.search.weight_set import WeightSet, merge_eq6, restore, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +74,6 @@ def candidate_seed(seed: int, generation: int, job: int, member: int) -> int:
     """Seed of one estimation (data order, augmentation, drop path): independent of anything
     that happened before it, so a resumed search replays a generation identically."""
     return int(np.random.SeedSequence([seed, generation, job, member]).generate_state(1)[0])
-
-
-@dataclass
-class Candidate:
-    """One member of one job while it is estimated."""
-
-    pos: int                          # the job's position in the generation
-    member: int                       # the member's position in the job
-    arch: Arch
-    before: Dict[str, torch.Tensor]   # the weight set's values of the tensors the candidate uses
-    seed: int
-    lr: float
-    drop_path_prob: float
-
-
-@dataclass
-class MemberResult:
-    """A member's losses and trained tensors (``None`` when its training diverged)."""
-
-    val_loss: float
-    train_loss: float
-    trained: Optional[Dict[str, torch.Tensor]]
 
 
 class SearchEngine:

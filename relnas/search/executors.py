@@ -32,16 +32,37 @@ A new executor subclasses :class:`Executor` and registers itself with ``@EXECUTO
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from relnas.search.distributed import DistContext, to_cpu
-from relnas.search.strategies import Job, Strategy
+from relnas.search.strategy_api import Job, Strategy
+from relnas.search.weight_set import Arch
 from relnas.utils.registry import Registry
 
-if TYPE_CHECKING:  # pragma: no cover
-    from relnas.search.engine import Candidate, MemberResult
+
+@dataclass
+class Candidate:
+    """One member of one job while it is estimated."""
+
+    pos: int                          # the job's position in the generation
+    member: int                       # the member's position in the job
+    arch: Arch
+    before: Dict[str, torch.Tensor]   # the weight set's values of the tensors the candidate uses
+    seed: int
+    lr: float
+    drop_path_prob: float
+
+
+@dataclass
+class MemberResult:
+    """A member's losses and trained tensors (``None`` when its training diverged)."""
+
+    val_loss: float
+    train_loss: float
+    trained: Optional[Dict[str, torch.Tensor]]
+
 
 JobResults = Dict[int, "MemberResult"]          # member position -> result
 
@@ -144,8 +165,6 @@ class MemberParallel(Executor):
         if sorted(gathered) != list(range(n)):
             raise RuntimeError(f"job {job.index}: the processes trained members {sorted(gathered)} of a job with {n} "
                                f"(member-parallel needs one process per member)")
-        from relnas.search.engine import MemberResult
-
         return {m: results[m] if m == own else MemberResult(*gathered[m]) for m in range(n)}
 
 
@@ -169,8 +188,6 @@ class PerGeneration(Executor):
     def exchange_generation(self, jobs: Sequence[Job], results: Dict[int, JobResults]) -> Dict[int, JobResults]:
         if not self.dist.distributed:
             return results
-        from relnas.search.engine import MemberResult
-
         payload = {pos: {m: (r.val_loss, r.train_loss, to_cpu(r.trained)) for m, r in res.items()}
                    for pos, res in results.items()}
         out = dict(results)  # this process's own jobs keep their on-device tensors
@@ -243,34 +260,9 @@ class ConcurrentPair(Sequential):
         return list(trained)
 
 
-# the older key: search.weight_set_update=sequential|per_generation (sequential = auto)
-LEGACY_WEIGHT_SET_UPDATE = {"sequential": "auto", "per_generation": "per_generation"}
-
-
-def executor_name(name: Optional[str], weight_set_update: Optional[str] = None,
-                  concurrent_pair: Optional[bool] = None) -> str:
-    """The executor name a config asks for: ``search.executor``, or the older
-    ``search.weight_set_update`` mapped (``sequential`` -> ``auto``, ``per_generation``), or the
-    older ``search.concurrent_pair=true`` (-> ``concurrent_pair``)."""
+def executor_name(name: Optional[str]) -> str:
+    """The executor name a config asks for (``search.executor``; null is ``auto``)."""
     name = "auto" if name is None else str(name)
-    if concurrent_pair not in (None, True, False):
-        raise ValueError(f"search.concurrent_pair must be true, false or null, got {concurrent_pair!r} "
-                         f"(or set search.executor=concurrent_pair)")
-    if concurrent_pair is True:
-        if name not in ("auto", "sequential", "concurrent_pair") or weight_set_update not in (None, "sequential"):
-            raise ValueError(f"search.concurrent_pair=true contradicts search.executor={name}"
-                             f"{'' if weight_set_update is None else ' / search.weight_set_update=' + weight_set_update}; "
-                             f"set only search.executor")
-        name = "concurrent_pair"
-    if weight_set_update is not None:
-        if weight_set_update not in LEGACY_WEIGHT_SET_UPDATE:
-            raise ValueError(f"unknown search.weight_set_update {weight_set_update!r}; use sequential or "
-                             f"per_generation (or search.executor={'|'.join(['auto', *EXECUTORS])})")
-        mapped = LEGACY_WEIGHT_SET_UPDATE[weight_set_update]
-        if name not in ("auto", mapped) and not (mapped == "auto" and name in ("sequential", "member_parallel", "concurrent_pair")):
-            raise ValueError(f"search.weight_set_update={weight_set_update} contradicts search.executor={name}; "
-                             f"set only search.executor")
-        name = mapped if name == "auto" else name
     if name != "auto" and name not in EXECUTORS:
         raise ValueError(f"unknown search.executor {name!r}; use one of {', '.join(['auto', *EXECUTORS])}")
     return name

@@ -13,11 +13,11 @@ In a search of several processes only the first one records (the others get no r
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from relnas import runs
 from relnas.search import encoding
 from relnas.search.engine import SearchEngine
 from relnas.search.outputs import (HISTORY_FIELDS, mark_diverged, markdown_table, plot_generation_stats,
@@ -111,11 +111,11 @@ class OutputRecorder:
         """A search whose candidates diverged: the tables, a result.json that says why, no
         genotype.json (nothing a training could pick up)."""
         self._tables(engine)
-        (self.run_dir / "genotype.json").unlink(missing_ok=True)
-        (self.run_dir / "result.json").write_text(json.dumps({
-            "status": "failed", "reason": reason, "strategy": engine.strategy.name,
+        runs.genotype_file(self.run_dir).unlink(missing_ok=True)
+        runs.write_result(self.run_dir, "search", "val_loss", None, {
+            "reason": reason, "strategy": engine.strategy.name,
             "generations": engine.strategy.generations, "estimations": len(engine.history), **self.extra,
-        }, indent=2) + "\n")
+        }, status="failed")
         if self.plots:
             plot_trajectories(self.run_dir / "val_loss_trajectories.png", engine.history)
             plot_generation_stats(self.run_dir / "diversity.png", engine.summaries)
@@ -125,13 +125,14 @@ class OutputRecorder:
         strat = engine.strategy
         best_id, best_vec, best_loss = strat.best()
         genotype = encoding.decode(best_vec)
-        genotype.save(self.run_dir / "genotype.json")
-        (self.run_dir / "result.json").write_text(json.dumps({
+        genotype.save(runs.genotype_file(self.run_dir))
+        val_loss = best_loss if math.isfinite(best_loss) else None
+        runs.write_result(self.run_dir, "search", "val_loss", val_loss, {
             "genotype": genotype.to_dict(), "genotype_str": str(genotype), "individual": best_id,
-            "val_loss": best_loss if math.isfinite(best_loss) else None, "vector": [float(v) for v in best_vec],
+            "val_loss": val_loss, "vector": [float(v) for v in best_vec],
             "strategy": strat.name, "generations": strat.generations, "estimations": len(engine.history),
-            "status": "ok", **self.extra,
-        }, indent=2) + "\n")
+            **self.extra,
+        })
         if self.plots:
             from relnas.nas.draw import plot_genotype
 

@@ -14,7 +14,6 @@ in one line (:class:`ConfigError`) before any data is loaded.
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import signal
@@ -27,8 +26,9 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
+from relnas import runs
 from relnas.errors import ConfigError
 from relnas.search import distributed as search_dist
 from relnas.search import guards
@@ -55,20 +55,7 @@ def known_strategies() -> List[str]:
 
 
 def resolve_config(cfg: DictConfig) -> DictConfig:
-    """A copy of ``cfg`` with the older selector applied: ``search.strategy=<name>`` (when set)
-    makes ``strategy`` the node of ``configs/strategy/<name>.yaml``, unless it already is that
-    strategy (then its overrides stay)."""
-    cfg = copy.deepcopy(cfg)
-    name = cfg.search.get("strategy")
-    if name is not None:
-        path = STRATEGY_CONFIGS / f"{name}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"unknown search.strategy {name!r}; known strategies: {', '.join(known_strategies())}")
-        node = OmegaConf.load(path)
-        current = cfg.get("strategy")
-        if not isinstance(current, DictConfig) or current.get("_target_") != node._target_:
-            with open_dict(cfg):
-                cfg.strategy = node
+    """``cfg`` after checking that it selects a strategy (``strategy=<name>``, configs/strategy/)."""
     if not isinstance(cfg.get("strategy"), DictConfig) or "_target_" not in cfg.strategy:
         raise ConfigError(f"no search strategy: choose one with strategy=<{'|'.join(known_strategies())}>")
     return cfg
@@ -85,8 +72,7 @@ def build_strategy(cfg: DictConfig) -> Strategy:
 
 def build_executor(cfg: DictConfig, strategy: Strategy, dist: search_dist.DistContext) -> Executor:
     try:
-        name = executor_name(cfg.search.get("executor"), cfg.search.get("weight_set_update"),
-                             cfg.search.get("concurrent_pair"))
+        name = executor_name(cfg.search.get("executor"))
         return create_executor(name, strategy, dist)
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -306,7 +292,7 @@ def _run_search(cfg: DictConfig, run_dir: Optional[Path], dist: search_dist.Dist
         raise RuntimeError(f"the search stopped after generation {engine.generation} of {strategy.generations}; "
                            f"continue with resume={run_dir}")
     if dist.is_main:  # how this part of the run went (not in result.json, which a resume reproduces)
-        (run_dir / "run.json").write_text(json.dumps({"time_s": round(time.time() - start, 2),
+        (run_dir / runs.RUN_INFO_FILE).write_text(json.dumps({"time_s": round(time.time() - start, 2),
                                                       "run": identity.as_dict()}, indent=2) + "\n")
     try:
         _check_health(engine, s)

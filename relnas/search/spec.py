@@ -143,6 +143,6 @@ def search_spec(cfg: DictConfig) -> SearchSpec:
         lr_min=float(s.lr_min),
         drop_path_prob=float(s.drop_path_prob),
         drop_path_ramp=bool(s.drop_path_ramp),
-        merge=merge_order(executor_name(s.get("executor"), s.get("weight_set_update"), s.get("concurrent_pair"))),
+        merge=merge_order(executor_name(s.get("executor"))),
         precision=str(OmegaConf.select(cfg, "trainer.precision", default="32-true")),
     )

@@ -19,11 +19,12 @@ from typing import Any, Dict, Tuple
 import torch
 
 from relnas.errors import CheckpointError, CheckpointNotFoundError, UnsafeFileError
+from relnas.runs import SEARCH_STATE_FILE
 from relnas.utils.io import load_torch_file
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "search_state.pt"
+STATE_FILE = SEARCH_STATE_FILE
 PREV_FILE = "search_state.prev.pt"
 #: the version of the search checkpoint's contents: the engine's state, the search's spec
 #: (:class:`relnas.search.spec.SearchSpec`) and the loggers' run ids

@@ -8,82 +8,15 @@ random number from the generator it is given, so a search is resumable bit for b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from relnas.search import encoding
+from relnas.search.baselines import RandomSearch, RegularizedEvolution
 from relnas.search.slow_fast import check_population_size, fast_slow, init_population, random_pairs, slow_fast_update
+from relnas.search.strategy_api import Job, JobResult, Strategy, positive_int
 from relnas.utils.registry import Registry
-
-
-def positive_int(name: str, value: Any) -> int:
-    """``value`` as an int, or a ``ValueError`` naming ``name`` when it is not a positive integer."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-@dataclass
-class Job:
-    """Individuals estimated together: ``members`` are individual ids, ``vectors`` their encodings."""
-
-    index: int
-    members: List[int]
-    vectors: List[np.ndarray]
-
-
-@dataclass
-class JobResult:
-    roles: List[str]                       # per member, e.g. "fast"/"slow"/"sample"/"child"
-    merge_priority: List[int] = field(default_factory=list)  # member positions, later wins (Eq. 6: slow, fast)
-
-
-class Strategy:
-    """Base class. Subclasses implement ``init``, ``ask``, ``tell`` and the population accessors,
-    and check their own constructor arguments (``ValueError`` with a one-line message).
-
-    Class attributes the executors read: ``job_size`` (members per job: 2 for pairs, 1 for the
-    baselines) and ``sequential_only`` (True when a job is proposed from the results of the jobs
-    before it, so the jobs of a generation cannot run in parallel).
-    """
-
-    name = "base"
-    budget: int
-    job_size = 1
-    sequential_only = False
-
-    def init(self, rng: np.random.Generator) -> None:
-        raise NotImplementedError
-
-    def ask(self, rng: np.random.Generator, generation: int) -> List[Job]:
-        raise NotImplementedError
-
-    def tell(self, rng: np.random.Generator, job: Job, losses: Sequence[float]) -> JobResult:
-        raise NotImplementedError
-
-    def end_generation(self, rng: np.random.Generator, generation: int) -> None:
-        pass
-
-    @property
-    def generations(self) -> int:
-        raise NotImplementedError
-
-    def population(self) -> Dict[int, np.ndarray]:
-        """The current population: individual id -> vector."""
-        raise NotImplementedError
-
-    def best(self) -> tuple[int, np.ndarray, float]:
-        """(id, vector, loss) of the architecture to report."""
-        raise NotImplementedError
-
-    def state_dict(self) -> Dict[str, Any]:
-        raise NotImplementedError
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        raise NotImplementedError
-
 
 TIE_RULES = ("first", "official")
 
@@ -160,6 +93,8 @@ class RelativeNAS(Strategy):
 
 STRATEGIES: Registry[Callable[..., Strategy]] = Registry("search strategy", "strategies")
 STRATEGIES.register("relativenas", RelativeNAS)
+STRATEGIES.register("random", RandomSearch)
+STRATEGIES.register("evolution", RegularizedEvolution)
 
 
 def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
@@ -171,6 +106,3 @@ def create_strategy(name: str, **kwargs: Any) -> Strategy:
     through their ``_target_``; this is the programmatic way)."""
     return STRATEGIES[name](**kwargs)
 
-
-# the baselines (random search, regularized evolution) register themselves on import
-from relnas.search import baselines as _baselines  # noqa: E402,F401

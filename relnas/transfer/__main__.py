@@ -11,7 +11,7 @@ Examples::
 Config groups ``task`` (configs/task/) and ``backbone`` (configs/backbone/), each built by Hydra
 from its ``_target_`` (:func:`instantiate_task`, :func:`backbone_from_config`); trainer, logger and
 callbacks as ``relnas.train``. At the end the weights ``test_checkpoint`` names (:func:`resolve_test_checkpoint`:
-the final weights by default) are evaluated on the test split, and ``results.json`` (task, backbone, weights, params and FLOPs at
+the final weights by default) are evaluated on the test split, and ``result.json`` (task, backbone, weights, params and FLOPs at
 the task's input size, metrics, per-class numbers, wall time, hardware) and ``predictions.png``
 (predictions next to ground truth on the first validation images) are written to the run dir.
 """
@@ -175,16 +175,16 @@ def first_images(loader, n: int):
 
 
 def transfer(cfg: DictConfig) -> Dict[str, Any]:
-    """Train and evaluate according to ``cfg``; return the results dict (also in results.json)."""
+    """Train and evaluate according to ``cfg``; return the results dict (also in result.json)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from relnas.errors import ConfigError
     from relnas.train import find_checkpoint, load_checkpoint_dict
     from relnas.utils.instantiate import is_rank_zero as _is_rank_zero
-    from relnas.transfer.tasks.base import model_cost, save_png, write_results
+    from relnas import runs
+    from relnas.transfer.tasks.base import model_cost, save_png
     from relnas.utils import hardware_info, instantiate_callbacks, instantiate_loggers
-    from relnas.utils.selection import test_record
 
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
@@ -269,7 +269,7 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
     ckpt_cbs = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     best_cb = next((c for c in ckpt_cbs if c.monitor), None)
     best_path = best_cb.best_model_path if best_cb is not None and best_cb.best_model_path else None
-    test_path = best_path if rule == "best_test_epoch" else None
+    test_path = runs.tested_checkpoint(rule, best_path)
     if rule == "best_test_epoch" and test_path is None:
         log.warning("test_checkpoint=best_test_epoch but no best checkpoint was kept (no training or no "
                     "validation yet): testing the final weights")
@@ -304,7 +304,7 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
         "metrics": final.get("metrics", {}),
         "per_class": final.get("per_class", {}),
         "test_checkpoint": test_path or "final weights",
-        "test_selection": test_record(rule, test_path, 0, int(trainer.current_epoch), metric=cls.monitor,
+        "test_selection": runs.test_record(rule, test_path, 0, int(trainer.current_epoch), metric=cls.monitor,
                                       protocol=""),
         "epochs": int(cfg.task.get("epochs", 0)),
         # the recipe's length when it is counted in iterations (cityscapes_bisenet: 80K); epochs is then a bound
@@ -320,7 +320,8 @@ def transfer(cfg: DictConfig) -> Dict[str, Any]:
         "hardware": hardware_info(),
     }
     if trainer.is_global_zero:
-        path = write_results(out_dir / "results.json", results)
+        metric = str(cls.monitor).split("/", 1)[-1]  # the monitored metric, without val/
+        path = runs.write_result(out_dir, "transfer", metric, results["metrics"].get(metric), results)
         shown = ", ".join(f"{k}={v:.4f}" for k, v in results["metrics"].items() if isinstance(v, float))
         print(f"{cls.task_name} done: {shown or 'no test metrics'}; results: {path}", flush=True)
     return results

@@ -25,7 +25,7 @@ Weights (``weights=``):
   ``MobileNet_V2_Weights.IMAGENET1K_V1``) whose file is in the torch hub cache (nothing is
   downloaded), or a state-dict file;
 * ``None``: random initialisation, announced by a loud warning; ``backbone.pretrained`` is False and
-  ``backbone.describe()["weights_warning"]`` says so (the entry point copies it into results.json).
+  ``backbone.describe()["weights_warning"]`` says so (the entry point copies it into result.json).
 """
 from __future__ import annotations
 
@@ -184,20 +184,14 @@ class CellBackbone(Backbone):
 
 def _find_run_checkpoint(p: Path) -> Path:
     """The checkpoint of a weights directory: for a ``relnas.train`` run, the one behind its
-    reported test number (``relnas.evaluate``'s rule: the run's ``test_selection``, else its
-    ``test_checkpoint`` rule, so never an epoch picked on the ImageNet val split unless the run
-    asked for it); else a single ``.pt``/``.pth`` file."""
-    from relnas.errors import ConfigError
+    reported test number (:func:`relnas.runs.reported_checkpoint`, so never an epoch picked on the
+    ImageNet val split unless the run asked for it); else its ``last.ckpt``
+    (:func:`relnas.runs.resume_checkpoint`) or a single ``.pt``/``.pth`` file."""
+    from relnas import runs
 
-    if (p / "checkpoints").is_dir():
-        from relnas.evaluate import find_eval_checkpoint
-
-        try:
-            return find_eval_checkpoint(str(p))
-        except ConfigError:
-            pass
-    if (p / "last.ckpt").is_file():
-        return p / "last.ckpt"
+    found = runs.reported_checkpoint(p) or runs.resume_checkpoint(p)
+    if found is not None:
+        return found
     pts = sorted([*p.glob("*.pt"), *p.glob("*.pth"), *p.glob("*.pth.tar")])
     if len(pts) == 1:
         return pts[0]

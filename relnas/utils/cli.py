@@ -5,7 +5,7 @@ into one line ``error: <message>`` on stderr and exit status 2, without a traceb
 traceback is logged at debug level: ``hydra.verbose=relnas`` shows it). In a Hydra multirun a
 failed job prints its line, records it in ``<job dir>/failure.json`` (``{"status": "failed",
 "reason": <the line>}``, read by the sweep summary) and returns, so that the other jobs still run;
-the sweep callback (:class:`relnas.utils.sweep.SweepCallback`) exits with status 1 after its
+the sweep callback (:class:`relnas.sweep.SweepCallback`) exits with status 1 after its
 summary. Any other exception is a bug and propagates unchanged.
 
 ``entry_point(config_name)`` goes on top of each ``@hydra.main``: before Hydra runs, a command-line
@@ -18,6 +18,7 @@ included); whatever this check cannot judge is left to Hydra.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -34,6 +35,9 @@ EXIT_ERROR = 2
 
 log = logging.getLogger("relnas")
 
+#: a failed job's record in its directory (:func:`fail` in a multirun; read by :func:`relnas.runs.failure`)
+FAILURE_FILE = "failure.json"
+
 #: the primary config directory of the entry points (their ``@hydra.main`` config_path)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -43,8 +47,6 @@ def fail(error: BaseException) -> None:
     log.debug("stopped by %s", type(error).__name__, exc_info=error)
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"error: {message}", file=sys.stderr, flush=True)
-    from relnas.utils.sweep import in_multirun, record_failure
-
     if in_multirun():
         record_failure(message)  # the sweep summary shows it
         return  # a job of a multirun: the other jobs still run; the sweep exits 1 after its summary
@@ -56,8 +58,6 @@ def command(fn: Callable[..., R]) -> Callable[..., R]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs) -> R:
-        from relnas.utils.sweep import clear_failure
-
         clear_failure()  # a job directory run again: its earlier failure is not this run's
         try:
             return fn(*args, **kwargs)
@@ -66,6 +66,50 @@ def command(fn: Callable[..., R]) -> Callable[..., R]:
             return None  # type: ignore[return-value]  # a failed job of a multirun
 
     return wrapper
+
+
+# ---------------------------------------------------------------------- the job of a multirun
+
+def in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _job_dir() -> Optional[Path]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - not in a Hydra job
+        return None
+
+
+def record_failure(reason: str) -> None:
+    """Write ``<job dir>/failure.json`` (status ``failed`` and the one-line ``reason``) for the sweep
+    summary; nothing outside a Hydra job."""
+    d = _job_dir()
+    if d is None:
+        return
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / FAILURE_FILE).write_text(json.dumps({"status": "failed", "reason": reason}, indent=2) + "\n")
+    except OSError as e:
+        log.warning("could not record the failure in %s: %s", d / FAILURE_FILE, e)
+
+
+def clear_failure() -> None:
+    """Remove the job directory's failure.json of an earlier run (a multirun job run again)."""
+    d = _job_dir() if in_multirun() else None
+    if d is not None:
+        try:
+            (d / FAILURE_FILE).unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------- config-group choices

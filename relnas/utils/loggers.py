@@ -81,8 +81,7 @@ def run_identity(cfg: DictConfig) -> RunIdentity:
 def _run_identity(cfg: DictConfig) -> RunIdentity:
     task = str(cfg.get("task_name") or "run")
     tags = [task]
-    strategy = OmegaConf.select(cfg, "search.strategy") or \
-        str(OmegaConf.select(cfg, "strategy._target_") or "").rsplit(".", 1)[-1].lower()
+    strategy = str(OmegaConf.select(cfg, "strategy._target_") or "").rsplit(".", 1)[-1].lower()
     if strategy and task == "search":
         tags.append(f"strategy:{strategy}")
     genotype = cfg.get("genotype")

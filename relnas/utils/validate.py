@@ -14,6 +14,15 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
+def finite_or_none(x: Any) -> Optional[float]:
+    """``x`` as a finite float, or None (not a number, NaN, infinite)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def check_int(key: str, value: Any, minimum: int = 1, optional: bool = False) -> Optional[int]:
     """``value`` must be an integer >= ``minimum`` (or None when ``optional``)."""
     if value is None and optional:

@@ -4,7 +4,7 @@ Each class is a :class:`relnas.transfer.tasks.base.TransferModule` subclass regi
 definition (``@TASKS.register("detection")``); see that module's docstring for what a task
 provides. ``configs/task/<name>.yaml`` names the class in its ``_target_`` and Hydra builds it
 (``python -m relnas.transfer task=<name>``, ``python -m relnas.inspect task=<name>``); the registry
-maps the name a run records (``results.json``'s ``task``, the class's ``task_name``) back to the
+maps the name a run records (``result.json``'s ``task``, the class's ``task_name``) back to the
 class. A new task needs its module, its import below and ``configs/task/<name>.yaml``.
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ Instance methods (``self.model`` is the network of ``build_model``)
         updated in the steps and computed in ``on_validation_epoch_end`` / ``on_test_epoch_end``
         (log ``val/<metric>`` and ``test/<metric>``; the monitored one must be logged every
         validation epoch).
-    ``final_metrics() -> dict``: the numbers for ``results.json`` after ``trainer.test``:
+    ``final_metrics() -> dict``: the numbers for ``result.json`` after ``trainer.test``:
         ``{"metrics": {...}, "per_class": {name: value}}`` (call :meth:`remember_metrics` from
         ``on_test_epoch_end`` and the default implementation returns what it stored).
     ``draw_predictions(batch, max_images) -> uint8 tensor (3, H, W)``: predictions next to ground
@@ -53,7 +53,6 @@ when its files are missing.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
@@ -65,7 +64,7 @@ from torch import nn
 from relnas.utils.instantiate import plain
 from relnas.utils.registry import Registry
 
-#: the transfer tasks by ``task_name`` (what ``results.json`` records as ``task``)
+#: the transfer tasks by ``task_name`` (what ``result.json`` records as ``task``)
 TASKS: Registry[type] = Registry("task")
 
 #: learning-rate schedules of ``task.scheduler.name``
@@ -97,7 +96,7 @@ class TransferModule(L.LightningModule):
         epochs: schedule length in epochs (``interval: epoch``); with ``interval: step`` the length
             is ``max_steps`` of the trainer or ``epochs x steps per epoch``.
         input_size: ``(H, W)`` of the training/eval inputs (for FLOPs in the logs).
-        backbone_info: what ``results.json`` says about the backbone (name, weights, ...).
+        backbone_info: what ``result.json`` says about the backbone (name, weights, ...).
         head_lr_mult: learning-rate multiplier of the task's head modules (:attr:`head_modules`;
             e.g. 10 for BiSeNet's fusion module and output heads, as the authors train it).
         norm_bias_decay: ``False`` takes weight decay off normalisation parameters and biases.
@@ -388,14 +387,6 @@ def save_png(image: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
-def write_results(path: str | Path, results: Mapping[str, Any]) -> Path:
-    """Write ``results.json`` (indented, non-JSON values as strings)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    return path
-
-
 # ---------------------------------------------------------------------- helpers
 
 def _pair(size: Any) -> Tuple[int, int]:
@@ -416,4 +407,4 @@ def _plain(v: Any) -> Any:
 
 
 __all__ = ["TransferModule", "SCHEDULERS", "schedule_factor", "count_parameters", "count_flops", "model_cost",
-           "prediction_grid", "upscale_for_display", "denormalize", "save_png", "write_results"]
+           "prediction_grid", "upscale_for_display", "denormalize", "save_png"]

@@ -188,7 +188,7 @@ def _draw(draw_bounding_boxes, image: torch.Tensor, boxes: torch.Tensor, labels:
 @TASKS.register("detection")
 class DetectionModule(TransferModule):
     """SSDLite on PASCAL VOC. Logs ``train/loss`` (and its two parts), ``val/map``; the test run
-    keeps ``map`` and the per-class AP for ``results.json``."""
+    keeps ``map`` and the per-class AP for ``result.json``."""
 
     task_name: ClassVar[str] = "detection"
     paper_input_size: ClassVar[Tuple[int, int]] = (320, 320)

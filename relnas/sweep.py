@@ -3,23 +3,25 @@ open, and a multirun ends with a sweep summary.
 
 ``<sweep dir>/sweep_summary.csv`` has one row per job: its number, folder, swept values, status
 (``ok``; ``failed``, with the job's one-line error in ``reason``, from its ``failure.json`` or a failed
-search's ``result.json``; ``missing`` when the job left no result), its headline metric (search: the found genotype's validation loss; training: the best validation
-top-1 error; transfer: the task's metric on its evaluation split, e.g. ``map``, ``miou``, ``AP``),
-test error (training), and wall time. ``sweep_summary.png`` plots the validation metric and the
-wall time of each job against the swept values (against the job number when more than one key is
-swept or the values are not numbers).
+``result.json``; ``missing`` when the job left no result), its headline metric (the ``headline`` of
+its ``result.json``, :mod:`relnas.runs`: search, the found genotype's validation loss; training, the
+best validation top-1 error; evaluation, the test top-1 error; transfer, the task's metric on its
+evaluation split, e.g. ``map``, ``miou``, ``AP``), test error (training), and wall time.
+``sweep_summary.png`` plots the validation metric and the wall time of each job against the swept
+values (against the job number when more than one key is swept or the values are not numbers).
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import math
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+
+from relnas import runs
+from relnas.utils.validate import finite_or_none
 
 log = logging.getLogger(__name__)
 
@@ -30,100 +32,13 @@ except ImportError:  # pragma: no cover - hydra < 1.1
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_PNG = "sweep_summary.png"
-#: a failed job's record in its directory (:func:`relnas.utils.cli.fail` in a multirun)
-FAILURE_JSON = "failure.json"
-
-
-def _num(x: Any) -> Optional[float]:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def job_record(job_dir: Path) -> Dict[str, Any]:
-    """What one job of a sweep produced, from its result file (search: result.json and run.json,
-    training: results.json, evaluation: eval_results.json); status ``failed`` with its ``reason``
-    when it stopped with a one-line error (its failure.json, or a failed search's result.json),
-    ``missing`` when it wrote nothing (it crashed or is still running)."""
-    rec: Dict[str, Any] = {"status": "missing", "reason": None, "val_metric": None, "val_metric_name": None,
-                           "test_top1_err": None, "wall_time_s": None}
-    search, train, evaluation = job_dir / "result.json", job_dir / "results.json", job_dir / "eval_results.json"
-    try:
-        if search.is_file():
-            r = json.loads(search.read_text())
-            run = json.loads((job_dir / "run.json").read_text()) if (job_dir / "run.json").is_file() else {}
-            rec.update(status=r.get("status", "ok"), val_metric=_num(r.get("val_loss")), val_metric_name="val_loss",
-                       wall_time_s=_num(run.get("time_s")))
-            if r.get("reason"):
-                rec["reason"] = " ".join(str(r["reason"]).split())
-        elif train.is_file():
-            r = json.loads(train.read_text())
-            if "task" in r and isinstance(r.get("metrics"), dict):  # relnas.transfer: the task's monitored metric
-                name = _transfer_metric(str(r["task"]))
-                rec.update(status="ok", val_metric=_num(r["metrics"].get(name)), val_metric_name=name,
-                           wall_time_s=_num(r.get("wall_time_s")))
-            else:
-                rec.update(status="ok", val_metric=_num(r.get("best_val_top1_err")),
-                           val_metric_name="best_val_top1_err", test_top1_err=_num(r.get("test_top1_err")),
-                           wall_time_s=_num(r.get("wall_time_s")))
-        elif evaluation.is_file():  # relnas.evaluate: its headline number is the test error
-            r = json.loads(evaluation.read_text())
-            rec.update(status="ok", val_metric=_num(r.get("test_top1_err")), val_metric_name="test_top1_err",
-                       wall_time_s=_num(r.get("wall_time_s")))
-    except (OSError, ValueError) as e:
-        rec["status"] = f"unreadable ({e})"
-    failure = job_dir / FAILURE_JSON
-    if failure.is_file():  # written by this run of the job (the command wrapper removes an older one)
-        try:
-            f = json.loads(failure.read_text())
-            rec.update(status=str(f.get("status") or "failed"), reason=" ".join(str(f.get("reason") or "").split()))
-        except (OSError, ValueError, AttributeError) as e:
-            rec.update(status="failed", reason=f"unreadable {FAILURE_JSON} ({e})")
-    return rec
-
-
-def _job_dir() -> Optional[Path]:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except Exception:  # noqa: BLE001 - not in a Hydra job
-        return None
-
-
-def record_failure(reason: str) -> None:
-    """Write ``<job dir>/failure.json`` (status ``failed`` and the one-line ``reason``) for the sweep
-    summary; nothing outside a Hydra job."""
-    d = _job_dir()
-    if d is None:
-        return
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        (d / FAILURE_JSON).write_text(json.dumps({"status": "failed", "reason": reason}, indent=2) + "\n")
-    except OSError as e:
-        log.warning("could not record the failure in %s: %s", d / FAILURE_JSON, e)
-
-
-def clear_failure() -> None:
-    """Remove the job directory's failure.json of an earlier run (a multirun job run again)."""
-    d = _job_dir() if in_multirun() else None
-    if d is not None:
-        try:
-            (d / FAILURE_JSON).unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def _transfer_metric(task: str) -> str:
-    """The metric a transfer task selects checkpoints by (its ``monitor`` without ``val/``)."""
-    from relnas.transfer.tasks import get_task
-
-    try:
-        return str(get_task(task).monitor).split("/", 1)[-1]
-    except KeyError:
-        return "metric"
+    """What one job of a sweep produced (:func:`relnas.runs.outcome`), as the summary's columns."""
+    out = runs.outcome(job_dir)
+    return {"status": out["status"], "reason": out["reason"], "val_metric": out["value"],
+            "val_metric_name": out["metric"], "test_top1_err": out["test_top1_err"], "wall_time_s": out["wall_time_s"]}
 
 
 def _job_overrides(job_dir: Path) -> List[str]:
@@ -174,7 +89,7 @@ def plot_summary(path: Path, rows: List[Dict[str, Any]], swept: Sequence[str], m
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    numeric = len(swept) == 1 and all(_num(r.get(swept[0])) is not None for r in rows)
+    numeric = len(swept) == 1 and all(finite_or_none(r.get(swept[0])) is not None for r in rows)
     if numeric:
         xs = [float(r[swept[0]]) for r in rows]
         xlabel = swept[0]
@@ -209,16 +124,6 @@ def plot_summary(path: Path, rows: List[Dict[str, Any]], swept: Sequence[str], m
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return Path(path)
-
-
-def in_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001
-        return False
 
 
 class SweepCallback(Callback):

@@ -1,4 +1,4 @@
-"""Shared fixtures: the reference directory (../shared/reference beside the repository)."""
+"""Shared fixtures and the import path of tests/helpers/: the reference directory (../shared/reference beside the repository)."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+TESTS_DIR = Path(__file__).resolve().parent  # tests/<feature>/test_*.py import the shared helpers as helpers.<module>
+for _p in (REPO_ROOT, TESTS_DIR):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 def _find_reference_dir() -> Path | None:

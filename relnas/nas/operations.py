@@ -124,7 +124,7 @@ def pointwise_stride2_conv(x: torch.Tensor, weight: torch.Tensor, offset: int) -
     gradients bit for bit on even sizes; the weight gradient sums in the kernel's own order), and
     it avoids a defect of the CPU (oneDNN) weight gradient of channels-last 1x1 stride-2
     convolutions in torch 2.14, which corrupts the heap for few input channels at some sizes (a
-    (4, 8, 56, 56) input aborts the process; ``tests/test_networks.py``). Other inputs (NCHW, as
+    (4, 8, 56, 56) input aborts the process; ``tests/nas/test_networks.py``). Other inputs (NCHW, as
     the official code runs; other devices) take the strided convolution. A leaf of ``torch.fx``
     tracing (the test runs on the actual input).
     """

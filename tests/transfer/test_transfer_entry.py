@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from voc_helpers import make_fake_voc  # noqa: E402
-from cli_helpers import cli_env  # noqa: E402
+from helpers.voc import make_fake_voc
+from helpers.cli import cli_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = str(ROOT / "configs")
 
 
@@ -78,7 +77,7 @@ def test_inspect_task_cli(tmp_path):
                        timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     last = json.loads(p.stdout.strip().splitlines()[-1])
-    # 3,304,708 parameters: the authors' MobileNetV2 SSDLite (tests/test_transfer_detection.py, test_transfer_sizes.py)
+    # 3,304,708 parameters: the authors' MobileNetV2 SSDLite (tests/transfer/test_transfer_detection.py, test_transfer_sizes.py)
     assert last["params_m"] == pytest.approx(3.3047, abs=1e-4)
     # the authors' model for this task and backbone, counted in their code: the same
     assert last["authors_params_m"] == pytest.approx(3.3047, abs=1e-4)

@@ -18,10 +18,10 @@ import torch
 from relnas.search import distributed as search_dist
 from relnas.utils.io import load_torch_file
 from relnas.search.run import ConfigError, check_config
-from search_helpers import tiny_search_cfg
-from cli_helpers import cli_env  # noqa: E402
+from helpers.search import tiny_search_cfg
+from helpers.cli import cli_env
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 TINY = ["data=synthetic", "data.num_train=128", "data.num_test=32", "data.image_size=16", "data.batch_size=32",
         "data.eval_batch_size=64", "data.cutout=4", "data.crop_padding=2", "supernet.C=4", "supernet.layers=3",

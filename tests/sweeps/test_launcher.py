@@ -11,7 +11,7 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 KEYS = ("partition", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min", "nodes",
         "additional_parameters")
 

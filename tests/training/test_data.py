@@ -22,7 +22,7 @@ from relnas.data import (
     TensorDataModule,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 

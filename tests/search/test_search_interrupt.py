@@ -11,7 +11,7 @@ import pytest
 from relnas.search.engine import SearchEngine
 from relnas.search.run import run_search
 from relnas.search.state import load_state
-from search_helpers import tiny_search_cfg
+from helpers.search import tiny_search_cfg
 
 
 def test_sigterm_mid_search_exits_non_zero_and_names_the_resume_command(tmp_path, monkeypatch, caplog):

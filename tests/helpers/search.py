@@ -28,7 +28,7 @@ def tiny_search_cfg(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 class RecordingSearchModule(SearchModule):
-    """The real SearchModule that keeps every instance (``module._target_=search_helpers.RecordingSearchModule``)."""
+    """The real SearchModule that keeps every instance (``module._target_=helpers.search.RecordingSearchModule``)."""
 
     instances: list = []
 

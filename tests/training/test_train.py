@@ -12,9 +12,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
-from cli_helpers import cli_env  # noqa: E402
+from helpers.cli import cli_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = str(ROOT / "configs")
 EXPERIMENTS = ["cifar10", "cifar100", "imagenet", "fashion_mnist", "quickstart"]
 

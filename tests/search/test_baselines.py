@@ -170,7 +170,7 @@ def _drive_from(s, rng, loss_fn, start):
 # ---------------------------------------------------------------------- end to end
 
 def _cfg(run_dir, strategy, budget, *extra):
-    from search_helpers import tiny_search_cfg
+    from helpers.search import tiny_search_cfg
 
     return tiny_search_cfg(run_dir, [f"strategy={strategy}", "search.population_size=4", "search.generations=3",
                                      f"search.budget={budget}", "search.channels_last=false", "seed=0",
@@ -221,7 +221,7 @@ def test_odd_population_runs_for_the_baselines(tmp_path):
     """The baselines do not pair: an odd population is theirs to accept; RelativeNAS refuses it
     in one line."""
     from relnas.search.run import ConfigError, run_search
-    from search_helpers import tiny_search_cfg
+    from helpers.search import tiny_search_cfg
 
     run_dir = tmp_path / "random5"
     run_search(tiny_search_cfg(run_dir, ["strategy=random", "search.population_size=5",
@@ -236,7 +236,7 @@ def test_odd_population_runs_for_the_baselines(tmp_path):
 
 def test_the_strategy_group_builds_the_strategy_with_its_overrides(tmp_path):
     from relnas.search.run import build_strategy, resolve_config
-    from search_helpers import tiny_search_cfg
+    from helpers.search import tiny_search_cfg
 
     new = build_strategy(resolve_config(tiny_search_cfg(tmp_path, ["strategy=evolution", "strategy.sample_size=3"])))
     default = build_strategy(resolve_config(tiny_search_cfg(tmp_path, ["strategy=evolution"])))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_helpers import tiny_search_cfg  # noqa: E402
-from voc_helpers import make_fake_voc  # noqa: E402
+from helpers.search import tiny_search_cfg
+from helpers.voc import make_fake_voc
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 SYNTHETIC = ["data=synthetic", "data.num_train=64", "data.num_test=32", "data.image_size=32", "data.batch_size=32",
              "data.eval_batch_size=32", "trainer.accelerator=cpu", "logger=none"]
 DETECTION = ["task=detection", "task.model.input_size=64", "task.data.train_sets=[2007-trainval]",

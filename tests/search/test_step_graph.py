@@ -17,7 +17,7 @@ import torch
 
 from relnas.search.search_module import SearchModule
 from relnas.search.step_graph import StepGraph
-from search_helpers import members_one_after_the_other, tiny_search_cfg
+from helpers.search import members_one_after_the_other, tiny_search_cfg
 
 
 class _Acc:
@@ -84,7 +84,7 @@ def test_search_module_warns_that_cuda_graphs_do_nothing_on_a_cpu(caplog):
 def _run(tmp_path, name, monkeypatch, graphs, backend=None, accelerator: str = "auto", extra=()):
     """A tiny search through run_search; returns (history rows, the SearchModule)."""
     import relnas.search.run as run_mod
-    from search_helpers import RecordingSearchModule
+    from helpers.search import RecordingSearchModule
 
     RecordingSearchModule.instances.clear()
     run_dir = tmp_path / name
@@ -93,7 +93,7 @@ def _run(tmp_path, name, monkeypatch, graphs, backend=None, accelerator: str = "
     # generation 2 trains with drop path (ramped from 0)
     cfg = tiny_search_cfg(run_dir, ["data.batch_size=20", "data.eval_batch_size=20", "search.generations=2",
                                     f"trainer.accelerator={accelerator}", f"search.cuda_graphs={str(graphs).lower()}",
-                                    "module._target_=search_helpers.RecordingSearchModule",
+                                    "module._target_=helpers.search.RecordingSearchModule",
                                     f"+module.graph_backend={backend or 'null'}", *extra])
     run_mod.run_search(cfg, run_dir)
     with open(run_dir / "history.csv") as f:

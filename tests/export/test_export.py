@@ -18,7 +18,7 @@ from relnas.export import Logits, export, export_onnx, export_torchscript, measu
 from relnas.nas.arch import ArchSpec
 from relnas.nas.genotypes import list_genotypes
 from relnas.utils.compose import compose_config
-from cli_helpers import ROOT, cli_env  # noqa: E402
+from helpers.cli import ROOT, cli_env
 
 onnxruntime = pytest.importorskip("onnxruntime")
 

@@ -13,7 +13,7 @@ from relnas.search import encoding
 from relnas.search.strategies import Job
 from relnas.search.weight_set import (WeightSet, from_official_state_dict, load_official_state_dict, merge_eq6,
                                       official_key, to_official_state_dict)
-from search_helpers import run_pair
+from helpers.search import run_pair
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_lr_and_drop_path_of_every_generation_of_a_real_search(tmp_path, monkeyp
     the values written out by hand, read back from the run's files and from the trained module."""
     from relnas.search.search_module import SearchModule
     from relnas.search.run import run_search
-    from search_helpers import tiny_search_cfg
+    from helpers.search import tiny_search_cfg
 
     seen = []
     real = SearchModule.begin_candidate
@@ -280,7 +280,7 @@ def test_search_official_composes_and_runs_on_the_quickstart_data(tmp_path):
     from omegaconf import open_dict
 
     from relnas.search.run import run_search
-    from search_helpers import CONFIG_DIR
+    from helpers.search import CONFIG_DIR
 
     tiny = ["search.generations=1", "search.population_size=2", "search.subset=64", "supernet.C=4",
             "supernet.layers=3", "data.batch_size=16", "data.eval_batch_size=32", "search.progress=false",
@@ -330,7 +330,7 @@ def test_official_imagenet_lr_per_epoch_by_hand():
 def test_imagenet_experiment_does_not_clip_and_offers_the_official_schedule():
     from hydra import compose, initialize_config_dir
 
-    from search_helpers import CONFIG_DIR
+    from helpers.search import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         imn = compose(config_name="train", overrides=["+experiment=imagenet"])

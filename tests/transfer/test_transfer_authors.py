@@ -20,7 +20,7 @@ from relnas.transfer.tasks.detection import build_ssdlite
 from relnas.transfer.tasks.keypoints import KeypointModule
 from relnas.transfer.tasks.segmentation import SegmentationModule
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def authors_state(fixture: dict) -> dict:
@@ -121,8 +121,7 @@ def test_mismatches_are_one_line_errors():
 
 @pytest.mark.slow
 def test_init_weights_takes_the_authors_file_through_the_entry_point(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from cli_helpers import cli_env
+    from helpers.cli import cli_env
     from test_transfer_keypoints import TINY, write_fake_coco
 
     fx = torch.load(FIXTURES / "authors_simplebaseline_c8_l5.pt")
@@ -133,7 +132,7 @@ def test_init_weights_takes_the_authors_file_through_the_entry_point(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "relnas.transfer", "+experiment=coco_simplebaseline", f"hydra.run.dir={run}",
            f"paths.data_dir={tmp_path / 'data'}", *TINY, "task.epochs=0", f"init_weights={theirs}"]
-    r = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=cli_env(), capture_output=True, text=True,
+    r = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], env=cli_env(), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "from the authors' keypoints model" in r.stderr + r.stdout

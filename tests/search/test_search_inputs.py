@@ -7,7 +7,7 @@ import pytest
 from relnas.errors import ConfigError
 from relnas.search.run import run_search
 from relnas.search.state import STATE_FILE
-from search_helpers import tiny_search_cfg
+from helpers.search import tiny_search_cfg
 
 
 @pytest.mark.parametrize("override,message", [

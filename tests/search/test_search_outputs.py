@@ -8,7 +8,7 @@ import numpy as np
 
 from relnas.search import encoding
 from relnas.search.run import run_search
-from search_helpers import tiny_search_cfg
+from helpers.search import tiny_search_cfg
 
 
 def test_population_json_does_not_pair_a_moved_slow_learner_with_its_old_loss(tmp_path):

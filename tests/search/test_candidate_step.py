@@ -17,19 +17,19 @@ from relnas.search.search_module import SearchModule
 from relnas.search import encoding
 from relnas.search.candidate_step import PairTrainer
 from relnas.search.weight_set import WeightSet
-from search_helpers import members_one_after_the_other, tiny_search_cfg
+from helpers.search import members_one_after_the_other, tiny_search_cfg
 
 
 def _search(tmp_path, name, monkeypatch, overrides, backend=None):
     import relnas.search.run as run_mod
-    from search_helpers import RecordingSearchModule
+    from helpers.search import RecordingSearchModule
 
     RecordingSearchModule.instances.clear()
     run_dir = tmp_path / name
     # 2 generations: the second trains with drop path (ramped from 0), so the members' random
     # streams matter; batches 20, 20, 8 exercise graph warm-up, capture, replay and the odd batch
     cfg = tiny_search_cfg(run_dir, ["search.generations=2", "data.batch_size=20", "data.eval_batch_size=20",
-                                    "module._target_=search_helpers.RecordingSearchModule",
+                                    "module._target_=helpers.search.RecordingSearchModule",
                                     f"+module.graph_backend={backend or 'null'}", *overrides])
     run_mod.run_search(cfg, run_dir)
     with open(run_dir / "history.csv") as f:

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from voc_helpers import make_fake_voc  # noqa: E402
+from helpers.voc import make_fake_voc
 
-from relnas.transfer.backbones import build_backbone  # noqa: E402
-from relnas.transfer.metrics.voc_ap import VOCMeanAP, voc07_ap, voc_detection_ap  # noqa: E402
-from relnas.transfer.tasks.detection import DetectionModule, build_ssdlite  # noqa: E402
+from relnas.transfer.backbones import build_backbone
+from relnas.transfer.metrics.voc_ap import VOCMeanAP, voc07_ap, voc_detection_ap
+from relnas.transfer.tasks.detection import DetectionModule, build_ssdlite
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ from relnas.transfer.data.cityscapes import (CITYSCAPES_CLASSES, CityscapesDataM
                                              SegmentationEvalTransform, SegmentationTrainTransform, to_train_ids)
 from relnas.transfer.metrics.segmentation import MeanIoU, predict_probabilities
 from relnas.transfer.tasks.segmentation import BiSeNet, OhemCrossEntropy, ohem_cross_entropy
-from cli_helpers import cli_env  # noqa: E402
+from helpers.cli import cli_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Cityscapes label ids (cityscapesScripts labels.py) of the classes painted in the fake frames.
 ROAD, SIDEWALK, BUILDING, SKY, PERSON, CAR, UNLABELED, EGO, LICENSE_PLATE_FREE = 7, 8, 11, 23, 24, 26, 0, 1, 34

@@ -25,9 +25,9 @@ from relnas.transfer.data.coco_keypoints import (FLIP_PAIRS, KEYPOINT_NAMES, SKE
 from relnas.transfer.metrics.keypoints import (crop_to_image, decode_heatmaps, evaluate_coco_keypoints, flip_back,
                                                oks, oks_nms)
 from relnas.transfer.tasks.keypoints import SimpleBaseline, joints_mse_loss
-from cli_helpers import cli_env  # noqa: E402
+from helpers.cli import cli_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMG_W, IMG_H = 160, 120
 
 # A standing person in a 40x80 box (x, y relative to the box's top-left corner), COCO joint order.

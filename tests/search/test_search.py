@@ -21,9 +21,9 @@ from relnas.search.search_module import SearchModule
 from relnas.search.state import PREV_FILE, STATE_FILE, load_state
 from relnas.search.weight_set import WeightSet
 from relnas.utils.io import load_torch_file
-from search_helpers import tiny_search_cfg
+from helpers.search import tiny_search_cfg
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _genotypes(seed, n):
@@ -367,7 +367,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_cli_multirun_runs_each_setting_in_its_own_dir(tmp_path):
-    from search_helpers import TINY
+    from helpers.search import TINY
 
     args = ["-m", *[a for a in TINY if not a.startswith("search.population_size")],
             "search.population_size=2,4", "search.generations=1", f"hydra.sweep.dir={tmp_path}/sweep"]
@@ -417,7 +417,7 @@ def test_register_genotype_from_file(tmp_path):
 
 def test_channels_last_auto_is_nhwc_on_a_cpu_and_nchw_on_cuda(tmp_path):
     from relnas.search.search_module import channels_last_for
-    from search_helpers import RecordingSearchModule
+    from helpers.search import RecordingSearchModule
 
     # the rule, written out: a bool is kept; auto is NHWC everywhere but on CUDA devices
     assert [channels_last_for(v, d) for v, d in [(True, "cuda"), (False, "cpu"), ("auto", "cpu"), ("auto", "cuda")]] \
@@ -427,7 +427,7 @@ def test_channels_last_auto_is_nhwc_on_a_cpu_and_nchw_on_cuda(tmp_path):
     # a search with the default (auto) on this CPU trains in NHWC: inputs and the weight set's conv weights
     RecordingSearchModule.instances.clear()
     run_search(tiny_search_cfg(tmp_path, ["search.generations=1", "search.population_size=2",
-                                          "module._target_=search_helpers.RecordingSearchModule"]), tmp_path)
+                                          "module._target_=helpers.search.RecordingSearchModule"]), tmp_path)
     (module,) = RecordingSearchModule.instances
     conv = [p for p in module.weight_set.parameters() if p.dim() == 4]
     assert module.channels_last is True and conv and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)

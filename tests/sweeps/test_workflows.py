@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from search_helpers import TINY, tiny_search_cfg
+from helpers.search import TINY, tiny_search_cfg
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # smaller than TINY: two candidates per generation on 48 images
 MICRO = [a for a in TINY if not a.startswith(("data.num_train", "search.population_size", "search.generations"))] + \
     ["data.num_train=48", "search.population_size=2", "search.generations=1"]
@@ -28,7 +28,7 @@ def _cli(module, args, cwd, timeout=600, **env_extra):
 
 
 def _wandb_run(job_dir: Path):
-    from wandb_offline import summary
+    from helpers.wandb_offline import summary
 
     files = sorted(job_dir.glob("wandb/offline-run-*/*.wandb"))
     return [summary(f) for f in files]
@@ -77,7 +77,7 @@ def test_resume_continues_the_wandb_run_and_the_log_folders(tmp_path, monkeypatc
     pytest.importorskip("wandb")
     from relnas.search.engine import SimulatedInterrupt
     from relnas.search.run import run_search
-    from wandb_offline import summary
+    from helpers.wandb_offline import summary
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir, later = tmp_path / "run", tmp_path / "later"  # `later`: the new Hydra folder of the resume

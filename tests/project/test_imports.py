@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 from typing import Dict, List, Optional, Set
 
-PACKAGE = Path(__file__).resolve().parents[1] / "relnas"
+PACKAGE = Path(__file__).resolve().parents[2] / "relnas"
 
 
 def module_files(root: Path = PACKAGE) -> Dict[str, Path]:

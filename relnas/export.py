@@ -17,7 +17,7 @@ from the PyTorch network as it runs there: ``format=torchscript`` with ``torch.j
 fast paths included; ``format=onnx`` with ``torch.onnx``'s TorchScript-based exporter (opset
 :data:`OPSET`), the dilated convolutions as plain dilated kernels (:func:`_plain_dilated_convs`). The written file is then loaded back (ONNX Runtime; ``torch.jit.load``) and
 run on a random batch of ``parity_batch`` images (a size other than the traced one), and its
-largest absolute difference from the PyTorch network goes into ``export.json`` and the final
+largest absolute difference from the PyTorch network goes into ``result.json`` and the final
 JSON line; above ``tolerance`` the command fails (exit 2) after writing both.
 
 ``latency=true`` also measures the network at batch 1 (median milliseconds per image) and at
@@ -42,14 +42,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from relnas import runs
 from relnas.errors import ConfigError, ExportError
-from relnas.utils.io import write_json
 from relnas.utils.cli import command, entry_point
 
 #: the export formats and the file each writes into the run directory
 FILES = {"onnx": "network.onnx", "torchscript": "network.pt"}
 #: the record of an export (also the final JSON line)
-RECORD = "export.json"
 #: the input's name in the exported graph
 INPUT = "images"
 #: the ONNX operator set of the exported graphs
@@ -341,12 +340,14 @@ def export(cfg: DictConfig) -> Dict[str, Any]:
         for row in record["latency"]:
             print(f"{row['runtime']:<12} {row['device']:<5} {row['ms_per_image_batch1']:>9.2f} ms/image (batch 1)  "
                   f"{row['images_per_s']:>9.1f} images/s (batch {row['batch']})", flush=True)
-    write_json(out_dir / RECORD, record)
+    if not passed:
+        record["reason"] = (f"parity check failed: the exported {fmt} file differs from the PyTorch network by up "
+                            f"to {diff:.3g} (tolerance {tolerance:g})")
+    result = runs.write_result(out_dir, "export", "max_abs_diff", diff, record, status="ok" if passed else "failed")
     print(f"wrote {path} (parity: max |difference| {diff:.3g}, tolerance {tolerance:g})", flush=True)
     print(json.dumps(record, default=str), flush=True)
     if not passed:
-        raise ExportError(f"parity check failed: the exported {fmt} file differs from the PyTorch network by up to "
-                          f"{diff:.3g} (tolerance {tolerance:g}); see {out_dir / RECORD}")
+        raise ExportError(f"{record['reason']}; see {result}")
     return record
 
 

@@ -1,4 +1,4 @@
-"""Run directories: what a run of ``python -m relnas.<search | train | evaluate | transfer>`` leaves,
+"""Run directories: what a run of ``python -m relnas.<search | train | evaluate | transfer | export>`` leaves,
 and the rules that pick a file from one. Every other module asks here.
 
 A run directory holds
@@ -8,7 +8,8 @@ A run directory holds
   ``headline`` (``{"metric": <name>, "value": <number or null>}``: search, the found genotype's
   validation loss ``val_loss``; training, the best validation top-1 error ``best_val_top1_err``;
   evaluation, the test top-1 error ``test_top1_err``; transfer, the task's monitored metric, e.g.
-  ``map``, ``miou``, ``AP``), then the entry point's details (:func:`write_result`);
+  ``map``, ``miou``, ``AP``; export, the parity check's largest absolute difference
+  ``max_abs_diff``), then the entry point's details (:func:`write_result`);
 * ``failure.json``: a job of a multirun stopped by a one-line error (written by
   :func:`relnas.utils.cli.fail`; read by :func:`failure`);
 * search: ``genotype.json`` (the cell found), ``search_state.pt`` (its checkpoint, what
@@ -52,7 +53,7 @@ LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINTS = "best*.ckpt"
 
 #: what ``kind`` a result file says its run was (the entry point's ``task_name``)
-KINDS = ("search", "train", "evaluate", "transfer")
+KINDS = ("search", "train", "evaluate", "transfer", "export")
 
 __all__ = ["RESULT_FILE", "FAILURE_FILE", "GENOTYPE_FILE", "SEARCH_STATE_FILE", "RUN_INFO_FILE", "KINDS",
            "write_result", "read_result", "failure", "outcome", "kind", "genotype_file", "no_genotype_reason",

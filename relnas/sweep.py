@@ -6,7 +6,8 @@ open, and a multirun ends with a sweep summary.
 ``result.json``; ``missing`` when the job left no result), its headline metric (the ``headline`` of
 its ``result.json``, :mod:`relnas.runs`: search, the found genotype's validation loss; training, the
 best validation top-1 error; evaluation, the test top-1 error; transfer, the task's metric on its
-evaluation split, e.g. ``map``, ``miou``, ``AP``), test error (training), and wall time.
+evaluation split, e.g. ``map``, ``miou``, ``AP``; export, the parity check's largest difference),
+test error (training), and wall time.
 ``sweep_summary.png`` plots the validation metric and the wall time of each job against the swept
 values (against the job number when more than one key is swept or the values are not numbers).
 """

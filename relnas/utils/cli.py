@@ -1,4 +1,4 @@
-"""The one wrapper of the command-line entry points (search, train, evaluate, inspect, transfer).
+"""The one wrapper of the command-line entry points (search, train, evaluate, inspect, transfer, export).
 
 ``command(fn)`` returns ``fn`` with the expected failures (:class:`relnas.errors.RelnasError`) turned
 into one line ``error: <message>`` on stderr and exit status 2, without a traceback (the

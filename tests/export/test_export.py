@@ -208,7 +208,7 @@ def test_a_train_checkpoint_exports_with_its_input_size_and_its_weights(tmp_path
     cfg = compose_config("export", [f"checkpoint={tmp_path / 'run'}", "format=torchscript"], output_dir=tmp_path / "out")
     record = export(cfg)
     assert record["checkpoint"] == str(ckpt) and record["input"]["shape"] == ["batch", 3, 32, 32]
-    saved = json.loads((tmp_path / "out" / "export.json").read_text())
+    saved = json.loads((tmp_path / "out" / "result.json").read_text())
     assert saved["parity"] == record["parity"] and saved["parity"]["batch"] == 3
     x = torch.randn(2, 3, 32, 32)
     state = torch.load(ckpt, weights_only=True)["state_dict"]
@@ -231,8 +231,11 @@ def test_an_export_that_differs_from_the_network_fails_after_recording_the_diffe
     cfg = compose_config("export", ["genotype=DARTS_V2", "C=4", "layers=4"], output_dir=tmp_path)
     with pytest.raises(ExportError, match="parity check failed"):
         export(cfg)
-    parity = json.loads((tmp_path / "export.json").read_text())["parity"]
+    result = json.loads((tmp_path / "result.json").read_text())
+    parity = result["parity"]
     assert parity["passed"] is False and parity["max_abs_diff"] == pytest.approx(0.01, abs=1e-4)
+    assert result["status"] == "failed" and result["kind"] == "export" and "parity check failed" in result["reason"]
+    assert result["headline"] == {"metric": "max_abs_diff", "value": parity["max_abs_diff"]}
 
 
 def test_latency_is_measured_for_eager_torchscript_and_onnx_runtime():

@@ -262,7 +262,12 @@ def _load_subset(module: nn.Module, sd: Mapping[str, torch.Tensor], path: Path) 
         if tuple(sd[k].shape) != tuple(v.shape):
             raise BackboneError(f"backbone weights {str(path)!r}: shape of {k!r} is {tuple(sd[k].shape)}, the backbone "
                                 f"needs {tuple(v.shape)} (genotype, C or layers differ?)")
-    module.load_state_dict({k: sd[k] for k in own}, strict=True)
+    subset = OrderedDict((k, sd[k]) for k in own)
+    # the modules' state-dict versions (torchvision's MNASNet reads its own): the file's, else the built module's
+    meta = getattr(sd, "_metadata", None) or getattr(own, "_metadata", None)
+    if meta is not None:
+        subset._metadata = meta  # type: ignore[attr-defined]
+    module.load_state_dict(subset, strict=True)
     ignored = len([k for k in sd if k not in own])
     log.info("loaded %d backbone tensors from %s (%d others ignored: classifier, auxiliary head, unused cells)",
              len(own), path, ignored)
@@ -367,7 +372,10 @@ class _Subset(nn.Module):
         self._keep = keep
 
     def state_dict(self, *args, **kwargs):  # type: ignore[override]
-        return OrderedDict((k, v) for k, v in self._model[0].state_dict().items() if k in self._keep)
+        full = self._model[0].state_dict()
+        out = OrderedDict((k, v) for k, v in full.items() if k in self._keep)
+        out._metadata = getattr(full, "_metadata", None)  # type: ignore[attr-defined]
+        return out
 
     def load_state_dict(self, sd, strict: bool = True, assign: bool = False):  # type: ignore[override]
         return self._model[0].load_state_dict(sd, strict=False)

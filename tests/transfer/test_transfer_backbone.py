@@ -233,6 +233,22 @@ def test_torchvision_state_dict_file(tmp_path):
         torch.testing.assert_close(bb(x)["stride32"], ref.features(x))
 
 
+@pytest.mark.parametrize("as_plain_dict", [False, True])
+def test_an_mnasnet_state_dict_file_loads_with_or_without_its_module_versions(tmp_path, as_plain_dict):
+    """torchvision's MNASNet reads the state-dict version of its own module when it loads: a file saved
+    from ``state_dict()`` carries it, a plain dict does not (the built module's version applies)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.mnasnet1_0().eval()
+    path = tmp_path / "mnasnet.pth"
+    torch.save(dict(ref.state_dict()) if as_plain_dict else ref.state_dict(), path)
+    bb = build_backbone("mnasnet1_0", weights=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(bb(x)["stride32"], ref.layers(x))
+
+
 def test_relnas_build_backbone_is_exported():
     import relnas
 

@@ -143,6 +143,7 @@ def _backbone_target(cfg: DictConfig) -> Target:
 
     bb = backbone_from_config(cfg.backbone).eval()
     size = _input_size(cfg) or 224
+    bb.check_input_size((size, size))
     in_channels = int(cfg.backbone.get("in_channels") or 3)
     weights = getattr(bb, "weights", None)
     source = {"backbone": str(cfg.backbone.name), "weights": None if weights is None else str(weights)}

@@ -113,14 +113,15 @@ def instantiate_task(cfg_task: Mapping[str, Any], backbone, num_classes: int, cl
     model_cfg = dict(plain(cfg_task.get("model")) or {})
     if input_size is not None and "input_size" in model_cfg:
         model_cfg["input_size"] = list(input_size)
+    size = input_size if input_size is not None else model_cfg.get("input_size", cls.paper_input_size)
+    backbone.check_input_size([size, size] if isinstance(size, int) else size)
     model = configured(f"task.model ({cls.task_name})", cls.build_model, backbone, int(num_classes), **model_cfg)
     optimizer = hydra.utils.instantiate(cfg_task["optimizer"]) if cfg_task.get("optimizer") else None
     node = {"_target_": cfg_task["_target_"], **(plain(cfg_task.get("module")) or {})}
     return configured(f"task ({cls.task_name})", instantiate, node, _convert_="all", model=model,
                       num_classes=int(num_classes), class_names=class_names, optimizer=optimizer,
                       scheduler=plain(cfg_task.get("scheduler")), epochs=int(cfg_task.get("epochs", 1)),
-                      input_size=input_size if input_size is not None
-                      else model_cfg.get("input_size", cls.paper_input_size),
+                      input_size=size,
                       backbone_info=backbone.describe())
 
 

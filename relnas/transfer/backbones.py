@@ -87,6 +87,8 @@ class Backbone(nn.Module):
 
     name: str = ""
     kind: str = ""
+    #: input heights and widths must be multiples of this (1: any size)
+    size_multiple: int = 1
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,6 +98,13 @@ class Backbone(nn.Module):
         self.pretrained = False
         self.frozen_bn = False
         self.out_indices: Tuple[int, ...] = ()
+
+    def check_input_size(self, size: Sequence[int]) -> None:
+        """Refuse (one line) an input ``(H, W)`` the backbone cannot take."""
+        m = self.size_multiple
+        if any(int(s) % m for s in size):
+            raise BackboneError(f"input size {'x'.join(str(int(s)) for s in size)} does not fit backbone {self.name}: "
+                                f"a {self.kind} backbone takes heights and widths that are multiples of {m}")
 
     def describe(self) -> Dict[str, Any]:
         d = {"name": self.name, "kind": self.kind, "weights": self.weights, "pretrained": self.pretrained,
@@ -138,6 +147,7 @@ class CellBackbone(Backbone):
     """Stem and cells of ``NetworkImageNet(C, layers, genotype)`` returning the stage-end maps."""
 
     kind = "cell"
+    size_multiple = 32  # the stride-16 and stride-32 reduction cells halve maps of even size only
 
     def __init__(self, genotype: Any, C: int = 46, layers: int = 14, in_channels: int = 3,
                  out_indices: Optional[Sequence[int]] = None, name: str = "cell", drop_path_prob: float = 0.0):

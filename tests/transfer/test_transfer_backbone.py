@@ -284,3 +284,16 @@ def test_genotype_file_and_search_run_dir(tmp_path):
         assert bb.genotype == g and bb.describe()["genotype"] == g.to_dict()
     with pytest.raises(BackboneError, match="backbone"):
         build_backbone(str(tmp_path / "missing.json"))
+
+
+def test_a_cell_backbone_refuses_an_input_size_its_reduction_cells_cannot_halve():
+    """64x48: the stride-16 map is 4x3, whose odd width the stride-32 reduction cell cannot halve
+    (its two factorized branches disagree); 64x64 runs."""
+    bb = build_backbone("RelativeNAS", C=8, layers=5).eval()
+    with pytest.raises(BackboneError, match=r"input size 64x48 does not fit backbone RelativeNAS: .* multiples of 32"):
+        bb.check_input_size((64, 48))
+    with pytest.raises(RuntimeError):  # what the network itself does with it
+        bb(torch.randn(1, 3, 64, 48))
+    bb.check_input_size((64, 64))
+    assert bb(torch.randn(1, 3, 64, 64))["stride32"].shape[-2:] == (2, 2)
+    build_backbone("mobilenet_v2").check_input_size((64, 48))  # torchvision backbones take any size

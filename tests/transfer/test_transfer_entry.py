@@ -264,3 +264,12 @@ def test_bisenet_recipe_validates_its_final_weights():
     t = cfg.trainer
     assert t.max_epochs == -1 and t.max_steps == 80000 and t.check_val_every_n_epoch is None
     assert isinstance(t.val_check_interval, int) and t.max_steps % t.val_check_interval == 0
+
+
+def test_inspect_of_a_task_at_an_input_size_the_backbone_cannot_take_is_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "relnas.inspect", "task=keypoints", "backbone=RelativeNAS",
+                        "input_size=[64,48]", "backbone.C=8", "backbone.layers=5", f"hydra.run.dir={tmp_path}"],
+                       cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == ["error: input size 64x48 does not fit backbone RelativeNAS: a cell backbone "
+                                             "takes heights and widths that are multiples of 32"]

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from relnas import runs
 from relnas.errors import ConfigError
 from relnas.nas.arch import ArchSpec
+from relnas.train_spec import check_format
 from relnas.utils.instantiate import instantiate, instantiate_datamodule
 from relnas.utils.cli import command, entry_point
 from relnas.utils.io import load_checkpoint_dict
@@ -62,6 +63,7 @@ def read_train_checkpoint(spec: str) -> Tuple[Path, Dict[str, Any]]:
     if not isinstance(ckpt, Mapping) or not ckpt.get("hyper_parameters") or "state_dict" not in ckpt:
         raise ConfigError(f"checkpoint {str(path)!r} is not a relnas training checkpoint; "
                           f"for the official code's files use reference_checkpoint=")
+    check_format(ckpt, path, "checkpoint", "train it again with this relnas")
     return path, ckpt
 
 

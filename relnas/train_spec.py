@@ -58,11 +58,7 @@ class TrainSpec:
     def check_resume(self, ckpt: Mapping[str, Any], path: Path) -> None:
         """Refuse, in one line, a checkpoint of another format version, of another network, or
         trained with other settings than this spec's."""
-        version = ckpt.get("format_version")
-        if version != FORMAT_VERSION or not isinstance(ckpt.get("train_spec"), Mapping):
-            raise CheckpointError(f"resume: {str(path)!r} is not a relnas.train checkpoint of format version "
-                                  f"{FORMAT_VERSION} (its version: {'(none)' if version is None else version}); "
-                                  f"start the training again")
+        check_format(ckpt, path, "resume", "start the training again")
         saved = ckpt["train_spec"]
         stored = ArchSpec.from_dict({**saved["arch"], "image_size": self.arch.image_size})
         diff = stored.differences(self.arch)
@@ -108,6 +104,15 @@ def train_spec(cfg: DictConfig, arch: ArchSpec) -> TrainSpec:
                      auxiliary_weight=float(setting("auxiliary_weight")),
                      label_smoothing=float(setting("label_smoothing")), image_size=int(arch.image_size),
                      optimizer={k: optimizer.get(k) for k in OPTIMIZER_FIELDS})
+
+
+def check_format(ckpt: Mapping[str, Any], path: Path, what: str, hint: str) -> None:
+    """Refuse (one :class:`CheckpointError` line, ``what: ...; hint``) a checkpoint that is not a
+    relnas.train checkpoint of :data:`FORMAT_VERSION`."""
+    version = ckpt.get("format_version")
+    if version != FORMAT_VERSION or not isinstance(ckpt.get("train_spec"), Mapping):
+        raise CheckpointError(f"{what}: {str(path)!r} is not a relnas.train checkpoint of format version "
+                              f"{FORMAT_VERSION} (its version: {'(none)' if version is None else version}); {hint}")
 
 
 class RecordTrainSpec(L.Callback):

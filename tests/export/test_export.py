@@ -198,7 +198,13 @@ def _train_checkpoint(path: Path, C: int = 4, state_from_C: int = 4) -> Path:
     weights = ClassifierModule(genotype="DARTS_V2", C=state_from_C, layers=4, auxiliary=False)
     _randomise_batchnorm(weights.net)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": weights.state_dict()}, path)
+    from relnas.nas.arch import ArchSpec
+    from relnas.train_spec import FORMAT_VERSION, TrainSpec
+
+    spec = TrainSpec(arch=ArchSpec(genotype="DARTS_V2", C=C, layers=4), epochs=1, scheduler={}, drop_path_prob=0.0,
+                     auxiliary_weight=0.0, label_smoothing=0.0, image_size=32, optimizer={})
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": weights.state_dict(),
+                "format_version": FORMAT_VERSION, "train_spec": spec.to_dict()}, path)
     return path
 
 

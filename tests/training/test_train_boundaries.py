@@ -347,15 +347,17 @@ def test_resume_with_another_schedule_fails_in_one_line(tmp_path):
 def test_a_training_checkpoint_of_another_format_version_is_refused_in_one_line(tmp_path):
     """Every checkpoint relnas.train writes records its format version and the run's spec; a
     checkpoint of another version, or one without (not written by relnas.train), is refused in one
-    line naming the version."""
+    line naming the version, by a resume and by relnas.evaluate / relnas.export."""
     from relnas.errors import CheckpointError
+    from relnas.evaluate import read_train_checkpoint
     from relnas.train import train
     from relnas.train_spec import FORMAT_VERSION
 
     first = tmp_path / "first"
     train(_compose(first, *TINY, "epochs=1", "test_after_training=false"))
-    ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["format_version"] == FORMAT_VERSION and ckpt["train_spec"]["epochs"] == 1
+    assert read_train_checkpoint(str(first / "checkpoints" / "last.ckpt"))[1]["format_version"] == FORMAT_VERSION
     for version, said in ((FORMAT_VERSION + 1, f"(its version: {FORMAT_VERSION + 1})"), (None, "(its version: (none))")):
         other = dict(ckpt, format_version=version) if version is not None else \
             {k: v for k, v in ckpt.items() if k != "format_version"}
@@ -364,6 +366,10 @@ def test_a_training_checkpoint_of_another_format_version_is_refused_in_one_line(
         with pytest.raises(CheckpointError) as e:
             train(_compose(tmp_path / "second", *TINY, "epochs=1", f"resume={path}"))
         assert said in str(e.value) and str(e.value).endswith("start the training again")
+        assert "\n" not in str(e.value)
+        with pytest.raises(CheckpointError) as e:
+            read_train_checkpoint(str(path))
+        assert said in str(e.value) and str(e.value).endswith("train it again with this relnas")
         assert "\n" not in str(e.value)
 
 

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from relnas.nas.spaces import DARTS, SearchSpace
 from relnas.search import encoding
 from relnas.search.strategies import Job, JobResult, Strategy, positive_int, register_strategy
 
@@ -38,15 +39,17 @@ def _loss(x: float) -> float:
     return x if math.isfinite(x) else math.inf
 
 
-def mutate(rng: np.random.Generator, vector: np.ndarray, index: Optional[int] = None) -> tuple[np.ndarray, int]:
-    """Re-draw one integer choice of ``vector`` to a different value (at its interval's centre).
+def mutate(rng: np.random.Generator, vector: np.ndarray, index: Optional[int] = None,
+           space: SearchSpace = DARTS) -> tuple[np.ndarray, int]:
+    """Re-draw one integer choice of ``vector`` (an encoding of ``space``) to a different value (at
+    its interval's centre).
 
     Returns ``(child, index)``; ``index`` is the mutated element (drawn uniformly when None).
     """
     child = np.asarray(vector, dtype=np.float64).copy()
     if index is None:
-        index = int(rng.integers(encoding.DIM))
-    k = int(encoding.UPPER[index])  # number of choices of this element (>= 2)
+        index = int(rng.integers(space.dim))
+    k = int(space.bounds()[1][index])  # number of choices of this element (>= 2)
     current = int(min(max(math.floor(child[index]), 0), k - 1))
     new = int(rng.integers(k - 1))
     if new >= current:
@@ -58,7 +61,9 @@ def mutate(rng: np.random.Generator, vector: np.ndarray, index: Optional[int] = 
 class _Budgeted(Strategy):
     """Shared bookkeeping: budget, chunked generations, fresh ids, best ever."""
 
-    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None):
+    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
+                 space: SearchSpace = DARTS):
+        self.space = space
         self.population_size = positive_int("population_size", population_size)
         positive_int("generations", generations)
         self.budget = self.population_size * int(generations) if budget is None else positive_int("budget", budget)
@@ -112,8 +117,9 @@ class RandomSearch(_Budgeted):
 
     name = "random"
 
-    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None):
-        super().__init__(population_size, generations, budget)
+    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
+                 space: SearchSpace = DARTS):
+        super().__init__(population_size, generations, budget, space)
         self.last: Dict[int, np.ndarray] = {}  # individuals of the latest generation
 
     def init(self, rng: np.random.Generator) -> None:
@@ -121,7 +127,7 @@ class RandomSearch(_Budgeted):
 
     def ask(self, rng: np.random.Generator, generation: int) -> List[Job]:
         n = self._chunk(generation)
-        vectors = encoding.sample(rng, n) if n else np.zeros((0, encoding.DIM))
+        vectors = encoding.sample(rng, n, self.space) if n else np.zeros((0, self.space.dim))
         self.last = {}
         jobs = []
         for j in range(n):
@@ -141,7 +147,7 @@ class RandomSearch(_Budgeted):
     def state_dict(self) -> Dict[str, Any]:
         s = self._base_state()
         s["last_ids"] = np.asarray(list(self.last), dtype=np.int64)
-        s["last_vectors"] = np.stack(list(self.last.values())) if self.last else np.zeros((0, encoding.DIM))
+        s["last_vectors"] = np.stack(list(self.last.values())) if self.last else np.zeros((0, self.space.dim))
         return s
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -157,8 +163,8 @@ class RegularizedEvolution(_Budgeted):
     sequential_only = True  # a child is bred from the losses of the cycles before it
 
     def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
-                 sample_size: int = 5):
-        super().__init__(population_size, generations, budget)
+                 sample_size: int = 5, space: SearchSpace = DARTS):
+        super().__init__(population_size, generations, budget, space)
         self.sample_size = positive_int("sample_size", sample_size)
         # the population, oldest first: ids, vectors, losses
         self.ids: List[int] = []
@@ -176,7 +182,7 @@ class RegularizedEvolution(_Budgeted):
         k = min(self.sample_size, len(self.ids))
         picks = rng.choice(len(self.ids), size=k, replace=False)
         parent = int(min(picks, key=lambda p: (self.losses[p], p)))
-        child, index = mutate(rng, self.vectors[parent])
+        child, index = mutate(rng, self.vectors[parent], space=self.space)
         self.mutations[ident] = {"parent": int(self.ids[parent]), "index": index}
         return child
 
@@ -186,7 +192,7 @@ class RegularizedEvolution(_Budgeted):
         jobs: List[Job] = []
         for j in range(n):
             if start + j < self.population_size:  # the initial random population
-                jobs.append(Job(j, [self._fresh_id()], [encoding.sample(rng)]))
+                jobs.append(Job(j, [self._fresh_id()], [encoding.sample(rng, space=self.space)]))
             else:
                 jobs.append(Job(j, [-1], [None]))  # filled in when its turn comes (see tell)
         self._jobs = jobs
@@ -224,7 +230,7 @@ class RegularizedEvolution(_Budgeted):
     def state_dict(self) -> Dict[str, Any]:
         s = self._base_state()
         s.update({"sample_size": self.sample_size, "ids": np.asarray(self.ids, dtype=np.int64),
-                  "vectors": np.stack(self.vectors) if self.vectors else np.zeros((0, encoding.DIM)),
+                  "vectors": np.stack(self.vectors) if self.vectors else np.zeros((0, self.space.dim)),
                   "losses": np.asarray(self.losses, dtype=np.float64),
                   "mutation_child": np.asarray(list(self.mutations), dtype=np.int64),
                   "mutation_parent": np.asarray([m["parent"] for m in self.mutations.values()], dtype=np.int64),

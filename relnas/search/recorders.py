@@ -102,7 +102,8 @@ class OutputRecorder:
         # each individual's most recent estimate (RelativeNAS: the last generation; baselines: its only one)
         last = {int(r["individual"]): r for r in engine.history}
         losses = {i: float(r["val_loss"]) for i, r in last.items()}
-        write_population(self.run_dir / "population.json", engine.strategy.population(), losses, last)
+        write_population(self.run_dir / "population.json", engine.strategy.population(), losses, last,
+                         engine.strategy.space)
 
     def on_generation_end(self, engine: SearchEngine) -> None:
         self._tables(engine)
@@ -124,7 +125,7 @@ class OutputRecorder:
         self._tables(engine)
         strat = engine.strategy
         best_id, best_vec, best_loss = strat.best()
-        genotype = encoding.decode(best_vec)
+        genotype = encoding.decode(best_vec, space=strat.space)
         genotype.save(self.run_dir / "genotype.json")
         (self.run_dir / "result.json").write_text(json.dumps({
             "genotype": genotype.to_dict(), "genotype_str": str(genotype), "individual": best_id,

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from relnas.search import encoding
+from relnas.nas.spaces import DARTS, SearchSpace
 from relnas.search.slow_fast import check_population_size, fast_slow, init_population, random_pairs, slow_fast_update
 from relnas.utils.registry import Registry
 
@@ -46,13 +46,15 @@ class Strategy:
 
     Class attributes the executors read: ``job_size`` (members per job: 2 for pairs, 1 for the
     baselines) and ``sequential_only`` (True when a job is proposed from the results of the jobs
-    before it, so the jobs of a generation cannot run in parallel).
+    before it, so the jobs of a generation cannot run in parallel). ``space``: the search space
+    whose encoding the vectors are (a constructor argument; the config passes ``search_space``).
     """
 
     name = "base"
     budget: int
     job_size = 1
     sequential_only = False
+    space: SearchSpace = DARTS
 
     def init(self, rng: np.random.Generator) -> None:
         raise NotImplementedError
@@ -95,7 +97,7 @@ class RelativeNAS(Strategy):
     job_size = 2
 
     def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
-                 tie_rule: str = "first"):
+                 tie_rule: str = "first", space: SearchSpace = DARTS):
         """``tie_rule``: what equal (finite) validation losses do. ``"first"``: the pair's first
         member is the fast learner, for the update and the merge. ``"official"``: as the authors'
         script, the first member is the teacher of the architecture update (``mask = loss_a >
@@ -104,6 +106,7 @@ class RelativeNAS(Strategy):
         if tie_rule not in TIE_RULES:
             raise ValueError(f"unknown tie_rule {tie_rule!r}; use one of {', '.join(TIE_RULES)}")
         self.tie_rule = tie_rule
+        self.space = space
         self.population_size = check_population_size(population_size)
         positive_int("generations", generations)
         if budget is not None:  # a budget in estimations fixes the number of generations
@@ -121,7 +124,7 @@ class RelativeNAS(Strategy):
         return self._generations
 
     def init(self, rng: np.random.Generator) -> None:
-        self.alpha, self.velocity = init_population(rng, self.population_size, encoding.LOWER, encoding.UPPER)
+        self.alpha, self.velocity = init_population(rng, self.population_size, *self.space.bounds())
 
     def ask(self, rng: np.random.Generator, generation: int) -> List[Job]:
         pairs = random_pairs(rng, self.population_size)
@@ -134,7 +137,7 @@ class RelativeNAS(Strategy):
             self.losses[m] = loss
         # the slow learner's update uses the fast learner's vector as estimated (job.vectors)
         self.alpha[sid], self.velocity[sid] = slow_fast_update(rng, self.alpha[sid], self.velocity[sid],
-                                                               job.vectors[f], encoding.LOWER, encoding.UPPER)
+                                                               job.vectors[f], *self.space.bounds())
         roles = ["fast", "slow"] if f == 0 else ["slow", "fast"]
         if self.tie_rule == "official" and losses[0] == losses[1] and math.isfinite(losses[0]):
             return JobResult(roles=roles, merge_priority=[0, 1])  # the second member's weights win the merge

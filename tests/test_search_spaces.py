@@ -223,7 +223,7 @@ def conv_1x1():
 
 @pytest.mark.slow
 def test_a_custom_operation_registered_in_python_is_searched_and_built(tmp_path, conv_1x1):
-    from relnas.nas.arch import ArchSpec, build_network
+    from relnas.nas.arch import ArchSpec
 
     cfg = tiny_search_cfg(tmp_path, [f"search_space.ops=[{conv_1x1},skip_connect]", "search_space.nodes=2",
                                      "search.generations=2"])
@@ -231,7 +231,7 @@ def test_a_custom_operation_registered_in_python_is_searched_and_built(tmp_path,
     g = Genotype.load(tmp_path)
     assert g == result["genotype"] and g.space == SearchSpace((conv_1x1, "skip_connect"), 2)
     assert len(g.normal) == 4 and set(op for op, _ in g.normal + g.reduce) <= {conv_1x1, "skip_connect"}
-    net = build_network(ArchSpec(network="cifar", genotype=str(tmp_path), C=4, layers=3, num_classes=10))
+    net = ArchSpec(network="cifar", genotype=str(tmp_path), C=4, layers=3, num_classes=10).build()
     assert net(torch.randn(2, 3, 32, 32))[0].shape == (2, 10)
     used = {type(m) for m in net.modules()}
     assert (_Conv1x1 in used) == (conv_1x1 in [op for op, _ in g.normal + g.reduce])

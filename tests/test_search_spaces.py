@@ -197,6 +197,20 @@ def test_strategies_propose_vectors_of_their_space():
     assert all(j.vectors[0].shape == (24,) for j in jobs)
 
 
+def test_regularized_evolution_breeds_children_in_its_space():
+    rng = np.random.default_rng(1)
+    e = RegularizedEvolution(population_size=3, generations=3, sample_size=2, space=COMPACT)
+    e.init(rng)
+    seen = []
+    for g in range(e.generations):
+        for job in e.ask(rng, g):
+            seen.append(job.vectors[0])
+            e.tell(rng, job, [float(rng.random())])
+        e.end_generation(rng, g)
+    assert len(e.mutations) == 6 and all(v.shape == (24,) for v in seen)
+    assert all(np.all(v < COMPACT.bounds()[1]) for v in seen)
+
+
 def test_an_unknown_operation_in_the_config_fails_in_one_line(tmp_path):
     cfg = tiny_search_cfg(tmp_path, ["search_space.ops=[sep_conv_3x3,no_such_op]"])
     with pytest.raises(ConfigError, match="unknown operation.*'no_such_op'"):

@@ -31,6 +31,7 @@ import numpy as np
 
 from relnas.nas.spaces import DARTS, SearchSpace
 from relnas.search import encoding
+from relnas.search.constraints import NO_CONSTRAINTS, SizeConstraints
 from relnas.search.strategies import Job, JobResult, Strategy, positive_int, register_strategy
 
 
@@ -62,13 +63,14 @@ class _Budgeted(Strategy):
     """Shared bookkeeping: budget, chunked generations, fresh ids, best ever."""
 
     def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
-                 space: SearchSpace = DARTS):
-        self.space = space
+                 space: SearchSpace = DARTS, constraints: SizeConstraints = NO_CONSTRAINTS):
+        self.space, self.constraints = space, constraints
         self.population_size = positive_int("population_size", population_size)
         positive_int("generations", generations)
         self.budget = self.population_size * int(generations) if budget is None else positive_int("budget", budget)
         self.next_id = 0
         self.best_id, self.best_vector, self.best_loss = -1, None, math.inf
+        self.best_violation = math.inf
         self.estimated = 0
 
     @property
@@ -88,9 +90,13 @@ class _Budgeted(Strategy):
         return i
 
     def _record(self, ident: int, vector: np.ndarray, loss: float) -> None:
+        """Count an estimation; keep the best, feasibility first (the earliest on ties)."""
         self.estimated += 1
-        if loss < self.best_loss or self.best_vector is None:
+        violation = self.violation(vector)
+        if self.best_vector is None or violation < self.best_violation or \
+                (violation == self.best_violation and loss < self.best_loss):
             self.best_id, self.best_vector, self.best_loss = int(ident), np.asarray(vector, np.float64).copy(), loss
+            self.best_violation = violation
 
     def best(self) -> tuple[int, np.ndarray, float]:
         if self.best_vector is None:
@@ -110,6 +116,7 @@ class _Budgeted(Strategy):
         self.best_loss, self.estimated = float(state["best_loss"]), int(state["estimated"])
         bv = state["best_vector"]
         self.best_vector = None if bv is None else np.asarray(bv, dtype=np.float64).copy()
+        self.best_violation = math.inf if bv is None else self.violation(self.best_vector)
 
 
 class RandomSearch(_Budgeted):
@@ -118,8 +125,8 @@ class RandomSearch(_Budgeted):
     name = "random"
 
     def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
-                 space: SearchSpace = DARTS):
-        super().__init__(population_size, generations, budget, space)
+                 space: SearchSpace = DARTS, constraints: SizeConstraints = NO_CONSTRAINTS):
+        super().__init__(population_size, generations, budget, space, constraints)
         self.last: Dict[int, np.ndarray] = {}  # individuals of the latest generation
 
     def init(self, rng: np.random.Generator) -> None:
@@ -163,8 +170,9 @@ class RegularizedEvolution(_Budgeted):
     sequential_only = True  # a child is bred from the losses of the cycles before it
 
     def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
-                 sample_size: int = 5, space: SearchSpace = DARTS):
-        super().__init__(population_size, generations, budget, space)
+                 sample_size: int = 5, space: SearchSpace = DARTS,
+                 constraints: SizeConstraints = NO_CONSTRAINTS):
+        super().__init__(population_size, generations, budget, space, constraints)
         self.sample_size = positive_int("sample_size", sample_size)
         # the population, oldest first: ids, vectors, losses
         self.ids: List[int] = []
@@ -181,7 +189,8 @@ class RegularizedEvolution(_Budgeted):
         ident = self.next_id  # the id the proposal will get (see _fill)
         k = min(self.sample_size, len(self.ids))
         picks = rng.choice(len(self.ids), size=k, replace=False)
-        parent = int(min(picks, key=lambda p: (self.losses[p], p)))
+        # the winner of the tournament, feasibility first (the smallest violation, then the lowest loss)
+        parent = int(min(picks, key=lambda p: (self.violation(self.vectors[p]), self.losses[p], p)))
         child, index = mutate(rng, self.vectors[parent], space=self.space)
         self.mutations[ident] = {"parent": int(self.ids[parent]), "index": index}
         return child

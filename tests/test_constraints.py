@@ -2,6 +2,7 @@
 cell's size, the strategies under the rule, and budgeted searches end to end."""
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -130,30 +131,34 @@ def test_evolution_tournaments_are_won_by_the_feasible_cell():
 
 # ---------------------------------------------------------------------- budgeted searches
 
-def _midpoint_budget() -> float:
-    probe = SizeConstraints(C=4, layers=3)
-    space = SearchSpace(("sep_conv_3x3", "max_pool_3x3", "skip_connect"), 3)
-    ends = []
-    for op in ("max_pool_3x3", "sep_conv_3x3"):
-        pairs = [(op, 0), (op, 1)] * 3
-        ends.append(probe.cost(Genotype(pairs, space.concat, pairs, space.concat)).params_m)
-    return sum(ends) / 2
-
-
 BUDGET_KEYS = ["search_space=compact", "search.constraints.C=4", "search.constraints.layers=3"]
+COMPACT = SearchSpace(("sep_conv_3x3", "max_pool_3x3", "skip_connect"), 3)
+
+
+def _params_m(genotype: Genotype) -> float:
+    """Parameters (millions, no auxiliary head) of the C=4, 3-layer CIFAR network, counted here."""
+    net = ArchSpec(network="cifar", genotype=genotype, C=4, layers=3).build()
+    return sum(p.numel() for n, p in net.named_parameters() if not n.startswith("auxiliary")) / 1e6
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["relativenas", "random"])
 def test_a_budgeted_searchs_cell_is_within_the_budget(tmp_path, strategy):
-    budget = _midpoint_budget()
-    cfg = tiny_search_cfg(tmp_path, BUDGET_KEYS + [f"search.constraints.max_params_m={budget}", f"strategy={strategy}"])
-    result = run_search(cfg, tmp_path)
-    g = Genotype.load(tmp_path)
-    assert g == result["genotype"]
-    net = ArchSpec(network="cifar", genotype=g, C=4, layers=3).build()
-    params = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("auxiliary"))
-    assert params / 1e6 <= budget
+    # the same search without a budget: its cell, and the cheapest cell of its first generation
+    # (the first generation is the same with a budget: the rule draws no random numbers)
+    free = run_search(tiny_search_cfg(tmp_path / "free", BUDGET_KEYS + [f"strategy={strategy}"]), tmp_path / "free")
+    with open(tmp_path / "free" / "history.csv") as f:
+        first = [np.array(r["vector"].split(), float) for r in csv.DictReader(f) if r["generation"] == "1"]
+    cheapest = min(_params_m(encoding.decode(v, space=COMPACT)) for v in first)
+    unbudgeted = _params_m(free["genotype"])
+    assert cheapest < unbudgeted  # else this seed cannot show the budget at work
+    budget = (cheapest + unbudgeted) / 2
+
+    run_dir = tmp_path / "budgeted"
+    cfg = tiny_search_cfg(run_dir, BUDGET_KEYS + [f"search.constraints.max_params_m={budget}", f"strategy={strategy}"])
+    result = run_search(cfg, run_dir)
+    g = Genotype.load(run_dir)
+    assert g == result["genotype"] and _params_m(g) <= budget
 
 
 @pytest.mark.slow

@@ -89,11 +89,11 @@ class SizeConstraints:
         return self.violation_of(self.cost(genotype)) if self.active else 0.0
 
     def describe(self, genotype: Genotype) -> str:
-        """``"4.12M params (budget 3M), 610M multiply-adds (budget 600M)"`` for the set limits."""
+        """``"4.123M params (budget 3M), 610M multiply-adds (budget 600M)"`` for the set limits."""
         cost = self.cost(genotype)
         parts: Tuple[str, ...] = ()
         if self.max_params_m is not None:
-            parts += (f"{cost.params_m:.3f}M params (budget {self.max_params_m:g}M)",)
+            parts += (f"{cost.params_m:.4g}M params (budget {self.max_params_m:g}M)",)
         if self.max_mult_adds_m is not None:
             parts += (f"{cost.mult_adds_m:.1f}M multiply-adds (budget {self.max_mult_adds_m:g}M)",)
         return ", ".join(parts)

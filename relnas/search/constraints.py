@@ -89,7 +89,7 @@ class SizeConstraints:
         return self.violation_of(self.cost(genotype)) if self.active else 0.0
 
     def describe(self, genotype: Genotype) -> str:
-        """``"4.123M params (budget 3M), 610M multiply-adds (budget 600M)"`` for the set limits."""
+        """``"4.123M params (budget 3M), 610.0M multiply-adds (budget 600M)"`` for the set limits."""
         cost = self.cost(genotype)
         parts: Tuple[str, ...] = ()
         if self.max_params_m is not None:

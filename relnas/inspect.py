@@ -51,6 +51,7 @@ def _print_table(cfg: DictConfig, info: Dict[str, Any]) -> None:
     rows = [
         ("genotype", str(arch.genotype)),
         ("genotype source", str(cfg.genotype)),
+        ("search space", str(arch.genotype.space) if arch.genotype.space is not None else "not recorded"),
         ("network", arch.network),
         ("C", arch.C),
         ("layers", arch.layers),

@@ -7,13 +7,14 @@ and intermediate node ``j`` (0-based) is node ``j + 2``, which may take inputs f
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from relnas import runs
 from relnas.errors import GenotypeError, GenotypeNotFoundError, RegistryError
 from relnas.nas.operations import OPS
+from relnas.nas.spaces import SearchSpace
 from relnas.utils.registry import Registry
 
 Pair = Tuple[str, int]
@@ -53,10 +54,15 @@ def _as_pairs(value: Iterable[Any], kind: str) -> Tuple[Pair, ...]:
 
 @dataclass(frozen=True)
 class Genotype:
+    """A cell pair. ``space``: the search space it was found in (a search's genotype records it;
+    ``None`` for one written by hand), checked against the cells. The network is the cells alone:
+    two genotypes with the same cells are equal whatever their spaces."""
+
     normal: Tuple[Pair, ...]
     normal_concat: Tuple[int, ...]
     reduce: Tuple[Pair, ...]
     reduce_concat: Tuple[int, ...]
+    space: Optional[SearchSpace] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "normal", _as_pairs(self.normal, "normal"))
@@ -65,15 +71,21 @@ class Genotype:
         object.__setattr__(self, "reduce_concat", tuple(int(c) for c in self.reduce_concat))
         _check_cell("normal", self.normal, self.normal_concat)
         _check_cell("reduce", self.reduce, self.reduce_concat)
+        if self.space is not None:
+            self.space.check_cell("normal", self.normal, self.normal_concat)
+            self.space.check_cell("reduce", self.reduce, self.reduce_concat)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> Dict[str, Any]:
-        return {
+        d: Dict[str, Any] = {
             "normal": [[op, node] for op, node in self.normal],
             "normal_concat": list(self.normal_concat),
             "reduce": [[op, node] for op, node in self.reduce],
             "reduce_concat": list(self.reduce_concat),
         }
+        if self.space is not None:
+            d["search_space"] = self.space.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Genotype":
@@ -82,11 +94,15 @@ class Genotype:
             raise GenotypeError(f"genotype is missing key(s) {missing}; expected normal, normal_concat, "
                                 f"reduce, reduce_concat")
         normal, reduce = list(d["normal"]), list(d["reduce"])
+        space = d.get("search_space")
+        if space is not None and not isinstance(space, Mapping):
+            raise GenotypeError(f"search_space must be a mapping {{ops: [...], nodes: N}}, got {space!r}")
         return cls(
             normal=normal,
             normal_concat=d.get("normal_concat", range(2, len(normal) // 2 + 2)),
             reduce=reduce,
             reduce_concat=d.get("reduce_concat", range(2, len(reduce) // 2 + 2)),
+            space=None if space is None else SearchSpace.from_dict(space),
         )
 
     def to_json(self, indent: int | None = None) -> str:

@@ -28,7 +28,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from relnas.nas.spaces import DARTS, SearchSpace
 from relnas.search import encoding
+from relnas.search.constraints import NO_CONSTRAINTS, SizeConstraints
 from relnas.search.strategy_api import Job, JobResult, Strategy, positive_int
 
 
@@ -37,15 +39,17 @@ def _loss(x: float) -> float:
     return x if math.isfinite(x) else math.inf
 
 
-def mutate(rng: np.random.Generator, vector: np.ndarray, index: Optional[int] = None) -> tuple[np.ndarray, int]:
-    """Re-draw one integer choice of ``vector`` to a different value (at its interval's centre).
+def mutate(rng: np.random.Generator, vector: np.ndarray, index: Optional[int] = None,
+           space: SearchSpace = DARTS) -> tuple[np.ndarray, int]:
+    """Re-draw one integer choice of ``vector`` (an encoding of ``space``) to a different value (at
+    its interval's centre).
 
     Returns ``(child, index)``; ``index`` is the mutated element (drawn uniformly when None).
     """
     child = np.asarray(vector, dtype=np.float64).copy()
     if index is None:
-        index = int(rng.integers(encoding.DIM))
-    k = int(encoding.UPPER[index])  # number of choices of this element (>= 2)
+        index = int(rng.integers(space.dim))
+    k = int(space.bounds()[1][index])  # number of choices of this element (>= 2)
     current = int(min(max(math.floor(child[index]), 0), k - 1))
     new = int(rng.integers(k - 1))
     if new >= current:
@@ -57,12 +61,15 @@ def mutate(rng: np.random.Generator, vector: np.ndarray, index: Optional[int] = 
 class _Budgeted(Strategy):
     """Shared bookkeeping: budget, chunked generations, fresh ids, best ever."""
 
-    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None):
+    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
+                 space: SearchSpace = DARTS, constraints: SizeConstraints = NO_CONSTRAINTS):
+        self.space, self.constraints = space, constraints
         self.population_size = positive_int("population_size", population_size)
         positive_int("generations", generations)
         self.budget = self.population_size * int(generations) if budget is None else positive_int("budget", budget)
         self.next_id = 0
         self.best_id, self.best_vector, self.best_loss = -1, None, math.inf
+        self.best_violation = math.inf
         self.estimated = 0
 
     @property
@@ -82,9 +89,13 @@ class _Budgeted(Strategy):
         return i
 
     def _record(self, ident: int, vector: np.ndarray, loss: float) -> None:
+        """Count an estimation; keep the best, feasibility first (the earliest on ties)."""
         self.estimated += 1
-        if loss < self.best_loss or self.best_vector is None:
+        violation = self.violation(vector)
+        if self.best_vector is None or violation < self.best_violation or \
+                (violation == self.best_violation and loss < self.best_loss):
             self.best_id, self.best_vector, self.best_loss = int(ident), np.asarray(vector, np.float64).copy(), loss
+            self.best_violation = violation
 
     def best(self) -> tuple[int, np.ndarray, float]:
         if self.best_vector is None:
@@ -104,6 +115,7 @@ class _Budgeted(Strategy):
         self.best_loss, self.estimated = float(state["best_loss"]), int(state["estimated"])
         bv = state["best_vector"]
         self.best_vector = None if bv is None else np.asarray(bv, dtype=np.float64).copy()
+        self.best_violation = math.inf if bv is None else self.violation(self.best_vector)
 
 
 class RandomSearch(_Budgeted):
@@ -111,8 +123,9 @@ class RandomSearch(_Budgeted):
 
     name = "random"
 
-    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None):
-        super().__init__(population_size, generations, budget)
+    def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
+                 space: SearchSpace = DARTS, constraints: SizeConstraints = NO_CONSTRAINTS):
+        super().__init__(population_size, generations, budget, space, constraints)
         self.last: Dict[int, np.ndarray] = {}  # individuals of the latest generation
 
     def init(self, rng: np.random.Generator) -> None:
@@ -120,7 +133,7 @@ class RandomSearch(_Budgeted):
 
     def ask(self, rng: np.random.Generator, generation: int) -> List[Job]:
         n = self._chunk(generation)
-        vectors = encoding.sample(rng, n) if n else np.zeros((0, encoding.DIM))
+        vectors = encoding.sample(rng, n, self.space) if n else np.zeros((0, self.space.dim))
         self.last = {}
         jobs = []
         for j in range(n):
@@ -140,7 +153,7 @@ class RandomSearch(_Budgeted):
     def state_dict(self) -> Dict[str, Any]:
         s = self._base_state()
         s["last_ids"] = np.asarray(list(self.last), dtype=np.int64)
-        s["last_vectors"] = np.stack(list(self.last.values())) if self.last else np.zeros((0, encoding.DIM))
+        s["last_vectors"] = np.stack(list(self.last.values())) if self.last else np.zeros((0, self.space.dim))
         return s
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -156,8 +169,9 @@ class RegularizedEvolution(_Budgeted):
     sequential_only = True  # a child is bred from the losses of the cycles before it
 
     def __init__(self, population_size: int = 20, generations: int = 50, budget: Optional[int] = None,
-                 sample_size: int = 5):
-        super().__init__(population_size, generations, budget)
+                 sample_size: int = 5, space: SearchSpace = DARTS,
+                 constraints: SizeConstraints = NO_CONSTRAINTS):
+        super().__init__(population_size, generations, budget, space, constraints)
         self.sample_size = positive_int("sample_size", sample_size)
         # the population, oldest first: ids, vectors, losses
         self.ids: List[int] = []
@@ -174,8 +188,9 @@ class RegularizedEvolution(_Budgeted):
         ident = self.next_id  # the id the proposal will get (see _fill)
         k = min(self.sample_size, len(self.ids))
         picks = rng.choice(len(self.ids), size=k, replace=False)
-        parent = int(min(picks, key=lambda p: (self.losses[p], p)))
-        child, index = mutate(rng, self.vectors[parent])
+        # the winner of the tournament, feasibility first (the smallest violation, then the lowest loss)
+        parent = int(min(picks, key=lambda p: (self.violation(self.vectors[p]), self.losses[p], p)))
+        child, index = mutate(rng, self.vectors[parent], space=self.space)
         self.mutations[ident] = {"parent": int(self.ids[parent]), "index": index}
         return child
 
@@ -185,7 +200,7 @@ class RegularizedEvolution(_Budgeted):
         jobs: List[Job] = []
         for j in range(n):
             if start + j < self.population_size:  # the initial random population
-                jobs.append(Job(j, [self._fresh_id()], [encoding.sample(rng)]))
+                jobs.append(Job(j, [self._fresh_id()], [encoding.sample(rng, space=self.space)]))
             else:
                 jobs.append(Job(j, [-1], [None]))  # filled in when its turn comes (see tell)
         self._jobs = jobs
@@ -223,7 +238,7 @@ class RegularizedEvolution(_Budgeted):
     def state_dict(self) -> Dict[str, Any]:
         s = self._base_state()
         s.update({"sample_size": self.sample_size, "ids": np.asarray(self.ids, dtype=np.int64),
-                  "vectors": np.stack(self.vectors) if self.vectors else np.zeros((0, encoding.DIM)),
+                  "vectors": np.stack(self.vectors) if self.vectors else np.zeros((0, self.space.dim)),
                   "losses": np.asarray(self.losses, dtype=np.float64),
                   "mutation_child": np.asarray(list(self.mutations), dtype=np.int64),
                   "mutation_parent": np.asarray([m["parent"] for m in self.mutations.values()], dtype=np.int64),

@@ -80,6 +80,10 @@ class SearchEngine:
     def __init__(self, strategy: Strategy, weight_set: WeightSet, settings: Optional[SearchSettings] = None,
                  executor: Optional[Executor] = None, recorders: Sequence[Recorder] = (),
                  rng: Optional[np.random.Generator] = None):
+        space = strategy.space
+        if (tuple(weight_set.ops), weight_set.num_nodes) != (space.ops, space.nodes):
+            raise ValueError(f"the weight set (ops {', '.join(weight_set.ops)}; {weight_set.num_nodes} nodes) is not "
+                             f"built for the strategy's search space ({space}); build both from search_space")
         self.strategy, self.weight_set = strategy, weight_set
         self.settings = settings if settings is not None else SearchSettings()
         self.executor = executor if executor is not None else Sequential()
@@ -145,7 +149,7 @@ class SearchEngine:
     def begin(self, unit: Unit, member: int) -> Candidate:
         """Compile the member's architecture and snapshot the tensors it uses."""
         job = self._jobs[unit.pos]
-        arch = self.weight_set.compile(encoding.decode(job.vectors[member]))
+        arch = self.weight_set.compile(encoding.decode(job.vectors[member], space=self.strategy.space))
         before = snapshot(self.weight_set.tensors(), self.weight_set.keys_of(arch.groups))
         seed = candidate_seed(self.settings.seed, self.generation, job.index, member)
         return Candidate(unit.pos, member, arch, before, seed, self.lr_of(self.generation), self.drop_of(self.generation))
@@ -221,7 +225,7 @@ class SearchEngine:
                 "generation": self.generation + 1, "individual": member, "pair": job.index + 1,
                 "role": told.roles[i], "val_loss": members[i].val_loss, "train_loss": members[i].train_loss,
                 "lr": lr, "drop_path_prob": drop,
-                "vector": " ".join(f"{v:.6f}" for v in job.vectors[i]), "genotype": str(encoding.decode(job.vectors[i])),
+                "vector": " ".join(f"{v:.6f}" for v in job.vectors[i]), "genotype": str(encoding.decode(job.vectors[i], space=self.strategy.space)),
             })
 
     def _end_generation(self) -> None:
@@ -242,7 +246,7 @@ class SearchEngine:
             "generation": self.generation + 1,
             "best_loss": float(finite.min()) if finite.size else math.inf,
             "mean_loss": float(finite.mean()) if finite.size else math.inf,
-            "diversity": diversity(pop, encoding.LOWER, encoding.UPPER),
+            "diversity": diversity(pop, *self.strategy.space.bounds()),
             "lr": self.lr_of(self.generation),
             "drop_path_prob": self.drop_of(self.generation),
             "diverged": int((~np.isfinite(losses)).sum()),
@@ -266,7 +270,7 @@ class SearchEngine:
     def result(self) -> Dict[str, Any]:
         """The architecture the strategy reports: genotype, individual id, loss and vector."""
         best_id, best_vec, best_loss = self.strategy.best()
-        return {"genotype": encoding.decode(best_vec), "individual": best_id, "val_loss": best_loss,
+        return {"genotype": encoding.decode(best_vec, space=self.strategy.space), "individual": best_id, "val_loss": best_loss,
                 "vector": best_vec}
 
     # ------------------------------------------------------------------ state

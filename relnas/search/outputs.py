@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from relnas.nas.spaces import DARTS, SearchSpace
+
 HISTORY_FIELDS = ["generation", "individual", "pair", "role", "val_loss", "diverged", "train_loss", "lr",
                   "drop_path_prob", "vector", "genotype"]
 
@@ -43,19 +45,19 @@ def _json_safe(x: float) -> Any:
 
 
 def write_population(path: Path, population: Dict[int, np.ndarray], losses: Dict[int, float],
-                     last: Optional[Dict[int, Dict[str, Any]]] = None) -> Path:
+                     last: Optional[Dict[int, Dict[str, Any]]] = None, space: SearchSpace = DARTS) -> Path:
     """The population as a JSON list, best first: each individual's vector and genotype, and its most
     recent estimate (``val_loss``, ``diverged``; ``role`` from ``last``, its most recent history row).
 
     A slow learner of the last generation has moved after its estimate: when its genotype changed,
     ``estimated`` is false and ``estimated_genotype`` names the genotype whose loss ``val_loss`` is
     (the listed one was never estimated); ``estimated`` is true when the loss is that of the listed
-    genotype."""
+    genotype. ``space``: the search space the vectors encode."""
     from relnas.search.encoding import decode
 
     items = []
     for i, vec in population.items():
-        genotype = decode(vec)
+        genotype = decode(vec, space=space)
         item: Dict[str, Any] = {"individual": int(i), "val_loss": _json_safe(float(losses.get(i, math.inf))),
                                 "diverged": i in losses and not math.isfinite(float(losses[i]))}
         row = (last or {}).get(int(i))

@@ -102,7 +102,8 @@ class OutputRecorder:
         # each individual's most recent estimate (RelativeNAS: the last generation; baselines: its only one)
         last = {int(r["individual"]): r for r in engine.history}
         losses = {i: float(r["val_loss"]) for i, r in last.items()}
-        write_population(self.run_dir / "population.json", engine.strategy.population(), losses, last)
+        write_population(self.run_dir / "population.json", engine.strategy.population(), losses, last,
+                         engine.strategy.space)
 
     def on_generation_end(self, engine: SearchEngine) -> None:
         self._tables(engine)
@@ -124,7 +125,7 @@ class OutputRecorder:
         self._tables(engine)
         strat = engine.strategy
         best_id, best_vec, best_loss = strat.best()
-        genotype = encoding.decode(best_vec)
+        genotype = encoding.decode(best_vec, space=strat.space)
         genotype.save(runs.genotype_file(self.run_dir))
         val_loss = best_loss if math.isfinite(best_loss) else None
         runs.write_result(self.run_dir, "search", "val_loss", val_loss, {

@@ -32,6 +32,7 @@ from relnas import runs
 from relnas.errors import ConfigError
 from relnas.search import distributed as search_dist
 from relnas.search import guards
+from relnas.search.constraints import check_feasible
 from relnas.search.engine import SearchEngine, SearchSettings
 from relnas.search.executors import Executor, create_executor, executor_name
 from relnas.search.lightning_adapter import SearchLightningAdapter
@@ -169,6 +170,7 @@ def _check_health(engine: SearchEngine, s: DictConfig) -> None:
     search's candidates diverged; see :func:`relnas.search.guards.check_health`."""
     try:
         guards.check_health(engine.history, float(s.get("max_diverged_share", 0.5)), float(s.lr))
+        check_feasible(engine.strategy)
     except guards.SearchFailed as e:
         for recorder in engine.recorders:
             if hasattr(recorder, "on_search_failed"):

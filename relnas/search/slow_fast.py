@@ -32,11 +32,15 @@ def random_pairs(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.permutation(n).reshape(n // 2, 2)
 
 
-def fast_slow(loss_a: float, loss_b: float) -> Tuple[int, int]:
-    """Indices within the pair ``(fast, slow)``: the lower validation loss is the fast learner.
+def fast_slow(loss_a: float, loss_b: float, violation_a: float = 0.0, violation_b: float = 0.0) -> Tuple[int, int]:
+    """Indices within the pair ``(fast, slow)``, feasibility first (relnas/search/constraints.py):
+    the smaller budget violation is the fast learner (0 = feasible, so feasible beats infeasible);
+    at equal violations (two feasible members: always without budgets) the lower validation loss.
 
     Non-finite losses count as +inf (a diverged candidate loses); a tie goes to the first member.
     """
+    if violation_a != violation_b:
+        return (0, 1) if violation_a < violation_b else (1, 0)
     a = loss_a if math.isfinite(loss_a) else math.inf
     b = loss_b if math.isfinite(loss_b) else math.inf
     return (0, 1) if a <= b else (1, 0)

@@ -10,6 +10,10 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from relnas.nas.spaces import DARTS, SearchSpace
+from relnas.search import encoding
+from relnas.search.constraints import NO_CONSTRAINTS, SizeConstraints
+
 
 def positive_int(name: str, value: Any) -> int:
     """``value`` as an int, or a ``ValueError`` naming ``name`` when it is not a positive integer."""
@@ -39,13 +43,23 @@ class Strategy:
 
     Class attributes the executors read: ``job_size`` (members per job: 2 for pairs, 1 for the
     baselines) and ``sequential_only`` (True when a job is proposed from the results of the jobs
-    before it, so the jobs of a generation cannot run in parallel).
+    before it, so the jobs of a generation cannot run in parallel). ``space``: the search space
+    whose encoding the vectors are; ``constraints``: the size budgets of the feasibility-first
+    comparison (constructor arguments; the config passes ``search_space`` and ``search.constraints``).
     """
 
     name = "base"
     budget: int
     job_size = 1
     sequential_only = False
+    space: SearchSpace = DARTS
+    constraints: SizeConstraints = NO_CONSTRAINTS
+
+    def violation(self, vector: np.ndarray) -> float:
+        """The budget violation of the cell ``vector`` encodes (0: feasible; always 0 without budgets)."""
+        if not self.constraints.active:
+            return 0.0
+        return self.constraints.violation(encoding.decode(vector, space=self.space))
 
     def init(self, rng: np.random.Generator) -> None:
         raise NotImplementedError

@@ -11,32 +11,20 @@ from relnas.nas.profile import count_mult_adds, count_params, network_summary
 ZOO = list_genotypes()
 
 
+@pytest.mark.parametrize("network, cls, size, classes, eval_batch", [("cifar", NetworkCIFAR, 32, 10, 2),
+                                                                     ("imagenet", NetworkImageNet, 224, 7, 1)])
 @pytest.mark.parametrize("name", ZOO)
-def test_cifar_forward_all_zoo(name):
+def test_every_zoo_cell_runs_with_its_auxiliary_head_in_training_only(name, network, cls, size, classes, eval_batch):
     torch.manual_seed(0)
-    net = build_network("cifar", name, 8, 5, 10, auxiliary=True)
-    assert isinstance(net, NetworkCIFAR)
+    net = build_network(network, name, 8, 5, classes, auxiliary=True)
+    assert isinstance(net, cls)
     net.train()
-    logits, aux = net(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, 10) and aux.shape == (2, 10)
+    logits, aux = net(torch.randn(2, 3, size, size))
+    assert logits.shape == (2, classes) and aux.shape == (2, classes)
     net.eval()
     with torch.no_grad():
-        logits, aux = net(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, 10) and aux is None
-
-
-@pytest.mark.parametrize("name", ZOO)
-def test_imagenet_forward_all_zoo(name):
-    torch.manual_seed(0)
-    net = build_network("imagenet", name, 8, 5, 7, auxiliary=True)
-    assert isinstance(net, NetworkImageNet)
-    net.train()
-    logits, aux = net(torch.randn(2, 3, 224, 224))
-    assert logits.shape == (2, 7) and aux.shape == (2, 7)
-    net.eval()
-    with torch.no_grad():
-        logits, aux = net(torch.randn(1, 3, 224, 224))
-    assert logits.shape == (1, 7) and aux is None
+        logits, aux = net(torch.randn(eval_batch, 3, size, size))
+    assert logits.shape == (eval_batch, classes) and aux is None
 
 
 def test_no_auxiliary_head():

@@ -115,13 +115,15 @@ def build_target(cfg: DictConfig) -> Target:
         path, ckpt = read_train_checkpoint(cfg.checkpoint)
         hp = ckpt["hyper_parameters"]
         arch = ArchSpec.from_dict({**hp, "image_size": _input_size(cfg) or hp.get("image_size")})
-        arch.replace(auxiliary=False).check_input()
+        inference_arch = arch.replace(auxiliary=False)
+        inference_arch.check_input()
         model = classifier_from_checkpoint(ckpt, arch)
         net, channels_last = model.net, model.memory_format == torch.channels_last
         source: Dict[str, Any] = {"checkpoint": str(path)}
     else:
         arch = arch_from_config(cfg)
-        arch.replace(auxiliary=False).check_input()
+        inference_arch = arch.replace(auxiliary=False)
+        inference_arch.check_input()
         torch.manual_seed(int(cfg.get("seed") or 0))
         net = arch.build()
         channels_last = bool(cfg.get("channels_last", True))
@@ -133,9 +135,8 @@ def build_target(cfg: DictConfig) -> Target:
         else:
             source = {"untrained": True, "seed": int(cfg.get("seed") or 0)}
     module = Logits(net, channels_last).eval()
-    described = {k: v for k, v in arch.replace(auxiliary=False).to_dict().items()}
     return Target(module, (arch.in_channels, arch.image_size, arch.image_size), ["logits"], source,
-                  {**described, "channels_last": channels_last})
+                  {**inference_arch.to_dict(), "channels_last": channels_last})
 
 
 def _backbone_target(cfg: DictConfig) -> Target:

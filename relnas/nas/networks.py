@@ -26,6 +26,12 @@ def reduction_layers(layers: int) -> tuple[int, int]:
     return layers // 3, 2 * layers // 3
 
 
+def edge_stride(reduction: bool, index: int) -> int:
+    """Stride of a cell's edge reading state ``index``: 2 on a reduction cell's edges from its two
+    inputs (0, 1), else 1."""
+    return 2 if reduction and index < 2 else 1
+
+
 class Cell(nn.Module):
     def __init__(self, genotype: Genotype, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
                  reduction_prev: bool):
@@ -43,8 +49,7 @@ class Cell(nn.Module):
         self.multiplier = len(concat)
         self._ops = nn.ModuleList()
         for name, index in pairs:
-            stride = 2 if reduction and index < 2 else 1
-            self._ops.append(create_op(name, C, stride, True))
+            self._ops.append(create_op(name, C, edge_stride(reduction, index), True))
         self._indices = [index for _, index in pairs]
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:

@@ -9,16 +9,14 @@ feasible beats infeasible, between infeasible ones the smaller violation wins, b
 ones the lower validation loss (:func:`relnas.search.slow_fast.fast_slow`). Without a limit every
 violation is 0 and the comparison is the loss alone.
 
-Counting builds the network once per genotype on PyTorch's ``meta`` device (shapes only: no
-memory, no arithmetic) and caches the result in the :class:`SizeConstraints` object.
+Sizes are counted exactly from cached parts (:func:`relnas.nas.profile.network_size`:
+microseconds a genotype) and cached per genotype in the :class:`SizeConstraints` object.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
-
-import torch
 
 from relnas.nas.genotypes import Genotype
 
@@ -66,13 +64,12 @@ class SizeConstraints:
         cached = self._costs.get(genotype)
         if cached is None:
             from relnas.nas.arch import ArchSpec
-            from relnas.nas.profile import count_mult_adds, count_params
+            from relnas.nas.profile import network_size
 
-            arch = ArchSpec(network=self.network, genotype=genotype, C=self.C, layers=self.layers,
-                            num_classes=self.num_classes, in_channels=self.in_channels, image_size=self.image_size)
-            with torch.device("meta"):  # shapes only: no memory, no arithmetic; the same counts
-                net = arch.build()
-            cached = Cost(count_params(net) / 1e6, count_mult_adds(net, arch.image_size, self.in_channels) / 1e6)
+            params, mult_adds = network_size(ArchSpec(
+                network=self.network, genotype=genotype, C=self.C, layers=self.layers,
+                num_classes=self.num_classes, in_channels=self.in_channels, image_size=self.image_size))
+            cached = Cost(params / 1e6, mult_adds / 1e6)
             self._costs[genotype] = cached
         return cached
 

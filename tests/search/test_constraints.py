@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from relnas import Genotype
+from relnas.nas import profile
 from relnas.nas.arch import ArchSpec
 from relnas.nas.genotypes import RelativeNAS
 from relnas.nas.spaces import SearchSpace
@@ -78,15 +79,18 @@ def test_the_cost_is_counted_on_the_evaluation_network(reference_dir):
     assert round(cost.params_m * 1e6) == ref["config"]["params_excluding_auxiliary"]
 
 
-def test_each_genotype_is_counted_once(monkeypatch):
-    built = []
-    original = ArchSpec.build
-    monkeypatch.setattr(ArchSpec, "build", lambda self, *a, **k: built.append(1) or original(self, *a, **k))
+def test_each_genotype_is_counted_once_and_a_layout_builds_one_network(monkeypatch):
+    monkeypatch.setattr(profile, "_LAYOUTS", {})
+    built, counted = [], []
+    build, count = ArchSpec.build, profile.network_size
+    monkeypatch.setattr(ArchSpec, "build", lambda self, *a, **k: built.append(1) or build(self, *a, **k))
+    monkeypatch.setattr(profile, "network_size", lambda arch: counted.append(arch.genotype) or count(arch))
     c = SizeConstraints(max_params_m=1.0, C=4, layers=3)
     for _ in range(3):
         c.violation(_cell("max_pool_3x3"))
         c.violation(_cell("sep_conv_5x5"))
-    assert len(built) == 2
+    assert counted == [_cell("max_pool_3x3"), _cell("sep_conv_5x5")]
+    assert len(built) == 1  # the second cell's size comes from the first network's parts
 
 
 # ---------------------------------------------------------------------- the strategies

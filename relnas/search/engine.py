@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Deque, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
@@ -221,11 +221,13 @@ class SearchEngine:
             merge_eq6(tensors, ordered[0] if ordered else None, None)
         lr, drop = self.lr_of(self.generation), self.drop_of(self.generation)
         for i, member in enumerate(job.members):
+            genotype = encoding.decode(job.vectors[i], space=self.strategy.space)
+            cost = self.strategy.constraints.cost(genotype)  # on the evaluation network, with or without limits
             self._rows.append({
                 "generation": self.generation + 1, "individual": member, "pair": job.index + 1,
                 "role": told.roles[i], "val_loss": members[i].val_loss, "train_loss": members[i].train_loss,
-                "lr": lr, "drop_path_prob": drop,
-                "vector": " ".join(f"{v:.6f}" for v in job.vectors[i]), "genotype": str(encoding.decode(job.vectors[i], space=self.strategy.space)),
+                "lr": lr, "drop_path_prob": drop, **asdict(cost),
+                "vector": " ".join(f"{v:.6f}" for v in job.vectors[i]), "genotype": str(genotype),
             })
 
     def _end_generation(self) -> None:

@@ -1,19 +1,28 @@
 """Files a search leaves in its run directory: genotype.json, population.json, history.csv,
-generations.csv and the plots (loss trajectories, diversity, the final cells)."""
+generations.csv and the plots (loss trajectories, diversity, the Pareto fronts of loss and size,
+the final cells)."""
 from __future__ import annotations
 
 import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from relnas.nas.genotypes import Genotype
 from relnas.nas.spaces import DARTS, SearchSpace
+from relnas.search.constraints import Cost, SizeConstraints
 
-HISTORY_FIELDS = ["generation", "individual", "pair", "role", "val_loss", "diverged", "train_loss", "lr",
+#: a candidate's sizes on the evaluation network (fields of :class:`~relnas.search.constraints.Cost`,
+#: millions) and how the plots name them
+SIZES = {"params_m": "parameters (M)", "mult_adds_m": "multiply-adds (M)"}
+HISTORY_FIELDS = ["generation", "individual", "pair", "role", "val_loss", "diverged", *SIZES, "train_loss", "lr",
                   "drop_path_prob", "vector", "genotype"]
+#: the columns of the table of every estimated candidate (:func:`estimated_candidates`)
+CANDIDATE_FIELDS = ["generation", "individual", "role", "val_loss", *SIZES, *(f"front_{k}" for k in SIZES),
+                    "chosen", "genotype"]
 
 
 def mark_diverged(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -45,14 +54,19 @@ def _json_safe(x: float) -> Any:
 
 
 def write_population(path: Path, population: Dict[int, np.ndarray], losses: Dict[int, float],
-                     last: Optional[Dict[int, Dict[str, Any]]] = None, space: SearchSpace = DARTS) -> Path:
-    """The population as a JSON list, best first: each individual's vector and genotype, and its most
-    recent estimate (``val_loss``, ``diverged``; ``role`` from ``last``, its most recent history row).
+                     cost: Callable[[Genotype], Cost], last: Optional[Dict[int, Dict[str, Any]]] = None,
+                     space: SearchSpace = DARTS) -> Path:
+    """The population as a JSON list, best first: each individual's vector and genotype, the
+    genotype's sizes (``params_m``, ``mult_adds_m``: ``cost(genotype)``, the evaluation network's)
+    and its most recent estimate (``val_loss``, ``diverged``; ``role`` from ``last``, its most
+    recent history row).
 
     A slow learner of the last generation has moved after its estimate: when its genotype changed,
     ``estimated`` is false and ``estimated_genotype`` names the genotype whose loss ``val_loss`` is
-    (the listed one was never estimated); ``estimated`` is true when the loss is that of the listed
-    genotype. ``space``: the search space the vectors encode."""
+    (the listed one was never estimated; the sizes are the listed one's); ``estimated`` is true when
+    the loss is that of the listed genotype. ``space``: the search space the vectors encode."""
+    from dataclasses import asdict
+
     from relnas.search.encoding import decode
 
     items = []
@@ -66,6 +80,7 @@ def write_population(path: Path, population: Dict[int, np.ndarray], losses: Dict
             item["estimated"] = str(row.get("genotype")) == str(genotype)
             if not item["estimated"]:
                 item["estimated_genotype"] = str(row.get("genotype"))
+        item.update(asdict(cost(genotype)))
         item.update({"vector": [float(v) for v in vec], "genotype": genotype.to_dict()})
         items.append(item)
     items.sort(key=lambda d: math.inf if d["val_loss"] is None else d["val_loss"])
@@ -83,6 +98,53 @@ def final_ranks(history: Sequence[Dict[str, Any]]) -> Dict[int, int]:
             last[ind] = (g, v if math.isfinite(v) else math.inf)
     order = sorted(last, key=lambda i: (last[i][1], i))
     return {ind: k for k, ind in enumerate(order)}
+
+
+def evaluation_network(constraints: SizeConstraints) -> Dict[str, Any]:
+    """The network a search counts its candidates' sizes on: ``network``, ``C``, ``layers`` and
+    ``image_size`` (the network's own when the constraints leave it unset)."""
+    from relnas.nas.networks import NETWORKS
+
+    size = constraints.image_size if constraints.image_size is not None else NETWORKS[constraints.network].input_size
+    return {"network": constraints.network, "C": constraints.C, "layers": constraints.layers, "image_size": int(size)}
+
+
+def pareto_front(sizes: Sequence[float], losses: Sequence[float]) -> List[int]:
+    """Indices of the points ``(sizes[i], losses[i])`` that no other point dominates, both
+    coordinates minimised, in the order of increasing size (and so of decreasing loss).
+
+    A point dominates another when it is no worse in both coordinates and better in one. Ties,
+    deliberately: of points with the same size only those with the lowest loss are on the front,
+    of points with the same loss only those with the smallest size; points equal in both
+    coordinates dominate none of each other, so copies of a front point are all on it (in index
+    order) and copies of a dominated point all off it. A point with a coordinate that is not finite
+    (a diverged candidate) is never on the front and dominates nothing."""
+    if len(sizes) != len(losses):
+        raise ValueError(f"pareto_front: {len(sizes)} sizes but {len(losses)} losses")
+    finite = [i for i in range(len(sizes)) if math.isfinite(sizes[i]) and math.isfinite(losses[i])]
+    front: List[int] = []
+    for i in sorted(finite, key=lambda i: (sizes[i], losses[i], i)):
+        if not front or losses[i] < losses[front[-1]]:
+            front.append(i)
+        elif losses[i] == losses[front[-1]] and sizes[i] == sizes[front[-1]]:
+            front.append(i)  # a copy of the last front point
+    return front
+
+
+def estimated_candidates(history: Sequence[Dict[str, Any]], chosen: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Every estimated candidate (each history row with a finite validation loss) with the
+    :data:`CANDIDATE_FIELDS`: its row's values, ``front_<size>`` = whether it is on the Pareto front
+    of validation loss against that size (:func:`pareto_front` among these candidates), and
+    ``chosen`` = whether it is the history row ``chosen`` (its index; None: no cell was chosen)."""
+    rows = [(k, r) for k, r in enumerate(history) if math.isfinite(float(r["val_loss"]))]
+    losses = [float(r["val_loss"]) for _, r in rows]
+    fronts = {key: set(pareto_front([float(r[key]) for _, r in rows], losses)) for key in SIZES}
+    out = []
+    for n, (k, r) in enumerate(rows):
+        item = {f: r[f] for f in CANDIDATE_FIELDS if f in r}
+        item.update({f"front_{key}": n in fronts[key] for key in SIZES}, chosen=k == chosen)
+        out.append({f: item[f] for f in CANDIDATE_FIELDS})
+    return out
 
 
 _BEST_COLORS = ("#d62728", "#ff7f0e", "#1f77b4", "#9467bd", "#8c564b")
@@ -180,5 +242,61 @@ def plot_generation_stats(path: Path, summaries: List[Dict[str, Any]]) -> Path:
     a2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pareto(path: Path, history: Sequence[Dict[str, Any]], network: Mapping[str, Any],
+                budgets: Mapping[str, Optional[float]], chosen: Optional[int] = None) -> Path:
+    """Validation loss against each of the :data:`SIZES` on the evaluation network ``network``
+    (:func:`evaluation_network`), one panel each: every estimated candidate coloured by its
+    generation, the Pareto front of the panel (:func:`pareto_front`) circled and joined by a step
+    line, the chosen cell (the history row ``chosen``) as a star, the panel's budget
+    (``budgets[size]``, None: no limit) as a dashed line. Diverged candidates are not drawn; the
+    title counts them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+    from matplotlib.lines import Line2D
+
+    records = estimated_candidates(history, chosen)
+    diverged = len(history) - len(records)
+    gens = [int(r["generation"]) for r in records]
+    norm = Normalize(vmin=1, vmax=max(gens + [2]))
+    fig, axes = plt.subplots(1, len(SIZES), figsize=(11, 4.5), squeeze=False, sharey=True)
+    for ax, (key, label) in zip(axes[0], SIZES.items()):
+        xs, ys = [float(r[key]) for r in records], [float(r["val_loss"]) for r in records]
+        points = ax.scatter(xs, ys, c=gens, cmap="viridis", norm=norm, s=16, alpha=0.8, zorder=2)
+        front = [r for r in records if r[f"front_{key}"]]  # in history order; the step line by size
+        front.sort(key=lambda r: (float(r[key]), float(r["val_loss"])))
+        fx, fy = [float(r[key]) for r in front], [float(r["val_loss"]) for r in front]
+        ax.step(fx, fy, where="post", color="#d62728", lw=1.2, zorder=3)
+        ax.scatter(fx, fy, s=70, facecolors="none", edgecolors="#d62728", linewidths=1.3, zorder=4)
+        handles = [Line2D([], [], color="#d62728", lw=1.2, marker="o", mfc="none",
+                          label=f"Pareto front ({len(front)} of {len(records)})")]
+        for r in records:
+            if r["chosen"]:
+                ax.plot([float(r[key])], [float(r["val_loss"])], "*", ms=17, color="gold", mec="black", zorder=5)
+                handles.append(Line2D([], [], ls="none", marker="*", ms=12, color="gold", mec="black",
+                                      label=f"chosen: individual {r['individual']} ({float(r['val_loss']):.3f}, "
+                                            f"{float(r[key]):.4g}M)"))
+        limit = budgets.get(key)
+        if limit is not None:
+            ax.axvline(limit, ls="--", color="black", lw=1.0, zorder=1)
+            handles.append(Line2D([], [], ls="--", color="black", lw=1.0, label=f"budget {limit:g}M"))
+        ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.9)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation loss (one epoch, weight set)")
+    bar = fig.colorbar(points, ax=axes[0].tolist(), pad=0.02)
+    bar.set_label("generation")
+    bar.locator = matplotlib.ticker.MaxNLocator(integer=True)
+    bar.update_ticks()
+    fig.suptitle(f"{len(records)} estimated candidates, sizes on the {network['network']} network C={network['C']} "
+                 f"L={network['layers']} ({network['image_size']}x{network['image_size']})"
+                 + (f"; {diverged} diverged, not drawn" if diverged else ""), fontsize=9)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path

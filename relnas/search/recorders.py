@@ -4,7 +4,8 @@ at every generation's end (``on_generation_end``) and once at the end (``on_sear
 * :class:`CheckpointRecorder`: ``search_state.pt`` (the engine's ``state_dict`` and the search's
   spec, compared on resume), atomically (:mod:`relnas.search.state`);
 * :class:`LoggerRecorder`: the Lightning loggers (CSV, TensorBoard, W&B): per-generation metrics,
-  every individual's validation loss, the genotype table; at the end the W&B line series;
+  every individual's validation loss, the genotype table; at the end (also of a failed search) the
+  W&B line series, the table of every estimated candidate and its loss-against-size scatter charts;
 * :class:`OutputRecorder`: the files of the run directory (:mod:`relnas.search.outputs`):
   ``history.csv``, ``generations.csv``, ``population.json`` after every generation, and at the
   end ``genotype.json``, ``result.json`` and the plots.
@@ -14,17 +15,33 @@ In a search of several processes only the first one records (the others get no r
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from relnas import runs
 from relnas.search import encoding
 from relnas.search.engine import SearchEngine
-from relnas.search.outputs import (HISTORY_FIELDS, mark_diverged, markdown_table, plot_generation_stats,
+from relnas.search.outputs import (CANDIDATE_FIELDS, HISTORY_FIELDS, SIZES, estimated_candidates, evaluation_network,
+                                   mark_diverged, markdown_table, plot_generation_stats, plot_pareto,
                                    plot_trajectories, write_csv, write_population)
 from relnas.search.state import save_state
 
 GENERATION_FIELDS = ["generation", "best_loss", "mean_loss", "diversity", "lr", "drop_path_prob", "diverged", "time_s"]
+#: the columns of the per-generation genotype table (W&B and TensorBoard)
+GENOTYPE_COLUMNS = ["generation", "individual", "pair", "role", "val_loss", *SIZES, "genotype"]
+
+
+def chosen_row(engine: SearchEngine) -> Optional[int]:
+    """The index in ``engine.history`` of the estimate of the cell the strategy reports
+    (``strategy.best()``): its individual's most recent row with its genotype (None: no such row)."""
+    best_id, best_vec, _ = engine.strategy.best()
+    genotype = str(encoding.decode(best_vec, space=engine.strategy.space))
+    for k in range(len(engine.history) - 1, -1, -1):
+        row = engine.history[k]
+        if int(row["individual"]) == best_id and str(row["genotype"]) == genotype:
+            return k
+    return None
 
 
 class CheckpointRecorder:
@@ -60,19 +77,28 @@ class LoggerRecorder:
             metrics[f"val_loss/ind_{int(r['individual']):03d}"] = \
                 float(r["val_loss"]) if math.isfinite(r["val_loss"]) else float("nan")
         metrics["search/generation"] = g
+        table = [[r[c] for c in GENOTYPE_COLUMNS] for r in rows]
         for lg in self.loggers:
             lg.log_metrics(metrics, step=g)
-            table = [[r["generation"], r["individual"], r["pair"], r["role"], r["val_loss"], r["genotype"]]
-                     for r in rows]
-            columns = ["generation", "individual", "pair", "role", "val_loss", "genotype"]
             if hasattr(lg, "log_text") and type(lg).__name__ == "WandbLogger":
-                lg.log_text(key="search/genotypes", columns=columns, data=table)
+                lg.log_text(key="search/genotypes", columns=GENOTYPE_COLUMNS, data=table)
             elif type(lg).__name__ == "TensorBoardLogger":
-                md = markdown_table(columns, table)
+                md = markdown_table(GENOTYPE_COLUMNS, table)
                 lg.experiment.add_text("search/genotypes", md, global_step=g)
             lg.save()
 
     def on_search_end(self, engine: SearchEngine) -> None:
+        self._wandb_summary(engine, chosen_row(engine))
+
+    def on_search_failed(self, engine: SearchEngine, reason: str) -> None:
+        """The same charts and table, no cell chosen."""
+        self._wandb_summary(engine, None)
+
+    def _wandb_summary(self, engine: SearchEngine, chosen: Optional[int]) -> None:
+        """To W&B: every individual's loss per generation (``search/val_loss_trajectories``), the
+        table of every estimated candidate (``search/candidates``,
+        :func:`~relnas.search.outputs.estimated_candidates`) and a scatter chart of its validation
+        loss against each size (``search/val_loss_vs_params_m``, ``search/val_loss_vs_mult_adds_m``)."""
         history = engine.history
         for lg in self.loggers:
             if type(lg).__name__ == "WandbLogger":
@@ -83,9 +109,16 @@ class LoggerRecorder:
                     by_ind.setdefault(int(r["individual"]), {})[int(r["generation"])] = float(r["val_loss"])
                 gens = sorted({int(r["generation"]) for r in history})
                 ys = [[by_ind[i].get(g, float("nan")) for g in gens] for i in sorted(by_ind)]
-                lg.experiment.log({"search/val_loss_trajectories": wandb.plot.line_series(
-                    xs=gens, ys=ys, keys=[f"ind_{i:03d}" for i in sorted(by_ind)],
-                    title="validation loss per individual", xname="generation")})
+                candidates = wandb.Table(columns=CANDIDATE_FIELDS, data=[
+                    [r[c] for c in CANDIDATE_FIELDS] for r in estimated_candidates(history, chosen)])
+                lg.experiment.log({
+                    "search/val_loss_trajectories": wandb.plot.line_series(
+                        xs=gens, ys=ys, keys=[f"ind_{i:03d}" for i in sorted(by_ind)],
+                        title="validation loss per individual", xname="generation"),
+                    "search/candidates": candidates,
+                    **{f"search/val_loss_vs_{key}": wandb.plot.scatter(
+                        candidates, key, "val_loss", title=f"validation loss against {label}")
+                       for key, label in SIZES.items()}})
         # the loggers are finished by the search driver (relnas.utils.loggers.close_loggers)
 
 
@@ -102,8 +135,13 @@ class OutputRecorder:
         # each individual's most recent estimate (RelativeNAS: the last generation; baselines: its only one)
         last = {int(r["individual"]): r for r in engine.history}
         losses = {i: float(r["val_loss"]) for i, r in last.items()}
-        write_population(self.run_dir / "population.json", engine.strategy.population(), losses, last,
-                         engine.strategy.space)
+        write_population(self.run_dir / "population.json", engine.strategy.population(), losses,
+                         engine.strategy.constraints.cost, last, engine.strategy.space)
+
+    def _pareto(self, engine: SearchEngine, chosen: Optional[int]) -> None:
+        constraints = engine.strategy.constraints
+        plot_pareto(self.run_dir / "pareto.png", engine.history, evaluation_network(constraints),
+                    {key: getattr(constraints, f"max_{key}") for key in SIZES}, chosen)
 
     def on_generation_end(self, engine: SearchEngine) -> None:
         self._tables(engine)
@@ -120,6 +158,7 @@ class OutputRecorder:
         if self.plots:
             plot_trajectories(self.run_dir / "val_loss_trajectories.png", engine.history)
             plot_generation_stats(self.run_dir / "diversity.png", engine.summaries)
+            self._pareto(engine, None)
 
     def on_search_end(self, engine: SearchEngine) -> None:
         self._tables(engine)
@@ -130,7 +169,8 @@ class OutputRecorder:
         val_loss = best_loss if math.isfinite(best_loss) else None
         runs.write_result(self.run_dir, "search", "val_loss", val_loss, {
             "genotype": genotype.to_dict(), "genotype_str": str(genotype), "individual": best_id,
-            "val_loss": val_loss, "vector": [float(v) for v in best_vec],
+            "val_loss": val_loss, **asdict(strat.constraints.cost(genotype)),
+            "evaluation_network": evaluation_network(strat.constraints), "vector": [float(v) for v in best_vec],
             "strategy": strat.name, "generations": strat.generations, "estimations": len(engine.history),
             **self.extra,
         })
@@ -139,6 +179,7 @@ class OutputRecorder:
 
             plot_trajectories(self.run_dir / "val_loss_trajectories.png", engine.history)
             plot_generation_stats(self.run_dir / "diversity.png", engine.summaries)
+            self._pareto(engine, chosen_row(engine))
             plot_genotype(genotype, self.run_dir)
 
 

@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = SEARCH_STATE_FILE
 PREV_FILE = "search_state.prev.pt"
-#: the version of the search checkpoint's contents: the engine's state, the search's spec
-#: (:class:`relnas.search.spec.SearchSpec`) and the loggers' run ids
-FORMAT_VERSION = 3
+#: the version of the search checkpoint's contents: the engine's state (its history rows with each
+#: candidate's size), the search's spec (:class:`relnas.search.spec.SearchSpec`) and the loggers' run ids
+FORMAT_VERSION = 4
 
 
 def save_state(run_dir: Path, state: Dict[str, Any]) -> Path:

@@ -46,7 +46,8 @@ def records(path: Path) -> List[Any]:
 
 
 def summary(path: Path) -> Dict[str, Any]:
-    """The run record (id, name, group, tags), its config and its history rows."""
+    """The run record (id, name, group, tags), its config (nested keys as nested dicts) and its
+    history rows (nested keys joined by ``/``)."""
     run: Dict[str, Any] = {"config": {}, "history": []}
     for r in records(path):
         kind = r.WhichOneof("record_type")
@@ -56,7 +57,13 @@ def summary(path: Path) -> Dict[str, Any]:
                 run["config"][u.key] = json.loads(u.value_json)
         elif kind == "config":
             for u in r.config.update:
-                run["config"][u.key] = json.loads(u.value_json)
+                if u.key:
+                    run["config"][u.key] = json.loads(u.value_json)
+                else:  # a nested key, e.g. ("_wandb", "visualize", <chart key>) of a custom chart
+                    node = run["config"]
+                    for part in u.nested_key[:-1]:
+                        node = node.setdefault(part, {})
+                    node[u.nested_key[-1]] = json.loads(u.value_json)
         elif kind == "history":
             run["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
     return run

@@ -167,12 +167,17 @@ def test_a_budgeted_searchs_cell_is_within_the_budget(tmp_path, strategy):
 
 @pytest.mark.slow
 def test_a_search_that_finds_no_feasible_cell_fails_saying_how_close_it_came(tmp_path):
-    cfg = tiny_search_cfg(tmp_path, BUDGET_KEYS + ["search.constraints.max_params_m=0.0001", "search.generations=1"])
+    cfg = tiny_search_cfg(tmp_path, BUDGET_KEYS + ["search.constraints.max_params_m=0.0001", "search.generations=1",
+                                                   "search.plots=true"])
     with pytest.raises(SearchFailed, match=r"no estimated cell is within search.constraints; the closest has "
                                            r"0\.\d+M params \(budget 0.0001M\)") as e:
         run_search(cfg, tmp_path)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "genotype.json").exists()
+    # the records show how far the candidates were from the budget
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(tmp_path / "history.csv") as f:
+        assert min(float(r["params_m"]) for r in csv.DictReader(f)) > 0.0001
 
 
 def test_a_bad_budget_in_the_config_fails_in_one_line(tmp_path):

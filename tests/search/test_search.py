@@ -153,7 +153,7 @@ def test_search_end_to_end_outputs_and_slow_learners_move(tmp_path):
     cfg = tiny_search_cfg(tmp_path, ["search.plots=true"])
     result = run_search(cfg, tmp_path)
     for name in ("genotype.json", "population.json", "history.csv", "generations.csv", "result.json",
-                 "val_loss_trajectories.png", "diversity.png", "normal.png", "reduce.png", STATE_FILE):
+                 "val_loss_trajectories.png", "diversity.png", "pareto.png", "normal.png", "reduce.png", STATE_FILE):
         assert (tmp_path / name).is_file(), name
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))
     assert len(rows) == 4 * 3
@@ -394,6 +394,46 @@ def test_wandb_logger_offline(tmp_path, monkeypatch):
     assert runs, list(tmp_path.rglob("*"))[:20]
     files = list(runs[0].glob("*.wandb"))
     assert files and files[0].stat().st_size > 0
+
+    # the records: every estimated candidate in one table, its loss against each size in a scatter chart
+    from helpers.wandb_offline import summary
+
+    run = summary(files[0])
+    logged = {k: v for h in run["history"] for k, v in h.items()}
+
+    def table(key):
+        assert logged[f"{key}/_type"] == "table-file", key
+        return json.loads((runs[0] / "files" / logged[f"{key}/path"]).read_text())
+
+    rows = list(csv.DictReader(open(tmp_path / "history.csv")))
+    result = json.loads((tmp_path / "result.json").read_text())
+    candidates = table("search/candidates")
+    assert candidates["columns"] == ["generation", "individual", "role", "val_loss", "params_m", "mult_adds_m",
+                                     "front_params_m", "front_mult_adds_m", "chosen", "genotype"]
+    assert len(candidates["data"]) == len(rows) == 4   # nothing diverged: every row is an estimated candidate
+    for size in ("params_m", "mult_adds_m"):
+        points = [(float(r[size]), float(r["val_loss"])) for r in rows]
+        on_front = [not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points) for p in points]
+        assert any(on_front)
+        for row, item, front in zip(rows, candidates["data"], on_front):
+            got = dict(zip(candidates["columns"], item))
+            assert [got[k] for k in ("generation", "individual", "role", "genotype")] == \
+                [int(row["generation"]), int(row["individual"]), row["role"], row["genotype"]]
+            assert [got[k] for k in ("val_loss", "params_m", "mult_adds_m")] == \
+                [float(row[k]) for k in ("val_loss", "params_m", "mult_adds_m")]
+            assert got[f"front_{size}"] is front
+            # the chosen cell: the reported individual's estimate in the last generation
+            assert got["chosen"] is (got["generation"] == 2 and got["individual"] == result["individual"])
+    assert sum(item[candidates["columns"].index("chosen")] for item in candidates["data"]) == 1
+    for size in ("params_m", "mult_adds_m"):
+        chart = run["config"]["_wandb"]["visualize"][f"search/val_loss_vs_{size}"]["panel_config"]
+        assert chart["panelDefId"] == "wandb/scatter/v0" and chart["fieldSettings"] == {"x": size, "y": "val_loss"}
+        assert table(f"search/val_loss_vs_{size}_table") == candidates
+    # each generation's genotype table gives the sizes too
+    genotypes = table("search/genotypes")   # the last generation's
+    assert genotypes["columns"][-3:] == ["params_m", "mult_adds_m", "genotype"]
+    assert [[g[-3], g[-2], g[-1]] for g in genotypes["data"]] == \
+        [[float(r["params_m"]), float(r["mult_adds_m"]), r["genotype"]] for r in rows if r["generation"] == "2"]
 
 
 def test_csv_logger_gets_per_individual_losses(tmp_path):

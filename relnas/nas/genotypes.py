@@ -26,7 +26,7 @@ def _check_cell(kind: str, pairs: Sequence[Pair], concat: Sequence[int]) -> None
                             f"(two per intermediate node), got {len(pairs)}")
     for k, (op, node) in enumerate(pairs):
         if op not in OPS:
-            raise GenotypeError(f"{kind}[{k}]: unknown operation {op!r}; known: {', '.join(OPS)}")
+            raise GenotypeError(f"{kind}[{k}]: {OPS.unknown([op])}")
         j = k // 2
         if not 0 <= node < j + 2:
             raise GenotypeError(f"{kind}[{k}] ({op!r}, {node}): intermediate node {j + 2} can only take "

@@ -162,7 +162,9 @@ OpFactory = Callable[[int, int, bool], nn.Module]
 #: Every operation an evaluation network can be built from: the seven of the search space (in
 #: SEARCH_OPS) plus the two that published architectures outside it use. Each factory takes
 #: ``(C, stride, affine)``.
-OPS: Registry[OpFactory] = Registry("operation")
+OPS: Registry[OpFactory] = Registry(
+    "operation", hint="an operation of your own is known once its module is imported: imports=[<module>] on "
+                      "the command line (docs/search_spaces.md#register-an-operation)")
 
 
 @OPS.register("max_pool_3x3")

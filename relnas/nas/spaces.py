@@ -8,7 +8,8 @@ DARTS does. The weight set holds every operation of ``ops`` on every edge.
 Named spaces live in ``configs/search_space/`` (``search_space=<name>`` on the command line, with
 ``search_space.ops=[...]`` and ``search_space.nodes=N`` to change them); :data:`DARTS` is the
 paper's space, the default. An operation is any name of the registry
-:data:`relnas.nas.operations.OPS`; register one in Python to use it (docs/search_spaces.md).
+:data:`relnas.nas.operations.OPS`; register one in a module of your own, imported by Python or by
+the command line's ``imports=[<module>]`` (docs/search_spaces.md).
 """
 from __future__ import annotations
 
@@ -40,8 +41,7 @@ class SearchSpace:
             raise ValueError(f"search_space.ops lists an operation twice: {list(ops)}")
         unknown = [op for op in ops if op not in OPS]
         if unknown:
-            raise ValueError(f"search_space.ops: unknown operation(s) {', '.join(map(repr, unknown))}; known: "
-                             f"{', '.join(OPS)} (register another with relnas.nas.operations.OPS.register)")
+            raise ValueError(f"search_space.ops: {OPS.unknown(unknown)}")
         nodes = self.nodes
         if isinstance(nodes, bool) or not isinstance(nodes, (int, np.integer)) or nodes < 1:
             raise ValueError(f"search_space.nodes must be a positive integer, got {nodes!r}")

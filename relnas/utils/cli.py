@@ -2,7 +2,10 @@
 
 ``command(fn)`` returns ``fn`` with the expected failures (:class:`relnas.errors.RelnasError`) turned
 into one line ``error: <message>`` on stderr and exit status 2, without a traceback (the
-traceback is logged at debug level: ``hydra.verbose=relnas`` shows it). In a Hydra multirun a
+traceback is logged at debug level: ``hydra.verbose=relnas`` shows it). Before ``fn`` runs, it
+imports the Python modules that the config's ``imports`` lists (:func:`import_modules`), so that
+what they register (an operation, ``relnas.nas.operations.OPS``) is known to everything the
+entry point builds and checks. In a Hydra multirun a
 failed job prints its line, records it in ``<job dir>/failure.json`` (``{"status": "failed",
 "reason": <the line>}``, read by the sweep summary) and returns, so that the other jobs still run;
 the sweep callback (:class:`relnas.sweep.SweepCallback`) exits with status 1 after its
@@ -18,11 +21,13 @@ included); whatever this check cannot judge is left to Hydra.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, TypeVar
 
@@ -60,12 +65,43 @@ def command(fn: Callable[..., R]) -> Callable[..., R]:
     def wrapper(*args, **kwargs) -> R:
         clear_failure()  # a job directory run again: its earlier failure is not this run's
         try:
+            if args:
+                import_modules(args[0])
             return fn(*args, **kwargs)
         except RelnasError as e:
             fail(e)
             return None  # type: ignore[return-value]  # a failed job of a multirun
 
     return wrapper
+
+
+def import_modules(cfg: Any) -> None:
+    """Import the modules named by ``cfg.imports`` (configs/common/default.yaml: a list of module
+    names, default empty), in order; nothing for a config without the key.
+
+    They are found on ``sys.path`` as any import is: ``python -m`` puts the directory the command
+    starts in first (Hydra keeps that working directory: ``hydra.job.chdir: false``), then
+    ``PYTHONPATH``. The list comes only from the config the command line composes, never from a
+    file a run reads (a genotype, a checkpoint): a received file is data, not code. A value that
+    is not a list of names, or a module that cannot be imported, is a :class:`ConfigError` naming
+    it and the reason (the traceback at debug level)."""
+    from omegaconf import ListConfig
+
+    from relnas.errors import ConfigError
+
+    if not isinstance(cfg, Mapping) or "imports" not in cfg:
+        return
+    names = cfg["imports"]
+    if not isinstance(names, (list, tuple, ListConfig)) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"imports must be a list of Python module names, e.g. imports=[my_ops], got {names!r}")
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - the user's module: any failure is the reason it cannot be used
+            missing = isinstance(e, ModuleNotFoundError) and e.name is not None \
+                and (name == e.name or name.startswith(e.name + "."))  # the module itself, not one it imports
+            where = " (modules are found in the directory the command starts in and on PYTHONPATH)" if missing else ""
+            raise ConfigError(f"imports: cannot import {name!r}: {type(e).__name__}: {e}{where}") from e
 
 
 # ---------------------------------------------------------------------- the job of a multirun

@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Callable, Dict, Generic, Iterator, Optional, TypeVar, overload
+from typing import Callable, Dict, Generic, Iterable, Iterator, Optional, TypeVar, overload
 
 from relnas.errors import RegistryError
 
@@ -25,11 +25,13 @@ T = TypeVar("T")
 
 
 class Registry(Mapping, Generic[T]):
-    """Named entries of one kind. ``kind`` names them in error messages (``"operation"``)."""
+    """Named entries of one kind. ``kind`` names them in error messages (``"operation"``);
+    ``hint`` ends the message for an unknown name (how to make a name known)."""
 
-    def __init__(self, kind: str, plural: Optional[str] = None) -> None:
+    def __init__(self, kind: str, plural: Optional[str] = None, hint: str = "") -> None:
         self.kind = kind
         self.plural = plural or f"{kind}s"
+        self.hint = hint
         self._entries: Dict[str, T] = {}
 
     @overload
@@ -62,12 +64,18 @@ class Registry(Mapping, Generic[T]):
         """The registered names, in registration order."""
         return list(self._entries)
 
+    def unknown(self, names: Iterable[object]) -> str:
+        """The one message for ``names`` that are not registered: them, the known names, the hint."""
+        names = list(names)
+        message = (f"unknown {self.kind if len(names) == 1 else self.plural} {', '.join(map(repr, names))}; "
+                   f"known {self.plural}: {', '.join(self._entries)}")
+        return f"{message}; {self.hint}" if self.hint else message
+
     def __getitem__(self, name: str) -> T:
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise RegistryError(f"unknown {self.kind} {name!r}; known {self.plural}: "
-                                   f"{', '.join(self._entries)}") from None
+            raise RegistryError(self.unknown([name])) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

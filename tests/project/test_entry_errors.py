@@ -64,36 +64,36 @@ def confdir(tmp_path):
 
 
 def test_unknown_choice_names_the_group_and_its_choices(confdir, monkeypatch):
-    from relnas.utils.cli import command_line_error as unknown_choice
+    from relnas.utils.cli import command_line_error
 
     monkeypatch.chdir(confdir.parent)
     expected = "unknown db 'oracle': choose one of mysql, sqlite (conf/db/)"
     for args in (["db=oracle"], ["+db=oracle"], ["++db=oracle"], ["db@other=oracle"], ["~db=oracle"],
                  ["-m", "db=sqlite,oracle"], ["-m", "db=choice(oracle)"], ["n=2", "db=[mysql,oracle]"]):
-        assert unknown_choice(args, "main", confdir) == expected, args
-    assert unknown_choice(["+exp=big"], "main", confdir) == "unknown exp 'big': choose one of small (conf/exp/)"
+        assert command_line_error(args, "main", confdir) == expected, args
+    assert command_line_error(["+exp=big"], "main", confdir) == "unknown exp 'big': choose one of small (conf/exp/)"
     # Hydra's own groups are checked against Hydra's choices (no folder of ours: no hint)
-    msg = unknown_choice(["hydra/sweeper=nope"], "main", confdir)
+    msg = command_line_error(["hydra/sweeper=nope"], "main", confdir)
     assert msg is not None and msg.startswith("unknown hydra/sweeper 'nope': choose one of ") and "basic" in msg
 
 
 def test_what_hydra_accepts_passes(confdir):
-    from relnas.utils.cli import command_line_error as unknown_choice
+    from relnas.utils.cli import command_line_error
 
     for args in (["db=sqlite"], ["+exp=small"], ["db/extra=one"], ["~db"], ["db=extra/one"], ["n=3"], ["db.x=2"],
                  ["-m", "db=mysql,sqlite", "n=1,2"], ["-m", "db=glob(*)"], ["hydra/launcher=basic"],
                  ["hydra/job_logging=disabled"], ["+nosuchkey=3"], ["db=sqlite.yaml"],
                  ["--config-path", "/elsewhere", "db=oracle"],  # another primary config: Hydra judges
                  ["--bogus-flag"], ["db=[unclosed"]):  # not parsable: Hydra says why
-        assert unknown_choice(args, "main", confdir) is None, args
+        assert command_line_error(args, "main", confdir) is None, args
 
 
 def test_plugin_groups_pass():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from relnas.utils.cli import command_line_error as unknown_choice
+    from relnas.utils.cli import command_line_error
 
     for choice in ("slurm", "submitit_slurm", "submitit_local", "basic"):
-        assert unknown_choice([f"hydra/launcher={choice}"], "search") is None
+        assert command_line_error([f"hydra/launcher={choice}"], "search") is None
 
 
 # ---------------------------------------------------------------------- unknown keys

@@ -280,7 +280,7 @@ def unknown_key(line: CommandLine) -> Optional[str]:
     plain = [o for o in line.overrides if not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_sweep_override())
              and o.package is None and not repo.group_exists(o.key_or_group)]
     if not plain:
-        return None  # nothing to judge: no composition (it costs about 0.1 s)
+        return None  # nothing to judge: the config is not composed
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

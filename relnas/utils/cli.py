@@ -16,7 +16,11 @@ choice of a config group that has no such config (``strategy=foo``, ``+experimen
 ``-m data=digits,nope``) stops with one line ``error: unknown strategy 'foo': choose one of ...``
 and exit status 2 (Hydra would print a dozen lines and exit 1, in a multirun only after the jobs
 before it ran). The groups and their choices are Hydra's own (its config search path, plugins
-included); whatever this check cannot judge is left to Hydra.
+included). Likewise an override of a key the config does not have (``search.strategy=evolution``,
+``modle.C=3``; the config composed by Hydra's config loader) stops with one line ``error: unknown
+key 'modle.C': the train config has no key 'modle' (+modle.C=3 adds it); did you mean model.C=3?``;
+in a multirun only the overrides that do not sweep are checked (those that sweep are composed per
+job, by Hydra). Whatever these checks cannot judge is left to Hydra.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 from relnas.errors import RelnasError
 
@@ -176,10 +180,23 @@ def group_choices(overrides: Sequence[Any]) -> Iterator[Tuple[Any, str, str]]:
             yield o, str(o.key_or_group), name
 
 
-def unknown_choice(args: Sequence[str], config_name: str, config_dir: Path = CONFIG_DIR) -> Optional[str]:
-    """The one-line message for the first unknown config-group choice on the command line ``args``
-    (Hydra's arguments, e.g. ``sys.argv[1:]``), or None: all known, or nothing this check can judge
-    (``--config-path``, a bad flag or override syntax, a Hydra that works differently: Hydra reports)."""
+class CommandLine(NamedTuple):
+    """A command line as Hydra reads it: its parsed flags (``ns``), its config loader, the parsed
+    overrides and the config repository they are judged against."""
+
+    ns: Any
+    config_name: str
+    config_dir: Path
+    loader: Any
+    overrides: List[Any]
+    repo: Any
+
+
+def read_command_line(args: Sequence[str], config_name: str, config_dir: Path = CONFIG_DIR) -> Optional[CommandLine]:
+    """Hydra's reading of the command line ``args`` (Hydra's arguments, e.g. ``sys.argv[1:]``) with
+    its config search path (plugins, ``--config-dir``, ``hydra.searchpath`` included), or None
+    when the checks cannot judge it (``--config-path``, a bad flag or override syntax, a Hydra that
+    works differently: Hydra reports)."""
     import contextlib
     import io
 
@@ -195,6 +212,7 @@ def unknown_choice(args: Sequence[str], config_name: str, config_dir: Path = CON
         return None
     if not config_dir.is_dir():
         return None
+    config_name = ns.config_name or config_name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Hydra warns about search path entries itself
         search_path = create_config_search_path(str(config_dir))
@@ -209,13 +227,18 @@ def unknown_choice(args: Sequence[str], config_name: str, config_dir: Path = CON
         loader = ConfigLoaderImpl(config_search_path=search_path)
         # the overrides parsed and hydra.searchpath (primary config or command line) applied, as Hydra does
         try:
-            parsed, repo = loader._parse_overrides_and_create_caching_repo(ns.config_name or config_name,
-                                                                           list(ns.overrides))
+            parsed, repo = loader._parse_overrides_and_create_caching_repo(config_name, list(ns.overrides))
         except Exception:  # noqa: BLE001 - bad override syntax, a bad hydra.searchpath...: Hydra says why
             return None
-    for override, group, choice in group_choices(parsed):
+    return CommandLine(ns, config_name, config_dir, loader, parsed, repo)
+
+
+def unknown_choice(line: CommandLine) -> Optional[str]:
+    """The one-line message for the first unknown config-group choice of the command line, or None."""
+    repo, config_dir = line.repo, line.config_dir
+    for override, group, choice in group_choices(line.overrides):
         if not repo.group_exists(group) or isinstance(override.value(), dict):
-            continue  # a config key (data.batch_size=3): Hydra's
+            continue  # a config key (data.batch_size=3): unknown_key's
         if repo.config_exists(f"{group}/{choice}"):
             continue
         options = repo.get_group_options(group)
@@ -230,13 +253,102 @@ def unknown_choice(args: Sequence[str], config_name: str, config_dir: Path = CON
     return None
 
 
-def check_choices(config_name: str, args: Optional[Sequence[str]] = None) -> None:
-    """Exit with one line and :data:`EXIT_ERROR` when the command line picks an unknown
-    config-group choice (see :func:`unknown_choice`); return otherwise."""
+def unknown_key(line: CommandLine) -> Optional[str]:
+    """The one-line message for an override of a config key that the composed config does not have
+    (``search.strategy=evolution``, ``modle.C=3``), or None.
+
+    The config is composed as Hydra will compose it (its config loader; a multirun as Hydra composes
+    the sweep's own config, so the overrides that sweep are left to each job's composition, i.e. to
+    Hydra). Only a failure of an override because a key is not in the config (omegaconf's
+    ConfigAttributeError or ConfigKeyError, "not in struct" or "not in '<dataclass>'", as the cause
+    of Hydra's ConfigCompositionException, for a key its node lacks) gives a message: it names the
+    key, the node without it, the ``+key=value`` that adds it and what exists close to it (a key of
+    that node, a config group of that name, or a close one that has the value as a choice).
+    ``--help``, ``--hydra-help`` and ``--info`` are Hydra's."""
+    import difflib
+
+    from hydra.core.object_type import ObjectType
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+    from omegaconf import DictConfig
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    ns, repo = line.ns, line.repo
+    if ns.help or ns.hydra_help or ns.info is not None:
+        return None
+    # the overrides of existing keys: not +/++/~, not a group choice, not a sweep (a multirun's jobs')
+    plain = [o for o in line.overrides if not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_sweep_override())
+             and o.package is None and not repo.group_exists(o.key_or_group)]
+    if not plain:
+        return None  # nothing to judge: the config is not composed
     try:
-        message = unknown_choice(sys.argv[1:] if args is None else args, config_name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            line.loader.load_configuration(line.config_name, list(ns.overrides),
+                                           RunMode.MULTIRUN if ns.multirun else RunMode.RUN)
+        return None
+    except ConfigCompositionException as e:
+        cause = e.__cause__
+    node = getattr(cause, "parent_node", None)
+    missing = getattr(cause, "full_key", None)
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not isinstance(node, DictConfig) \
+            or not isinstance(missing, str) or not missing:
+        return None
+    parent, _, name = missing.rpartition(".")
+    if name in node.keys():
+        return None  # the key is there: another failure (Hydra's)
+    failed = [o for o in plain if o.key_or_group == missing or o.key_or_group.startswith(missing + ".")]
+    if not failed or not isinstance(failed[0].input_line, str) or "=" not in failed[0].input_line:
+        return None
+    override = failed[0]
+    key, value = override.key_or_group, override.input_line.split("=", 1)[1]
+    rest = key[len(missing):]  # ".C" of modle.C: the part below the missing key
+
+    def has(node: Any, dotted: str) -> bool:
+        for part in filter(None, dotted.split(".")):
+            if not isinstance(node, DictConfig) or part not in node.keys():
+                return False
+            node = node._get_node(part)  # not node[part]: that resolves interpolations
+        return True
+
+    def groups(prefix: str = "") -> Iterator[str]:
+        for g in repo.get_group_options(prefix, results_filter=ObjectType.GROUP):
+            full = f"{prefix}/{g}" if prefix else g
+            yield full
+            yield from groups(full)
+
+    close = difflib.get_close_matches(name, [str(k) for k in node.keys()], n=3)
+    hints = [f"{parent + '.' if parent else ''}{k}{rest}={value}" for k in close if has(node._get_node(k), rest)]
+    names = sorted(set(groups()))
+    exact = [g for g in names if g in (key.rsplit(".", 1)[-1], key.replace(".", "/"))]
+    for g in exact:
+        hints.append(f"{g}={value}" if repo.config_exists(f"{g}/{value}")
+                     else f"{g}=<{'|'.join(repo.get_group_options(g))}>")
+    hints += [f"{g}={value}" for g in difflib.get_close_matches(key.replace(".", "/"), names, n=3)
+              if g not in exact and repo.config_exists(f"{g}/{value}")]
+    where = f"{parent!r} has" if parent else f"the {line.config_name} config has"
+    hints = list(dict.fromkeys(hints))  # a group whose package is a key of that name: once
+    mean = f"; did you mean {' or '.join(hints)}?" if hints else ""
+    return f"unknown key {key!r}: {where} no key {name!r} (+{override.input_line} adds it){mean}"
+
+
+def command_line_error(args: Sequence[str], config_name: str, config_dir: Path = CONFIG_DIR) -> Optional[str]:
+    """The one-line message for the first thing on the command line ``args`` that Hydra would refuse
+    with a report of many lines: an unknown config-group choice (:func:`unknown_choice`), then an
+    unknown config key (:func:`unknown_key`); None when there is none or the checks cannot judge."""
+    line = read_command_line(args, config_name, config_dir)
+    if line is None:
+        return None
+    return unknown_choice(line) or unknown_key(line)
+
+
+def check_command_line(config_name: str, args: Optional[Sequence[str]] = None) -> None:
+    """Exit with one line and :data:`EXIT_ERROR` when the command line picks an unknown
+    config-group choice or overrides an unknown key (see :func:`command_line_error`); return otherwise."""
+    try:
+        message = command_line_error(sys.argv[1:] if args is None else args, config_name)
     except Exception as e:  # noqa: BLE001 - this check only improves a message: Hydra has the last word
-        log.debug("config-group choices not checked: %s", e, exc_info=e)
+        log.debug("command line not checked: %s", e, exc_info=e)
         return
     if message is not None:
         from relnas.errors import ConfigError
@@ -246,14 +358,14 @@ def check_choices(config_name: str, args: Optional[Sequence[str]] = None) -> Non
 
 def entry_point(config_name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Decorator for a ``@hydra.main`` function of config ``config_name``: called from the command
-    line (no arguments), it first checks the config-group choices (:func:`check_choices`); called
+    line (no arguments), it first checks the config-group choices and keys (:func:`check_command_line`); called
     with a config, it passes straight through as ``hydra.main`` does."""
 
     def decorate(main: Callable[..., R]) -> Callable[..., R]:
         @functools.wraps(main)
         def wrapper(*args: Any, **kwargs: Any) -> R:
             if not args and not kwargs:
-                check_choices(config_name)
+                check_command_line(config_name)
             return main(*args, **kwargs)
 
         return wrapper

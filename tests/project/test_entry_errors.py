@@ -1,8 +1,9 @@
 """Boundary errors of the command-line entry points: one line ``error: ...`` and exit status 2.
 
-Unknown config-group choices (``strategy=foo``, ``+experiment=nope``, ``-m data=digits,nope``) are
-refused before Hydra runs, by every entry point; choices Hydra accepts (its own groups, plugins,
-config keys) still pass.
+Unknown config-group choices (``strategy=foo``, ``+experiment=nope``, ``-m data=digits,nope``) and
+overrides of keys the config lacks (``search.strategy=evolution``, ``modle.C=3``) are refused before
+Hydra runs, by every entry point; what Hydra accepts (its own groups, plugins, config keys, keys
+added with ``+``/``++``) still passes.
 """
 from __future__ import annotations
 
@@ -63,36 +64,111 @@ def confdir(tmp_path):
 
 
 def test_unknown_choice_names_the_group_and_its_choices(confdir, monkeypatch):
-    from relnas.utils.cli import unknown_choice
+    from relnas.utils.cli import command_line_error
 
     monkeypatch.chdir(confdir.parent)
     expected = "unknown db 'oracle': choose one of mysql, sqlite (conf/db/)"
     for args in (["db=oracle"], ["+db=oracle"], ["++db=oracle"], ["db@other=oracle"], ["~db=oracle"],
                  ["-m", "db=sqlite,oracle"], ["-m", "db=choice(oracle)"], ["n=2", "db=[mysql,oracle]"]):
-        assert unknown_choice(args, "main", confdir) == expected, args
-    assert unknown_choice(["+exp=big"], "main", confdir) == "unknown exp 'big': choose one of small (conf/exp/)"
+        assert command_line_error(args, "main", confdir) == expected, args
+    assert command_line_error(["+exp=big"], "main", confdir) == "unknown exp 'big': choose one of small (conf/exp/)"
     # Hydra's own groups are checked against Hydra's choices (no folder of ours: no hint)
-    msg = unknown_choice(["hydra/sweeper=nope"], "main", confdir)
+    msg = command_line_error(["hydra/sweeper=nope"], "main", confdir)
     assert msg is not None and msg.startswith("unknown hydra/sweeper 'nope': choose one of ") and "basic" in msg
 
 
 def test_what_hydra_accepts_passes(confdir):
-    from relnas.utils.cli import unknown_choice
+    from relnas.utils.cli import command_line_error
 
     for args in (["db=sqlite"], ["+exp=small"], ["db/extra=one"], ["~db"], ["db=extra/one"], ["n=3"], ["db.x=2"],
                  ["-m", "db=mysql,sqlite", "n=1,2"], ["-m", "db=glob(*)"], ["hydra/launcher=basic"],
-                 ["hydra/job_logging=disabled"], ["nosuchkey=3"], ["db=sqlite.yaml"],
+                 ["hydra/job_logging=disabled"], ["+nosuchkey=3"], ["db=sqlite.yaml"],
                  ["--config-path", "/elsewhere", "db=oracle"],  # another primary config: Hydra judges
                  ["--bogus-flag"], ["db=[unclosed"]):  # not parsable: Hydra says why
-        assert unknown_choice(args, "main", confdir) is None, args
+        assert command_line_error(args, "main", confdir) is None, args
 
 
 def test_plugin_groups_pass():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from relnas.utils.cli import unknown_choice
+    from relnas.utils.cli import command_line_error
 
     for choice in ("slurm", "submitit_slurm", "submitit_local", "basic"):
-        assert unknown_choice([f"hydra/launcher={choice}"], "search") is None
+        assert command_line_error([f"hydra/launcher={choice}"], "search") is None
+
+
+# ---------------------------------------------------------------------- unknown keys
+
+def test_an_unknown_key_names_the_key_how_to_add_it_and_what_exists_close_to_it(confdir):
+    from relnas.utils.cli import command_line_error
+
+    for args, expected in [
+        (["db.y=2"], "unknown key 'db.y': 'db' has no key 'y' (+db.y=2 adds it)"),
+        (["nn=2"], "unknown key 'nn': the main config has no key 'nn' (+nn=2 adds it); did you mean n=2?"),
+        (["dbb.x=2"], "unknown key 'dbb.x': the main config has no key 'dbb' (+dbb.x=2 adds it); did you mean db.x=2?"),
+        (["dbb.y=2"], "unknown key 'dbb.y': the main config has no key 'dbb' (+dbb.y=2 adds it)"),  # no db.y
+        # a key named like a config group: the group's choice (when it is one) or its choices
+        (["other.db=sqlite"], "unknown key 'other.db': the main config has no key 'other' (+other.db=sqlite adds it);"
+                              " did you mean db=sqlite?"),
+        (["other.db=oracle"], "unknown key 'other.db': the main config has no key 'other' (+other.db=oracle adds it);"
+                              " did you mean db=<mysql|sqlite>?"),
+        (["ex=small"], "unknown key 'ex': the main config has no key 'ex' (+ex=small adds it); did you mean exp=small?"),
+        (["hydra.job.chdirr=true"], "unknown key 'hydra.job.chdirr': 'hydra.job' has no key 'chdirr'"
+                                    " (+hydra.job.chdirr=true adds it); did you mean hydra.job.chdir=true?"),
+        # the first refused key; the one added before it exists
+        (["n=2", "+m=1", "db.y=1", "nn=3"], "unknown key 'db.y': 'db' has no key 'y' (+db.y=1 adds it)"),
+        (["+q.rate=1", "q.rat=2"], "unknown key 'q.rat': 'q' has no key 'rat' (+q.rat=2 adds it); did you mean q.rate=2?"),
+        # a multirun: the overrides that do not sweep
+        (["-m", "n=1,2", "nn=2"], "unknown key 'nn': the main config has no key 'nn' (+nn=2 adds it); did you mean n=2?"),
+    ]:
+        assert command_line_error(args, "main", confdir) == expected, args
+
+
+def test_adding_and_overriding_existing_keys_pass(confdir):
+    from relnas.utils.cli import command_line_error
+
+    for args in (["+nn=2"], ["++nn=2"], ["++n=2"], ["+db.y=2", "db.y=3"], ["n=2", "db.x=3"], ["db={x: 5}"],
+                 ["hydra.job.chdir=true", "hydra.run.dir=/tmp/x"], ["--cfg", "job", "n=3"], ["~n"],
+                 ["-m", "nn=1,2"],  # a sweep over a key: each job's composition (Hydra's)
+                 ["-m", "n=1,2", "db=mysql,sqlite"]):
+        assert command_line_error(args, "main", confdir) is None, args
+
+
+def test_what_the_key_check_cannot_judge_is_left_to_hydra(confdir, monkeypatch):
+    from relnas.utils import cli
+
+    for args in (["~nn"], ["+n=2"],  # another refusal of an override: Hydra's words
+                 ["nn=1,2"],  # a sweep without -m
+                 ["--help", "nn=2"], ["--info", "nn=2"], ["--config-path", "/elsewhere", "nn=2"],
+                 ["nn=[unclosed"], ["nn@pkg=2"]):
+        assert cli.command_line_error(args, "main", confdir) is None, args
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a Hydra that works differently")
+
+    monkeypatch.setattr(cli, "command_line_error", broken)
+    assert cli.check_command_line("main", ["nn=2"]) is None  # the check failed: Hydra runs and reports
+
+
+def test_the_check_runs_only_for_the_command_line(monkeypatch):
+    from relnas.utils import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "check_command_line", lambda name, args=None: seen.append(name))
+    main = cli.entry_point("search")(lambda cfg=None: cfg)
+    assert main({"given": 1}) == {"given": 1} and seen == []  # a config passed in Python
+    assert main() is None and seen == ["search"]
+
+
+def test_a_removed_key_and_a_typo_of_the_real_configs_name_what_exists():
+    from relnas.utils.cli import command_line_error
+
+    assert command_line_error(["search.strategy=evolution"], "search") == (
+        "unknown key 'search.strategy': 'search' has no key 'strategy' (+search.strategy=evolution adds it);"
+        " did you mean strategy=evolution?")
+    assert command_line_error(["search.popsize=4"], "search") == (
+        "unknown key 'search.popsize': 'search' has no key 'popsize' (+search.popsize=4 adds it);"
+        " did you mean search.population_size=4?")
+    assert command_line_error(["strategy=evolution", "search.population_size=4", "+search.note=x"], "search") is None
 
 
 # ---------------------------------------------------------------------- the real entry points
@@ -112,6 +188,14 @@ def test_an_unknown_choice_is_one_line_and_exit_2(tmp_path, module, args, group,
     assert r.stderr.strip().splitlines() == [
         f"error: unknown {group} '{choice}': choose one of {_options(group)} (configs/{group}/)"]
     assert not sweep.exists() and not (tmp_path / "run").exists()  # refused before any job started
+
+
+def test_an_unknown_key_is_one_line_and_exit_2(tmp_path):
+    r = _cli("relnas.train", ["modle.C=3", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [
+        "error: unknown key 'modle.C': the train config has no key 'modle' (+modle.C=3 adds it); did you mean model.C=3?"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_hydra_and_plugin_choices_still_run(tmp_path):

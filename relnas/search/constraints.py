@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from relnas.nas.genotypes import Genotype
+
+if TYPE_CHECKING:
+    from relnas.nas.arch import ArchSpec
 
 
 @dataclass(frozen=True)
@@ -59,16 +62,26 @@ class SizeConstraints:
         """Whether any limit is set."""
         return self.max_params_m is not None or self.max_mult_adds_m is not None
 
+    def arch(self, genotype: Any = "RelativeNAS") -> "ArchSpec":
+        """The evaluation network of ``genotype`` (:class:`~relnas.nas.arch.ArchSpec`)."""
+        from relnas.nas.arch import ArchSpec
+
+        return ArchSpec(network=self.network, genotype=genotype, C=self.C, layers=self.layers,
+                        num_classes=self.num_classes, in_channels=self.in_channels, image_size=self.image_size)
+
+    def evaluation_network(self) -> Dict[str, Any]:
+        """What the sizes are counted on: ``network``, ``C``, ``layers`` and ``image_size`` (the
+        network's own when unset)."""
+        arch = self.arch()
+        return {"network": arch.network, "C": arch.C, "layers": arch.layers, "image_size": arch.image_size}
+
     def cost(self, genotype: Genotype) -> Cost:
         """Parameters and multiply-adds of ``genotype``'s evaluation network (counted once per cell pair)."""
         cached = self._costs.get(genotype)
         if cached is None:
-            from relnas.nas.arch import ArchSpec
             from relnas.nas.profile import network_size
 
-            params, mult_adds = network_size(ArchSpec(
-                network=self.network, genotype=genotype, C=self.C, layers=self.layers,
-                num_classes=self.num_classes, in_channels=self.in_channels, image_size=self.image_size))
+            params, mult_adds = network_size(self.arch(genotype))
             cached = Cost(params / 1e6, mult_adds / 1e6)
             self._costs[genotype] = cached
         return cached

@@ -13,7 +13,7 @@ import numpy as np
 
 from relnas.nas.genotypes import Genotype
 from relnas.nas.spaces import DARTS, SearchSpace
-from relnas.search.constraints import Cost, SizeConstraints
+from relnas.search.constraints import Cost
 
 #: a candidate's sizes on the evaluation network (fields of :class:`~relnas.search.constraints.Cost`,
 #: millions) and how the plots name them
@@ -98,15 +98,6 @@ def final_ranks(history: Sequence[Dict[str, Any]]) -> Dict[int, int]:
             last[ind] = (g, v if math.isfinite(v) else math.inf)
     order = sorted(last, key=lambda i: (last[i][1], i))
     return {ind: k for k, ind in enumerate(order)}
-
-
-def evaluation_network(constraints: SizeConstraints) -> Dict[str, Any]:
-    """The network a search counts its candidates' sizes on: ``network``, ``C``, ``layers`` and
-    ``image_size`` (the network's own when the constraints leave it unset)."""
-    from relnas.nas.networks import NETWORKS
-
-    size = constraints.image_size if constraints.image_size is not None else NETWORKS[constraints.network].input_size
-    return {"network": constraints.network, "C": constraints.C, "layers": constraints.layers, "image_size": int(size)}
 
 
 def pareto_front(sizes: Sequence[float], losses: Sequence[float]) -> List[int]:
@@ -249,9 +240,9 @@ def plot_generation_stats(path: Path, summaries: List[Dict[str, Any]]) -> Path:
 def plot_pareto(path: Path, history: Sequence[Dict[str, Any]], network: Mapping[str, Any],
                 budgets: Mapping[str, Optional[float]], chosen: Optional[int] = None) -> Path:
     """Validation loss against each of the :data:`SIZES` on the evaluation network ``network``
-    (:func:`evaluation_network`), one panel each: every estimated candidate coloured by its
-    generation, the Pareto front of the panel (:func:`pareto_front`) circled and joined by a step
-    line, the chosen cell (the history row ``chosen``) as a star, the panel's budget
+    (:meth:`~relnas.search.constraints.SizeConstraints.evaluation_network`), one panel each:
+    every estimated candidate coloured by its generation, the Pareto front of the panel
+    (:func:`pareto_front`) circled and joined by a step line, the chosen cell (the history row ``chosen``) as a star, the panel's budget
     (``budgets[size]``, None: no limit) as a dashed line. Diverged candidates are not drawn; the
     title counts them."""
     import matplotlib

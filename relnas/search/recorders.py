@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from relnas import runs
 from relnas.search import encoding
 from relnas.search.engine import SearchEngine
-from relnas.search.outputs import (CANDIDATE_FIELDS, HISTORY_FIELDS, SIZES, estimated_candidates, evaluation_network,
+from relnas.search.outputs import (CANDIDATE_FIELDS, HISTORY_FIELDS, SIZES, estimated_candidates,
                                    mark_diverged, markdown_table, plot_generation_stats, plot_pareto,
                                    plot_trajectories, write_csv, write_population)
 from relnas.search.state import save_state
@@ -140,7 +140,7 @@ class OutputRecorder:
 
     def _pareto(self, engine: SearchEngine, chosen: Optional[int]) -> None:
         constraints = engine.strategy.constraints
-        plot_pareto(self.run_dir / "pareto.png", engine.history, evaluation_network(constraints),
+        plot_pareto(self.run_dir / "pareto.png", engine.history, constraints.evaluation_network(),
                     {key: getattr(constraints, f"max_{key}") for key in SIZES}, chosen)
 
     def on_generation_end(self, engine: SearchEngine) -> None:
@@ -170,7 +170,7 @@ class OutputRecorder:
         runs.write_result(self.run_dir, "search", "val_loss", val_loss, {
             "genotype": genotype.to_dict(), "genotype_str": str(genotype), "individual": best_id,
             "val_loss": val_loss, **asdict(strat.constraints.cost(genotype)),
-            "evaluation_network": evaluation_network(strat.constraints), "vector": [float(v) for v in best_vec],
+            "evaluation_network": strat.constraints.evaluation_network(), "vector": [float(v) for v in best_vec],
             "strategy": strat.name, "generations": strat.generations, "estimations": len(engine.history),
             **self.extra,
         })
